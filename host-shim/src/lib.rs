@@ -1,0 +1,1 @@
+//! drainpipe-shim: a proxy-wasm host on Wasmtime.

@@ -1,0 +1,441 @@
+//! The plugin configuration: one struct, parsed once from the filter's JSON
+//! plugin configuration and validated before the plugin accepts traffic.
+//!
+//! Every error names the offending key, so Envoy's log says exactly what to
+//! fix when it refuses the configuration.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// Longest accepted duration setting (7 days, in milliseconds): far above any
+/// sane value, low enough that deadline arithmetic can never overflow.
+pub const MAX_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Which API a filter instance serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The traffic listener: readiness, admission, deadlines.
+    Traffic,
+    /// A loopback-only listener: the drain API (`/drain`).
+    Admin,
+}
+
+/// Deadline policy for forwarded requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadlineConfig {
+    /// Budget when the request carries no deadline.
+    pub default_timeout_ms: u64,
+    /// A client can never ask for more than this.
+    pub max_timeout_ms: u64,
+    /// Below this budget the request is refused early with a 504.
+    pub min_budget_ms: u64,
+}
+
+/// The validated plugin configuration.
+///
+/// ```
+/// let cfg = drainpipe::Config::parse(br#"{"grace_ms": 60000}"#).unwrap();
+/// assert_eq!(cfg.grace_ms, 60_000);
+/// assert_eq!(cfg.admit_window_ms, 5_000);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub role: Role,
+    pub health_path: String,
+    pub admit_window_ms: u64,
+    pub grace_ms: u64,
+    pub retry_after_s: u64,
+    pub deadline: DeadlineConfig,
+    /// When set, admin calls need `authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
+    /// Admin role: the Envoy cluster that reaches Envoy's own admin interface.
+    /// When set, starting a drain also starts Envoy's (`POST
+    /// /healthcheck/fail`), so Envoy closes keep-alive connections, and
+    /// ending it calls `POST /healthcheck/ok`.
+    pub envoy_admin_cluster: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            role: Role::Traffic,
+            health_path: "/healthz/ready".to_string(),
+            admit_window_ms: 5_000,
+            grace_ms: 30_000,
+            retry_after_s: 5,
+            deadline: DeadlineConfig {
+                default_timeout_ms: 60_000,
+                max_timeout_ms: 600_000,
+                min_budget_ms: 5_000,
+            },
+            admin_token: None,
+            envoy_admin_cluster: None,
+        }
+    }
+}
+
+/// A configuration the plugin refuses: which key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path (`deadline.max_timeout_ms`), or `<root>` for the
+    /// document itself.
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid plugin configuration: {}: {}",
+            self.key, self.problem
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses and validates the plugin configuration. Empty input (no
+    /// configuration at all) gives the defaults.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Config::default());
+        }
+        let doc: Value = serde_json::from_slice(bytes)
+            .map_err(|e| ConfigError::new("<root>", format!("not valid JSON: {e}")))?;
+        let Value::Object(top) = doc else {
+            return Err(ConfigError::new(
+                "<root>",
+                format!("expected a JSON object, got {}", kind(&doc)),
+            ));
+        };
+        let mut cfg = Config::default();
+        for (key, value) in &top {
+            match key.as_str() {
+                "role" => {
+                    cfg.role = match string(key, value)? {
+                        "traffic" => Role::Traffic,
+                        "admin" => Role::Admin,
+                        other => {
+                            return Err(ConfigError::new(
+                                key,
+                                format!("expected \"traffic\" or \"admin\", got {other:?}"),
+                            ))
+                        }
+                    }
+                }
+                "health_path" => cfg.health_path = string(key, value)?.to_string(),
+                "admit_window_ms" => cfg.admit_window_ms = duration(key, value)?,
+                "grace_ms" => cfg.grace_ms = duration(key, value)?,
+                "retry_after_s" => cfg.retry_after_s = integer(key, value, 0, 86_400)?,
+                "deadline" => parse_deadline(&mut cfg.deadline, value)?,
+                "admin_token" => cfg.admin_token = Some(string(key, value)?.to_string()),
+                "envoy_admin_cluster" => {
+                    cfg.envoy_admin_cluster = Some(string(key, value)?.to_string())
+                }
+                _ => return Err(unknown_key(key, TOP_KEYS)),
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the relations between settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.health_path;
+        if !p.starts_with('/') || p.len() > 1024 || p.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                "health_path",
+                format!("expected an absolute path like \"/healthz/ready\", got {p:?}"),
+            ));
+        }
+        if p.contains('?') {
+            return Err(ConfigError::new(
+                "health_path",
+                "must not contain a query string",
+            ));
+        }
+        if self.admit_window_ms > self.grace_ms {
+            return Err(ConfigError::new(
+                "admit_window_ms",
+                format!(
+                    "{} exceeds grace_ms ({}): requests admitted while draining must fit in the grace period",
+                    self.admit_window_ms, self.grace_ms
+                ),
+            ));
+        }
+        let d = &self.deadline;
+        if d.max_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "deadline.max_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        if d.default_timeout_ms > d.max_timeout_ms {
+            return Err(ConfigError::new(
+                "deadline.default_timeout_ms",
+                format!(
+                    "{} exceeds deadline.max_timeout_ms ({})",
+                    d.default_timeout_ms, d.max_timeout_ms
+                ),
+            ));
+        }
+        if d.min_budget_ms > d.default_timeout_ms {
+            return Err(ConfigError::new(
+                "deadline.min_budget_ms",
+                format!(
+                    "{} exceeds deadline.default_timeout_ms ({}): every request without a deadline would be refused",
+                    d.min_budget_ms, d.default_timeout_ms
+                ),
+            ));
+        }
+        if let Some(token) = &self.admin_token {
+            if self.role != Role::Admin {
+                return Err(ConfigError::new(
+                    "admin_token",
+                    "only applies to role \"admin\"",
+                ));
+            }
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::new(
+                    "admin_token",
+                    "must be non-empty printable ASCII without spaces",
+                ));
+            }
+        }
+        if let Some(cluster) = &self.envoy_admin_cluster {
+            if self.role != Role::Admin {
+                return Err(ConfigError::new(
+                    "envoy_admin_cluster",
+                    "only applies to role \"admin\"",
+                ));
+            }
+            if cluster.is_empty() {
+                return Err(ConfigError::new(
+                    "envoy_admin_cluster",
+                    "must name an Envoy cluster",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "role",
+    "health_path",
+    "admit_window_ms",
+    "grace_ms",
+    "retry_after_s",
+    "deadline",
+    "admin_token",
+    "envoy_admin_cluster",
+];
+const DEADLINE_KEYS: &[&str] = &["default_timeout_ms", "max_timeout_ms", "min_budget_ms"];
+
+fn parse_deadline(d: &mut DeadlineConfig, value: &Value) -> Result<(), ConfigError> {
+    let obj: &Map<String, Value> = value.as_object().ok_or_else(|| {
+        ConfigError::new(
+            "deadline",
+            format!("expected a JSON object, got {}", kind(value)),
+        )
+    })?;
+    for (key, value) in obj {
+        let path = format!("deadline.{key}");
+        match key.as_str() {
+            "default_timeout_ms" => d.default_timeout_ms = duration(&path, value)?,
+            "max_timeout_ms" => d.max_timeout_ms = duration(&path, value)?,
+            "min_budget_ms" => d.min_budget_ms = duration(&path, value)?,
+            _ => return Err(unknown_key(&path, DEADLINE_KEYS)),
+        }
+    }
+    Ok(())
+}
+
+fn unknown_key(key: &str, known: &[&str]) -> ConfigError {
+    ConfigError::new(
+        key,
+        format!("unknown key (known keys: {})", known.join(", ")),
+    )
+}
+
+fn string<'v>(key: &str, value: &'v Value) -> Result<&'v str, ConfigError> {
+    value
+        .as_str()
+        .ok_or_else(|| ConfigError::new(key, format!("expected a string, got {}", kind(value))))
+}
+
+fn duration(key: &str, value: &Value) -> Result<u64, ConfigError> {
+    integer(key, value, 0, MAX_DURATION_MS)
+}
+
+fn integer(key: &str, value: &Value, min: u64, max: u64) -> Result<u64, ConfigError> {
+    match value.as_u64() {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError::new(
+            key,
+            format!("expected an integer from {min} to {max}, got {value}"),
+        )),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_configuration_gives_the_documented_defaults() {
+        for input in [&b""[..], b"  \n", b"{}"] {
+            let cfg = Config::parse(input).unwrap();
+            assert_eq!(cfg, Config::default());
+        }
+        let d = Config::default();
+        assert_eq!(d.role, Role::Traffic);
+        assert_eq!(d.health_path, "/healthz/ready");
+        assert_eq!(
+            (d.admit_window_ms, d.grace_ms, d.retry_after_s),
+            (5_000, 30_000, 5)
+        );
+        assert_eq!(
+            (
+                d.deadline.default_timeout_ms,
+                d.deadline.max_timeout_ms,
+                d.deadline.min_budget_ms
+            ),
+            (60_000, 600_000, 5_000)
+        );
+        assert_eq!(d.admin_token, None);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let cfg = Config::parse(
+            br#"{"role":"admin","health_path":"/ready","admit_window_ms":1000,"grace_ms":2000,
+                "retry_after_s":7,"deadline":{"default_timeout_ms":300,"max_timeout_ms":400,"min_budget_ms":100},
+                "admin_token":"s3cret","envoy_admin_cluster":"envoy_admin"}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.role, Role::Admin);
+        assert_eq!(cfg.health_path, "/ready");
+        assert_eq!(
+            (cfg.admit_window_ms, cfg.grace_ms, cfg.retry_after_s),
+            (1000, 2000, 7)
+        );
+        assert_eq!(
+            cfg.deadline,
+            DeadlineConfig {
+                default_timeout_ms: 300,
+                max_timeout_ms: 400,
+                min_budget_ms: 100
+            }
+        );
+        assert_eq!(cfg.admin_token.as_deref(), Some("s3cret"));
+        assert_eq!(cfg.envoy_admin_cluster.as_deref(), Some("envoy_admin"));
+    }
+
+    #[test]
+    fn each_configuration_error_names_its_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("[1]", "<root>", "expected a JSON object"),
+            ("{", "<root>", "not valid JSON"),
+            (r#"{"grace":1}"#, "grace", "unknown key"),
+            (r#"{"deadline":{"max":1}}"#, "deadline.max", "unknown key"),
+            (r#"{"deadline":5}"#, "deadline", "expected a JSON object"),
+            (
+                r#"{"role":"both"}"#,
+                "role",
+                "expected \"traffic\" or \"admin\"",
+            ),
+            (r#"{"role":1}"#, "role", "expected a string"),
+            (r#"{"grace_ms":"30s"}"#, "grace_ms", "expected an integer"),
+            (r#"{"grace_ms":-1}"#, "grace_ms", "expected an integer"),
+            (r#"{"grace_ms":1.5}"#, "grace_ms", "expected an integer"),
+            (
+                r#"{"grace_ms":99999999999999}"#,
+                "grace_ms",
+                "expected an integer",
+            ),
+            (
+                r#"{"retry_after_s":100000}"#,
+                "retry_after_s",
+                "expected an integer",
+            ),
+            (r#"{"health_path":"ready"}"#, "health_path", "absolute path"),
+            (r#"{"health_path":"/a b"}"#, "health_path", "absolute path"),
+            (r#"{"health_path":"/r?x=1"}"#, "health_path", "query string"),
+            (
+                r#"{"admit_window_ms":40000}"#,
+                "admit_window_ms",
+                "exceeds grace_ms",
+            ),
+            (
+                r#"{"deadline":{"max_timeout_ms":0,"default_timeout_ms":0,"min_budget_ms":0}}"#,
+                "deadline.max_timeout_ms",
+                "greater than 0",
+            ),
+            (
+                r#"{"deadline":{"default_timeout_ms":700000}}"#,
+                "deadline.default_timeout_ms",
+                "exceeds deadline.max_timeout_ms",
+            ),
+            (
+                r#"{"deadline":{"min_budget_ms":70000}}"#,
+                "deadline.min_budget_ms",
+                "exceeds deadline.default_timeout_ms",
+            ),
+            (
+                r#"{"admin_token":"t"}"#,
+                "admin_token",
+                "only applies to role",
+            ),
+            (
+                r#"{"role":"admin","admin_token":""}"#,
+                "admin_token",
+                "non-empty",
+            ),
+            (
+                r#"{"role":"admin","admin_token":"a b"}"#,
+                "admin_token",
+                "non-empty",
+            ),
+            (
+                r#"{"envoy_admin_cluster":"x"}"#,
+                "envoy_admin_cluster",
+                "only applies",
+            ),
+            (
+                r#"{"role":"admin","envoy_admin_cluster":""}"#,
+                "envoy_admin_cluster",
+                "must name",
+            ),
+        ];
+        for (input, key, problem) in cases {
+            let err = Config::parse(input.as_bytes()).expect_err(input);
+            assert_eq!(&err.key, key, "input {input}: {err}");
+            assert!(err.problem.contains(problem), "input {input}: {err}");
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The drain state machine.
+//!
+//! The only stored fact is when the drain started (in Envoy's shared data, so
+//! every worker and every filter instance under one vm_id sees it); the phase
+//! follows from that instant, the clock and the in-flight count:
+//!
+//! ```text
+//! serving --POST /drain--> draining --admit window over--> rejecting --0 in flight--> drained
+//!    ^                                                                                   |
+//!    +------------------------------ DELETE /drain (from any state) --------------------+
+//! ```
+
+use crate::config::Config;
+
+/// The shared-data key holding the drain start.
+pub const SHARED_KEY: &str = "drainpipe.drain_started_unix_ms";
+
+/// Where an instance is in its drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Not draining: readiness 200, everything admitted.
+    Serving,
+    /// Drain started, inside the admit window: readiness 503, requests still
+    /// admitted with deadlines inside the grace period.
+    Draining,
+    /// Admit window over: new requests get the 503 contract; some in flight.
+    Rejecting,
+    /// Rejecting, and nothing in flight.
+    Drained,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Serving => "serving",
+            Phase::Draining => "draining",
+            Phase::Rejecting => "rejecting",
+            Phase::Drained => "drained",
+        }
+    }
+
+    /// Value of the `drainpipe_state` gauge.
+    pub fn gauge(self) -> u64 {
+        match self {
+            Phase::Serving => 0,
+            Phase::Draining => 1,
+            Phase::Rejecting => 2,
+            Phase::Drained => 3,
+        }
+    }
+}
+
+/// The stored drain state: serving, or draining since an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Drain {
+    pub started_unix_ms: Option<u64>,
+}
+
+/// What a new request may do, by the drain alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Serving: no drain limit.
+    Unlimited,
+    /// Draining: admitted, but must finish within this many ms.
+    Within { grace_left_ms: u64 },
+    /// Past the admit window.
+    Reject,
+}
+
+impl Drain {
+    pub const SERVING: Drain = Drain {
+        started_unix_ms: None,
+    };
+
+    pub fn started_at(unix_ms: u64) -> Drain {
+        Drain {
+            started_unix_ms: Some(unix_ms),
+        }
+    }
+
+    /// Decodes the shared-data value (absent or empty means serving).
+    pub fn decode(bytes: Option<&[u8]>) -> Result<Drain, String> {
+        match bytes {
+            None | Some(b"") => Ok(Drain::SERVING),
+            Some(b) => crate::deadline::parse_ms(b)
+                .map(Drain::started_at)
+                .ok_or_else(|| format!("bad drain record {:?}", String::from_utf8_lossy(b))),
+        }
+    }
+
+    /// Encodes for shared data.
+    pub fn encode(&self) -> Vec<u8> {
+        self.started_unix_ms
+            .map(|t| t.to_string().into_bytes())
+            .unwrap_or_default()
+    }
+
+    /// The milliseconds since the drain started, if draining.
+    pub fn elapsed_ms(&self, now_unix_ms: u64) -> Option<u64> {
+        self.started_unix_ms
+            .map(|start| now_unix_ms.saturating_sub(start))
+    }
+
+    /// The phase, given the global in-flight count.
+    pub fn phase(&self, now_unix_ms: u64, inflight: u64, cfg: &Config) -> Phase {
+        match self.admit(now_unix_ms, cfg) {
+            Admit::Unlimited => Phase::Serving,
+            Admit::Within { .. } => Phase::Draining,
+            Admit::Reject if inflight == 0 => Phase::Drained,
+            Admit::Reject => Phase::Rejecting,
+        }
+    }
+
+    /// Whether and how long a new request may run.
+    pub fn admit(&self, now_unix_ms: u64, cfg: &Config) -> Admit {
+        match self.elapsed_ms(now_unix_ms) {
+            None => Admit::Unlimited,
+            Some(elapsed) if elapsed < cfg.admit_window_ms => Admit::Within {
+                grace_left_ms: cfg.grace_ms.saturating_sub(elapsed),
+            },
+            Some(_) => Admit::Reject,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::parse(br#"{"admit_window_ms":5000,"grace_ms":30000}"#).unwrap()
+    }
+
+    #[test]
+    fn state_moves_over_time_from_serving_to_drained() {
+        let cfg = cfg();
+        let t0 = 1_000_000;
+        let drain = Drain::started_at(t0);
+        // (ms after start, in flight, phase, admission)
+        let timeline = [
+            (
+                0,
+                3,
+                Phase::Draining,
+                Admit::Within {
+                    grace_left_ms: 30_000,
+                },
+            ),
+            (
+                4_999,
+                3,
+                Phase::Draining,
+                Admit::Within {
+                    grace_left_ms: 25_001,
+                },
+            ),
+            (
+                4_999,
+                0,
+                Phase::Draining,
+                Admit::Within {
+                    grace_left_ms: 25_001,
+                },
+            ),
+            (5_000, 2, Phase::Rejecting, Admit::Reject),
+            (29_000, 1, Phase::Rejecting, Admit::Reject),
+            (31_000, 0, Phase::Drained, Admit::Reject),
+        ];
+        for (after, inflight, phase, admit) in timeline {
+            assert_eq!(
+                drain.phase(t0 + after, inflight, &cfg),
+                phase,
+                "at +{after}"
+            );
+            assert_eq!(drain.admit(t0 + after, &cfg), admit, "at +{after}");
+        }
+        assert_eq!(Drain::SERVING.phase(t0, 7, &cfg), Phase::Serving);
+        assert_eq!(Drain::SERVING.admit(t0, &cfg), Admit::Unlimited);
+    }
+
+    #[test]
+    fn zero_admit_window_rejects_from_drain_start() {
+        let cfg = Config::parse(br#"{"admit_window_ms":0}"#).unwrap();
+        assert_eq!(Drain::started_at(10).admit(10, &cfg), Admit::Reject);
+    }
+
+    #[test]
+    fn clock_behind_drain_start_counts_as_just_started() {
+        let drain = Drain::started_at(10_000);
+        assert_eq!(drain.elapsed_ms(9_000), Some(0));
+        assert_eq!(drain.phase(9_000, 0, &cfg()), Phase::Draining);
+    }
+
+    #[test]
+    fn shared_record_round_trips_and_rejects_garbage() {
+        for d in [Drain::SERVING, Drain::started_at(1_764_000_000_123)] {
+            assert_eq!(Drain::decode(Some(&d.encode())), Ok(d));
+        }
+        assert_eq!(Drain::decode(None), Ok(Drain::SERVING));
+        assert!(Drain::decode(Some(b"yesterday")).is_err());
+    }
+
+    #[test]
+    fn phase_names_and_gauge_values_are_stable() {
+        let all = [
+            Phase::Serving,
+            Phase::Draining,
+            Phase::Rejecting,
+            Phase::Drained,
+        ];
+        let names: Vec<_> = all.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names, ["serving", "draining", "rejecting", "drained"]);
+        let gauges: Vec<_> = all.iter().map(|p| p.gauge()).collect();
+        assert_eq!(gauges, [0, 1, 2, 3]);
+    }
+}

@@ -1,0 +1,386 @@
+//! The proxy-wasm glue: gathers what the host gives (headers, time, shared
+//! data, stats), calls the decision logic, and applies its decision. No
+//! decision is made here.
+//!
+//! Cross-worker state lives in the host, not in this VM: the drain start in
+//! shared data (one value per vm_id, seen by every worker and by both the
+//! traffic and the admin filter instances) and the counts in Envoy stats (a
+//! gauge defined under one name by every worker is one stat).
+
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+
+use crate::admin::{self, Action as AdminAction};
+use crate::config::{Config, Role};
+use crate::drain::{Drain, Phase, SHARED_KEY};
+use crate::metrics;
+use crate::reply::LocalReply;
+use crate::traffic::{self, Verdict};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// How often each worker refreshes the state gauge.
+const TICK: Duration = Duration::from_secs(1);
+/// Timeout of the call to Envoy's admin when a drain starts or ends.
+const ENVOY_ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Stat ids, defined once per root context.
+#[derive(Clone, Copy)]
+struct Metrics {
+    inflight: u32,
+    state: u32,
+    admitted: u32,
+    completed: u32,
+    rejected_draining: u32,
+    rejected_deadline: u32,
+    malformed_deadline: u32,
+}
+
+impl Metrics {
+    fn define() -> Result<Metrics, Status> {
+        let gauge = |name| hostcalls::define_metric(MetricType::Gauge, name);
+        let counter = |name| hostcalls::define_metric(MetricType::Counter, name);
+        Ok(Metrics {
+            inflight: gauge(metrics::INFLIGHT)?,
+            state: gauge(metrics::STATE)?,
+            admitted: counter(metrics::ADMITTED)?,
+            completed: counter(metrics::COMPLETED)?,
+            rejected_draining: counter(metrics::REJECTED_DRAINING)?,
+            rejected_deadline: counter(metrics::REJECTED_DEADLINE)?,
+            malformed_deadline: counter(metrics::MALFORMED_DEADLINE)?,
+        })
+    }
+
+    fn add(id: u32, delta: i64) {
+        if let Err(status) = hostcalls::increment_metric(id, delta) {
+            log::warn!("stat update failed: {status:?}");
+        }
+    }
+
+    fn get(id: u32) -> u64 {
+        hostcalls::get_metric(id).unwrap_or(0)
+    }
+}
+
+/// What every context of one plugin instance shares, read-only.
+struct Shared {
+    cfg: Config,
+    metrics: Metrics,
+}
+
+impl Shared {
+    fn drain(&self) -> Drain {
+        match hostcalls::get_shared_data(SHARED_KEY) {
+            Ok((bytes, _)) => Drain::decode(bytes.as_deref()).unwrap_or_else(|e| {
+                log::error!("{e}; treating as serving");
+                Drain::SERVING
+            }),
+            Err(status) => {
+                log::error!("reading drain state failed: {status:?}");
+                Drain::SERVING
+            }
+        }
+    }
+
+    /// The current phase; also refreshes the state gauge.
+    fn observe(&self, now: u64) -> (Drain, Phase, u64) {
+        let drain = self.drain();
+        let inflight = Metrics::get(self.metrics.inflight);
+        let phase = drain.phase(now, inflight, &self.cfg);
+        if let Err(status) = hostcalls::record_metric(self.metrics.state, phase.gauge()) {
+            log::warn!("stat update failed: {status:?}");
+        }
+        (drain, phase, inflight)
+    }
+
+    /// Starts the drain unless one is on (the first start time stays).
+    fn start_drain(&self, now: u64) {
+        // Compare-and-swap on the host's shared data, so concurrent starts from
+        // several workers keep one start time.
+        for _ in 0..8 {
+            let (bytes, cas) = match hostcalls::get_shared_data(SHARED_KEY) {
+                Ok(v) => v,
+                Err(status) => {
+                    log::error!("reading drain state failed: {status:?}");
+                    return;
+                }
+            };
+            let current = Drain::decode(bytes.as_deref()).unwrap_or(Drain::SERVING);
+            let next = admin::start(current, now);
+            if next == current {
+                return;
+            }
+            match hostcalls::set_shared_data(SHARED_KEY, Some(&next.encode()), cas) {
+                Ok(()) => {
+                    log::info!("drain started");
+                    return;
+                }
+                Err(Status::CasMismatch) => continue,
+                Err(status) => {
+                    log::error!("storing drain state failed: {status:?}");
+                    return;
+                }
+            }
+        }
+        log::error!("drain state kept changing; drain not started");
+    }
+
+    fn stop_drain(&self) {
+        match hostcalls::set_shared_data(SHARED_KEY, Some(&Drain::SERVING.encode()), None) {
+            Ok(()) => log::info!("drain cancelled, serving"),
+            Err(status) => log::error!("storing drain state failed: {status:?}"),
+        }
+    }
+}
+
+fn now_unix_ms(ctx: &dyn Context) -> u64 {
+    ctx.get_current_time()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn send(ctx: &dyn HttpContext, reply: &LocalReply) {
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .collect();
+    let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
+    ctx.send_http_response(reply.status, headers, body);
+}
+
+/// One per plugin configuration and worker.
+#[derive(Default)]
+struct Root {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let cfg = match Config::parse(&bytes) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                log::error!("{e}");
+                return false;
+            }
+        };
+        let metrics = match Metrics::define() {
+            Ok(m) => m,
+            Err(status) => {
+                log::error!("cannot define stats: {status:?}");
+                return false;
+            }
+        };
+        self.shared = Some(Rc::new(Shared { cfg, metrics }));
+        self.set_tick_period(TICK);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.observe(now_unix_ms(self));
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let shared = self.shared.clone()?;
+        Some(match shared.cfg.role {
+            Role::Traffic => Box::new(Traffic {
+                shared,
+                counted: false,
+            }),
+            Role::Admin => Box::new(Admin {
+                shared,
+                pending: None,
+            }),
+        })
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// A stream on the traffic listener.
+struct Traffic {
+    shared: Rc<Shared>,
+    /// Counted in flight, not yet released.
+    counted: bool,
+}
+
+impl Traffic {
+    fn release(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            let m = &self.shared.metrics;
+            Metrics::add(m.inflight, -1);
+            Metrics::add(m.completed, 1);
+        }
+    }
+}
+
+impl Context for Traffic {}
+
+impl HttpContext for Traffic {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let shared = Rc::clone(&self.shared);
+        let m = &shared.metrics;
+        let now = now_unix_ms(self);
+        let headers = self.get_http_request_headers_bytes();
+        let decision = traffic::decide(&shared.cfg, shared.drain(), now, &headers, || {
+            Metrics::get(m.inflight)
+        });
+        if decision.malformed_deadlines > 0 {
+            Metrics::add(
+                m.malformed_deadline,
+                i64::from(decision.malformed_deadlines),
+            );
+        }
+        match decision.verdict {
+            Verdict::Health(reply) => send(self, &reply),
+            Verdict::RejectDraining(reply) => {
+                Metrics::add(m.rejected_draining, 1);
+                send(self, &reply);
+            }
+            Verdict::RejectDeadline(reply) => {
+                Metrics::add(m.rejected_deadline, 1);
+                send(self, &reply);
+            }
+            Verdict::Forward(forward) => {
+                for (name, value) in &forward.set_headers {
+                    self.set_http_request_header(name, Some(value));
+                }
+                Metrics::add(m.inflight, 1);
+                Metrics::add(m.admitted, 1);
+                self.counted = true;
+                return Action::Continue;
+            }
+        }
+        Action::Pause
+    }
+
+    /// Envoy logs a stream once it has ended for any reason (complete, reset,
+    /// aborted, timed out): the last byte has gone by then.
+    fn on_log(&mut self) {
+        self.release();
+    }
+}
+
+impl Drop for Traffic {
+    /// A context deleted without `on_log` still releases its count.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A stream on the admin (drain) listener.
+struct Admin {
+    shared: Rc<Shared>,
+    /// The action waiting for Envoy's admin to answer.
+    pending: Option<AdminAction>,
+}
+
+impl Admin {
+    fn respond(&self, action: AdminAction, warning: Option<&str>) {
+        let now = now_unix_ms(self);
+        let (drain, phase, inflight) = self.shared.observe(now);
+        let m = &self.shared.metrics;
+        let status = admin::Status {
+            phase,
+            drain,
+            now_unix_ms: now,
+            inflight,
+            admitted: Metrics::get(m.admitted),
+            rejected_draining: Metrics::get(m.rejected_draining),
+            rejected_deadline: Metrics::get(m.rejected_deadline),
+        };
+        send(self, &status.reply(action, warning));
+    }
+}
+
+impl Context for Admin {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        let Some(action) = self.pending.take() else {
+            return;
+        };
+        let answer = self.get_http_call_response_header(":status");
+        let warning = match answer.as_deref() {
+            Some("200") => None,
+            Some(code) => Some(format!("Envoy's admin answered {code}")),
+            None => Some("Envoy's admin did not answer".to_string()),
+        };
+        if let Some(w) = &warning {
+            log::warn!("{w}");
+        }
+        self.respond(action, warning.as_deref());
+    }
+}
+
+impl HttpContext for Admin {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = self.get_http_request_headers_bytes();
+        let action = match admin::route(&self.shared.cfg, &headers) {
+            Ok(action) => action,
+            Err(reply) => {
+                send(self, &reply);
+                return Action::Pause;
+            }
+        };
+        let envoy_path = match action {
+            AdminAction::Start => {
+                self.shared.start_drain(now_unix_ms(self));
+                Some("/healthcheck/fail")
+            }
+            AdminAction::Stop => {
+                self.shared.stop_drain();
+                Some("/healthcheck/ok")
+            }
+            AdminAction::Status => None,
+        };
+        let mut warning = None;
+        if let (Some(path), Some(cluster)) = (envoy_path, &self.shared.cfg.envoy_admin_cluster) {
+            let call = self.dispatch_http_call(
+                cluster,
+                vec![
+                    (":method", "POST"),
+                    (":path", path),
+                    (":authority", "envoy-admin"),
+                ],
+                None,
+                vec![],
+                ENVOY_ADMIN_TIMEOUT,
+            );
+            match call {
+                Ok(_) => {
+                    self.pending = Some(action);
+                    return Action::Pause;
+                }
+                Err(status) => {
+                    let w = format!(
+                        "cannot call Envoy's admin through cluster {cluster:?}: {status:?}"
+                    );
+                    log::warn!("{w}");
+                    warning = Some(w);
+                }
+            }
+        }
+        self.respond(action, warning.as_deref());
+        Action::Pause
+    }
+}

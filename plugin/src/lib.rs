@@ -1,0 +1,37 @@
+//! drainpipe: a proxy-wasm HTTP filter that makes Envoy's shutdown graceful
+//! and request deadlines explicit for LLM traffic.
+//!
+//! The decision logic is plain Rust and tests natively:
+//! - [`config`]: the plugin configuration, parsed and validated once;
+//! - [`drain`]: the drain state machine (serving, draining, rejecting, drained);
+//! - [`deadline`]: deadline header parsing and formatting;
+//! - [`traffic`]: readiness, admission and deadline decisions;
+//! - [`admin`]: the drain API;
+//! - [`reply`]: local replies.
+//!
+//! The proxy-wasm glue (`filter`, wasm builds only) gathers what the host
+//! gives, calls the logic and applies its decision.
+
+pub mod admin;
+pub mod config;
+pub mod deadline;
+pub mod drain;
+pub mod reply;
+pub mod traffic;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+
+pub use config::{Config, ConfigError, Role};
+pub use drain::{Drain, Phase};
+
+/// Names of the Envoy stats the plugin defines.
+pub mod metrics {
+    pub const INFLIGHT: &str = "drainpipe_inflight";
+    pub const STATE: &str = "drainpipe_state";
+    pub const ADMITTED: &str = "drainpipe_admitted";
+    pub const COMPLETED: &str = "drainpipe_completed";
+    pub const REJECTED_DRAINING: &str = "drainpipe_rejected_draining";
+    pub const REJECTED_DEADLINE: &str = "drainpipe_rejected_deadline";
+    pub const MALFORMED_DEADLINE: &str = "drainpipe_malformed_deadline";
+}

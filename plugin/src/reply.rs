@@ -1,0 +1,106 @@
+//! Local replies: readiness answers and OpenAI-style JSON errors.
+
+use serde_json::json;
+
+use crate::config::Config;
+use crate::drain::Phase;
+
+/// A response the plugin sends itself instead of forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    /// Empty for HEAD.
+    pub body: String,
+}
+
+impl LocalReply {
+    /// A JSON reply.
+    pub fn json(status: u32, body: serde_json::Value) -> LocalReply {
+        LocalReply {
+            status,
+            headers: vec![
+                ("content-type", "application/json".to_string()),
+                ("cache-control", "no-store".to_string()),
+            ],
+            body: body.to_string(),
+        }
+    }
+
+    fn with_header(mut self, name: &'static str, value: impl Into<String>) -> LocalReply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// A header's value, by name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The OpenAI error object: `{"error":{"message","type","param","code"}}`.
+pub fn openai_error(status: u32, message: &str, code: &str) -> LocalReply {
+    LocalReply::json(
+        status,
+        json!({"error": {"message": message, "type": "server_error", "param": null, "code": code}}),
+    )
+}
+
+/// Readiness: 200 while serving, 503 with the state from drain start on.
+pub fn health(phase: Phase, head: bool) -> LocalReply {
+    let status = if phase == Phase::Serving { 200 } else { 503 };
+    let mut reply = LocalReply::json(status, json!({ "status": phase.as_str() }));
+    if head {
+        reply.body.clear();
+    }
+    reply
+}
+
+/// The drain rejection: 503, Retry-After, x-should-retry.
+pub fn draining(cfg: &Config) -> LocalReply {
+    openai_error(
+        503,
+        "This server is draining for shutdown and accepts no new requests; retry, another instance will serve it.",
+        "service_draining",
+    )
+    .with_header("retry-after", cfg.retry_after_s.to_string())
+    .with_header("x-should-retry", "true")
+}
+
+/// Refused early: the budget left cannot do useful work.
+pub fn deadline_exceeded(budget_ms: u64, min_budget_ms: u64) -> LocalReply {
+    openai_error(
+        504,
+        &format!(
+            "The request's deadline leaves {budget_ms} ms, less than the {min_budget_ms} ms minimum this server needs; it was not started."
+        ),
+        "deadline_exceeded",
+    )
+    .with_header("x-should-retry", "false")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_are_the_openai_error_object() {
+        let r = deadline_exceeded(10, 5000);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let e = v["error"].as_object().unwrap();
+        let mut keys: Vec<_> = e.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["code", "message", "param", "type"]);
+        assert_eq!(r.status, 504);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+
+    #[test]
+    fn head_health_reply_has_no_body() {
+        assert_eq!(health(Phase::Draining, true).body, "");
+        assert_eq!(health(Phase::Draining, true).status, 503);
+    }
+}

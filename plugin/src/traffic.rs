@@ -1,0 +1,351 @@
+//! Decisions for the traffic role: answer readiness, admit and set a
+//! deadline, or refuse with a local reply.
+
+use crate::config::Config;
+use crate::deadline::{self, Incoming};
+use crate::drain::{Admit, Drain};
+use crate::reply::{self, LocalReply};
+
+/// The request headers as the host gives them (lowercase names).
+pub type Headers = [(String, Vec<u8>)];
+
+/// Finds a header's value by lowercase name.
+pub fn header<'h>(headers: &'h Headers, name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+/// `:path` without its query string.
+pub fn path_of(headers: &Headers) -> &[u8] {
+    let full = header(headers, ":path").unwrap_or_default();
+    full.split(|&b| b == b'?').next().unwrap_or_default()
+}
+
+/// A request the plugin lets through, with the headers to set on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub budget_ms: u64,
+    pub deadline_unix_ms: u64,
+    /// Headers to set (replacing any present) toward the upstream.
+    pub set_headers: Vec<(&'static str, String)>,
+}
+
+/// What to do with a request on the traffic listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A readiness probe, answered locally; never forwarded nor counted.
+    Health(LocalReply),
+    /// Forward and count in flight.
+    Forward(Forward),
+    /// Draining past the admit window (or too little grace left): the 503 contract.
+    RejectDraining(LocalReply),
+    /// Budget below `min_budget_ms`: 504.
+    RejectDeadline(LocalReply),
+}
+
+/// A verdict plus what was noticed on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// Malformed deadline headers seen (skipped).
+    pub malformed_deadlines: u32,
+}
+
+/// Decides a request's fate. `inflight` is only called for readiness probes
+/// (it costs a host call).
+pub fn decide(
+    cfg: &Config,
+    drain: Drain,
+    now_unix_ms: u64,
+    headers: &Headers,
+    inflight: impl FnOnce() -> u64,
+) -> Decision {
+    let method = header(headers, ":method").unwrap_or_default();
+    if (method == b"GET" || method == b"HEAD") && path_of(headers) == cfg.health_path.as_bytes() {
+        let phase = drain.phase(now_unix_ms, inflight(), cfg);
+        return Decision {
+            verdict: Verdict::Health(reply::health(phase, method == b"HEAD")),
+            malformed_deadlines: 0,
+        };
+    }
+
+    let Incoming {
+        budget_ms: asked,
+        malformed,
+    } = deadline::incoming(|name| header(headers, name), now_unix_ms);
+    let decision = |verdict| Decision {
+        verdict,
+        malformed_deadlines: malformed,
+    };
+    let d = &cfg.deadline;
+    let grace_left_ms = match drain.admit(now_unix_ms, cfg) {
+        Admit::Unlimited => None,
+        Admit::Within { grace_left_ms } => Some(grace_left_ms),
+        Admit::Reject => return decision(Verdict::RejectDraining(reply::draining(cfg))),
+    };
+    let budget = asked.unwrap_or(d.default_timeout_ms).min(d.max_timeout_ms);
+    if budget < d.min_budget_ms {
+        return decision(Verdict::RejectDeadline(reply::deadline_exceeded(
+            budget,
+            d.min_budget_ms,
+        )));
+    }
+    let budget = match grace_left_ms {
+        None => budget,
+        // Too little grace left to do useful work: the drain is the cause, so
+        // the client gets the retryable 503, not a 504.
+        Some(left) if left < d.min_budget_ms => {
+            return decision(Verdict::RejectDraining(reply::draining(cfg)))
+        }
+        Some(left) => budget.min(left),
+    };
+
+    let deadline_unix_ms = now_unix_ms.saturating_add(budget);
+    let mut set_headers = vec![
+        (deadline::REQUEST_DEADLINE, deadline_unix_ms.to_string()),
+        (deadline::REQUEST_TIMEOUT, budget.to_string()),
+        (deadline::ENVOY_UPSTREAM_TIMEOUT, budget.to_string()),
+    ];
+    if is_grpc(headers) {
+        set_headers.push((
+            deadline::GRPC_TIMEOUT,
+            deadline::format_grpc_timeout(budget),
+        ));
+    }
+    decision(Verdict::Forward(Forward {
+        budget_ms: budget,
+        deadline_unix_ms,
+        set_headers,
+    }))
+}
+
+fn is_grpc(headers: &Headers) -> bool {
+    header(headers, "content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drain::Phase;
+
+    const NOW: u64 = 1_764_000_000_000;
+
+    fn req(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        let mut h = vec![
+            (":method".to_string(), method.as_bytes().to_vec()),
+            (":path".to_string(), path.as_bytes().to_vec()),
+            (":authority".to_string(), b"llm".to_vec()),
+        ];
+        h.extend(
+            extra
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())),
+        );
+        h
+    }
+
+    fn cfg() -> Config {
+        Config::default()
+    }
+
+    fn forward(d: Decision) -> Forward {
+        match d.verdict {
+            Verdict::Forward(f) => f,
+            other => panic!("expected forward, got {other:?}"),
+        }
+    }
+
+    fn set<'a>(f: &'a Forward, name: &str) -> Option<&'a str> {
+        f.set_headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn forwarded_request_gets_all_deadline_headers() {
+        let h = req(
+            "POST",
+            "/v1/chat/completions",
+            &[("x-request-timeout-ms", "12000")],
+        );
+        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        assert_eq!(f.budget_ms, 12_000);
+        assert_eq!(set(&f, "x-request-deadline-ms"), Some("1764000012000"));
+        assert_eq!(set(&f, "x-request-timeout-ms"), Some("12000"));
+        assert_eq!(set(&f, "x-envoy-upstream-rq-timeout-ms"), Some("12000"));
+        assert_eq!(set(&f, "grpc-timeout"), None);
+    }
+
+    #[test]
+    fn budget_is_default_without_header_and_capped_at_max() {
+        let f = forward(decide(
+            &cfg(),
+            Drain::SERVING,
+            NOW,
+            &req("GET", "/", &[]),
+            || 0,
+        ));
+        assert_eq!(f.budget_ms, 60_000);
+        let h = req("GET", "/", &[("x-request-timeout-ms", "99999999")]);
+        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        assert_eq!(f.budget_ms, 600_000);
+        // A client cannot raise the router timeout by sending it itself.
+        let h = req(
+            "GET",
+            "/",
+            &[("x-envoy-upstream-rq-timeout-ms", "99999999")],
+        );
+        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        assert_eq!(set(&f, "x-envoy-upstream-rq-timeout-ms"), Some("60000"));
+    }
+
+    #[test]
+    fn grpc_request_gets_rewritten_grpc_timeout() {
+        let h = req(
+            "POST",
+            "/svc/Method",
+            &[
+                ("content-type", "application/grpc+proto"),
+                ("grpc-timeout", "20S"),
+            ],
+        );
+        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        assert_eq!(f.budget_ms, 20_000);
+        assert_eq!(set(&f, "grpc-timeout"), Some("20000m"));
+    }
+
+    #[test]
+    fn budget_below_minimum_is_refused_early_with_504() {
+        let h = req(
+            "POST",
+            "/v1/chat/completions",
+            &[("x-request-timeout-ms", "4999")],
+        );
+        let d = decide(&cfg(), Drain::SERVING, NOW, &h, || 0);
+        let Verdict::RejectDeadline(r) = d.verdict else {
+            panic!("{d:?}")
+        };
+        assert_eq!(r.status, 504);
+        assert!(
+            r.body.contains(r#""code":"deadline_exceeded""#),
+            "{}",
+            r.body
+        );
+        // An absolute deadline already in the past, too.
+        let past = (NOW - 1).to_string();
+        let h = req("POST", "/", &[("x-request-deadline-ms", &past)]);
+        assert!(matches!(
+            decide(&cfg(), Drain::SERVING, NOW, &h, || 0).verdict,
+            Verdict::RejectDeadline(_)
+        ));
+    }
+
+    #[test]
+    fn malformed_deadline_is_counted_and_default_applies() {
+        let h = req(
+            "POST",
+            "/",
+            &[("x-request-timeout-ms", "-3"), ("grpc-timeout", "1x")],
+        );
+        let d = decide(&cfg(), Drain::SERVING, NOW, &h, || 0);
+        assert_eq!(d.malformed_deadlines, 2);
+        assert_eq!(forward(d).budget_ms, 60_000);
+    }
+
+    #[test]
+    fn readiness_answers_locally_with_state() {
+        let c = cfg();
+        let cases = [
+            (Drain::SERVING, 0, 200, "serving"),
+            (Drain::started_at(NOW - 1_000), 4, 503, "draining"),
+            (Drain::started_at(NOW - 6_000), 4, 503, "rejecting"),
+            (Drain::started_at(NOW - 6_000), 0, 503, "drained"),
+        ];
+        for (drain, inflight, status, state) in cases {
+            let d = decide(
+                &c,
+                drain,
+                NOW,
+                &req("GET", "/healthz/ready?probe=1", &[]),
+                || inflight,
+            );
+            let Verdict::Health(r) = d.verdict else {
+                panic!("{d:?}")
+            };
+            assert_eq!(r.status, status);
+            assert_eq!(r.body, format!("{{\"status\":\"{state}\"}}"));
+        }
+        // Other methods on the health path are ordinary traffic.
+        let d = decide(
+            &c,
+            Drain::SERVING,
+            NOW,
+            &req("POST", "/healthz/ready", &[]),
+            || 0,
+        );
+        assert!(matches!(d.verdict, Verdict::Forward(_)));
+    }
+
+    #[test]
+    fn admitted_during_drain_deadline_ends_inside_grace() {
+        let c = cfg(); // admit 5 s, grace 30 s
+        let drain = Drain::started_at(NOW - 2_000);
+        let f = forward(decide(&c, drain, NOW, &req("POST", "/", &[]), || 0));
+        assert_eq!(f.budget_ms, 28_000);
+        assert_eq!(f.deadline_unix_ms, NOW - 2_000 + 30_000);
+        // A shorter client budget is kept.
+        let h = req("POST", "/", &[("x-request-timeout-ms", "9000")]);
+        assert_eq!(forward(decide(&c, drain, NOW, &h, || 0)).budget_ms, 9_000);
+    }
+
+    #[test]
+    fn new_request_after_admit_window_gets_503_contract() {
+        let d = decide(
+            &cfg(),
+            Drain::started_at(NOW - 5_000),
+            NOW,
+            &req("POST", "/", &[]),
+            || 3,
+        );
+        let Verdict::RejectDraining(r) = d.verdict else {
+            panic!("{d:?}")
+        };
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("retry-after"), Some("5"));
+        assert_eq!(r.header("x-should-retry"), Some("true"));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["error"]["code"], "service_draining");
+        assert_eq!(body["error"]["type"], "server_error");
+        assert!(body["error"]["param"].is_null());
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("draining"));
+    }
+
+    #[test]
+    fn too_little_grace_left_is_a_drain_rejection_not_a_deadline_one() {
+        let c = Config::parse(br#"{"admit_window_ms":10000,"grace_ms":12000}"#).unwrap();
+        let d = decide(
+            &c,
+            Drain::started_at(NOW - 8_000),
+            NOW,
+            &req("POST", "/", &[]),
+            || 0,
+        );
+        assert!(matches!(d.verdict, Verdict::RejectDraining(_)), "{d:?}");
+    }
+
+    #[test]
+    fn phase_for_health_uses_inflight_only_when_needed() {
+        let d = decide(&cfg(), Drain::SERVING, NOW, &req("POST", "/", &[]), || {
+            panic!("inflight read for a plain request")
+        });
+        assert!(matches!(d.verdict, Verdict::Forward(_)));
+        assert_eq!(Phase::Drained.as_str(), "drained");
+    }
+}
