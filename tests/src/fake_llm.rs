@@ -1,0 +1,161 @@
+//! A fake OpenAI-compatible LLM server, and an echo endpoint, on loopback.
+//!
+//! - `POST /v1/chat/completions`: `stream: false` gives a `chat.completion`;
+//!   `stream: true` gives SSE `chat.completion.chunk` events and a final
+//!   `data: [DONE]`. Test knobs, as request headers: `x-fake-chunks` (default
+//!   5), `x-fake-chunk-delay-ms` (default 50), `x-fake-delay-ms` (before the
+//!   response starts, default 0).
+//! - `GET /v1/models`: one model.
+//! - any method on `/echo/...`: the request as JSON (`method`, `path`,
+//!   `headers`), after `x-fake-delay-ms`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// The model name the fake serves.
+pub const MODEL: &str = "drainpipe-demo-1";
+
+/// A running fake upstream; stops when dropped.
+pub struct FakeLlm {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl FakeLlm {
+    /// Starts on `127.0.0.1:0` (a free port).
+    pub async fn start() -> anyhow::Result<FakeLlm> {
+        FakeLlm::start_on("127.0.0.1:0".parse()?).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> anyhow::Result<FakeLlm> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("fake LLM upstream cannot listen on {addr}: {e}"))?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router()).await;
+        });
+        Ok(FakeLlm { addr, task })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The server's routes.
+pub fn router() -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/echo", any(echo))
+        .route("/echo/{*rest}", any(echo))
+}
+
+fn knob(headers: &HeaderMap, name: &str, default: u64) -> u64 {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn models() -> Json<Value> {
+    Json(json!({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "drainpipe"}]}))
+}
+
+async fn echo(req: Request) -> Json<Value> {
+    let delay = knob(req.headers(), "x-fake-delay-ms", 0);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    let headers: BTreeMap<String, String> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    Json(json!({
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "headers": headers,
+    }))
+}
+
+async fn chat_completions(headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"message": "body is not JSON", "type": "invalid_request_error", "param": null, "code": null}})),
+        )
+            .into_response();
+    };
+    let chunks = knob(&headers, "x-fake-chunks", 5);
+    let chunk_delay = Duration::from_millis(knob(&headers, "x-fake-chunk-delay-ms", 50));
+    tokio::time::sleep(Duration::from_millis(knob(&headers, "x-fake-delay-ms", 0))).await;
+    let model = request["model"].as_str().unwrap_or(MODEL).to_string();
+    let words: Vec<String> = (0..chunks).map(|i| format!("token{i} ")).collect();
+
+    if request["stream"].as_bool() != Some(true) {
+        return Json(json!({
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": chunks, "total_tokens": chunks + 1},
+        }))
+        .into_response();
+    }
+
+    let stream = async_stream::stream! {
+        for (i, word) in words.into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(chunk_delay).await;
+            }
+            let chunk = json!({
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": null}],
+            });
+            yield Ok::<_, Infallible>(Bytes::from(format!("data: {chunk}\n\n")));
+        }
+        let last = json!({
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        });
+        yield Ok(Bytes::from(format!("data: {last}\n\ndata: [DONE]\n\n")));
+    };
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(stream))
+        .expect("static response parts are valid")
+}
+
+/// Reads an SSE body: the `data:` payloads in order.
+pub fn sse_events(body: &str) -> Vec<&str> {
+    body.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .collect()
+}
