@@ -106,6 +106,14 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// The drain timing this configuration sets.
+    pub fn windows(&self) -> crate::drain::Windows {
+        crate::drain::Windows {
+            admit_window_ms: self.admit_window_ms,
+            grace_ms: self.grace_ms,
+        }
+    }
+
     /// Parses and validates the plugin configuration. Empty input (no
     /// configuration at all) gives the defaults.
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {

@@ -10,10 +10,36 @@
 //!    +------------------------------ DELETE /drain (from any state) --------------------+
 //! ```
 
-use crate::config::Config;
-
 /// The shared-data key holding the drain start.
 pub const SHARED_KEY: &str = "drainpipe.drain_started_unix_ms";
+/// The shared-data key where traffic listeners publish their [`Windows`], so
+/// the admin role reports the phase the traffic listeners act on.
+pub const WINDOWS_KEY: &str = "drainpipe.windows";
+
+/// A drain's timing, from the traffic role's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    /// New requests are still admitted this long after the drain starts.
+    pub admit_window_ms: u64,
+    /// Requests admitted while draining must end this long after the start.
+    pub grace_ms: u64,
+}
+
+impl Windows {
+    /// `admit_window_ms,grace_ms`, for shared data.
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{},{}", self.admit_window_ms, self.grace_ms).into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Windows> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (admit, grace) = text.split_once(',')?;
+        Some(Windows {
+            admit_window_ms: crate::deadline::parse_ms(admit.as_bytes())?,
+            grace_ms: crate::deadline::parse_ms(grace.as_bytes())?,
+        })
+    }
+}
 
 /// Where an instance is in its drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,8 +128,8 @@ impl Drain {
     }
 
     /// The phase, given the global in-flight count.
-    pub fn phase(&self, now_unix_ms: u64, inflight: u64, cfg: &Config) -> Phase {
-        match self.admit(now_unix_ms, cfg) {
+    pub fn phase(&self, now_unix_ms: u64, inflight: u64, windows: Windows) -> Phase {
+        match self.admit(now_unix_ms, windows) {
             Admit::Unlimited => Phase::Serving,
             Admit::Within { .. } => Phase::Draining,
             Admit::Reject if inflight == 0 => Phase::Drained,
@@ -112,11 +138,11 @@ impl Drain {
     }
 
     /// Whether and how long a new request may run.
-    pub fn admit(&self, now_unix_ms: u64, cfg: &Config) -> Admit {
+    pub fn admit(&self, now_unix_ms: u64, windows: Windows) -> Admit {
         match self.elapsed_ms(now_unix_ms) {
             None => Admit::Unlimited,
-            Some(elapsed) if elapsed < cfg.admit_window_ms => Admit::Within {
-                grace_left_ms: cfg.grace_ms.saturating_sub(elapsed),
+            Some(elapsed) if elapsed < windows.admit_window_ms => Admit::Within {
+                grace_left_ms: windows.grace_ms.saturating_sub(elapsed),
             },
             Some(_) => Admit::Reject,
         }
@@ -127,8 +153,11 @@ impl Drain {
 mod tests {
     use super::*;
 
-    fn cfg() -> Config {
-        Config::parse(br#"{"admit_window_ms":5000,"grace_ms":30000}"#).unwrap()
+    fn cfg() -> Windows {
+        Windows {
+            admit_window_ms: 5_000,
+            grace_ms: 30_000,
+        }
     }
 
     #[test]
@@ -168,27 +197,30 @@ mod tests {
         ];
         for (after, inflight, phase, admit) in timeline {
             assert_eq!(
-                drain.phase(t0 + after, inflight, &cfg),
+                drain.phase(t0 + after, inflight, cfg),
                 phase,
                 "at +{after}"
             );
-            assert_eq!(drain.admit(t0 + after, &cfg), admit, "at +{after}");
+            assert_eq!(drain.admit(t0 + after, cfg), admit, "at +{after}");
         }
-        assert_eq!(Drain::SERVING.phase(t0, 7, &cfg), Phase::Serving);
-        assert_eq!(Drain::SERVING.admit(t0, &cfg), Admit::Unlimited);
+        assert_eq!(Drain::SERVING.phase(t0, 7, cfg), Phase::Serving);
+        assert_eq!(Drain::SERVING.admit(t0, cfg), Admit::Unlimited);
     }
 
     #[test]
     fn zero_admit_window_rejects_from_drain_start() {
-        let cfg = Config::parse(br#"{"admit_window_ms":0}"#).unwrap();
-        assert_eq!(Drain::started_at(10).admit(10, &cfg), Admit::Reject);
+        let windows = Windows {
+            admit_window_ms: 0,
+            ..cfg()
+        };
+        assert_eq!(Drain::started_at(10).admit(10, windows), Admit::Reject);
     }
 
     #[test]
     fn clock_behind_drain_start_counts_as_just_started() {
         let drain = Drain::started_at(10_000);
         assert_eq!(drain.elapsed_ms(9_000), Some(0));
-        assert_eq!(drain.phase(9_000, 0, &cfg()), Phase::Draining);
+        assert_eq!(drain.phase(9_000, 0, cfg()), Phase::Draining);
     }
 
     #[test]
@@ -198,6 +230,10 @@ mod tests {
         }
         assert_eq!(Drain::decode(None), Ok(Drain::SERVING));
         assert!(Drain::decode(Some(b"yesterday")).is_err());
+        assert_eq!(Windows::decode(&cfg().encode()), Some(cfg()));
+        for bad in [&b""[..], b"5", b"5,", b"a,b", b"1,2,3"] {
+            assert_eq!(Windows::decode(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
 
 use crate::admin::{self, Action as AdminAction};
 use crate::config::{Config, Role};
-use crate::drain::{Drain, Phase, SHARED_KEY};
+use crate::drain::{Drain, Phase, Windows, SHARED_KEY, WINDOWS_KEY};
 use crate::metrics;
 use crate::reply::LocalReply;
 use crate::traffic::{self, Verdict};
@@ -89,11 +89,24 @@ impl Shared {
         }
     }
 
+    /// The drain timing the traffic listeners act on: the traffic role's own;
+    /// for the admin role, what the traffic listeners published (its own
+    /// configuration if none did).
+    fn windows(&self) -> Windows {
+        if self.cfg.role == Role::Traffic {
+            return self.cfg.windows();
+        }
+        hostcalls::get_shared_data(WINDOWS_KEY)
+            .ok()
+            .and_then(|(bytes, _)| Windows::decode(&bytes?))
+            .unwrap_or_else(|| self.cfg.windows())
+    }
+
     /// The current phase; also refreshes the state gauge.
     fn observe(&self, now: u64) -> (Drain, Phase, u64) {
         let drain = self.drain();
         let inflight = Metrics::get(self.metrics.inflight);
-        let phase = drain.phase(now, inflight, &self.cfg);
+        let phase = drain.phase(now, inflight, self.windows());
         if let Err(status) = hostcalls::record_metric(self.metrics.state, phase.gauge()) {
             log::warn!("stat update failed: {status:?}");
         }
@@ -182,6 +195,13 @@ impl RootContext for Root {
                 return false;
             }
         };
+        if cfg.role == Role::Traffic {
+            let windows = cfg.windows().encode();
+            if let Err(status) = hostcalls::set_shared_data(WINDOWS_KEY, Some(&windows), None) {
+                log::error!("cannot publish the drain windows: {status:?}");
+                return false;
+            }
+        }
         self.shared = Some(Rc::new(Shared { cfg, metrics }));
         self.set_tick_period(TICK);
         true

@@ -64,7 +64,7 @@ pub fn decide(
 ) -> Decision {
     let method = header(headers, ":method").unwrap_or_default();
     if (method == b"GET" || method == b"HEAD") && path_of(headers) == cfg.health_path.as_bytes() {
-        let phase = drain.phase(now_unix_ms, inflight(), cfg);
+        let phase = drain.phase(now_unix_ms, inflight(), cfg.windows());
         return Decision {
             verdict: Verdict::Health(reply::health(phase, method == b"HEAD")),
             malformed_deadlines: 0,
@@ -80,7 +80,7 @@ pub fn decide(
         malformed_deadlines: malformed,
     };
     let d = &cfg.deadline;
-    let grace_left_ms = match drain.admit(now_unix_ms, cfg) {
+    let grace_left_ms = match drain.admit(now_unix_ms, cfg.windows()) {
         Admit::Unlimited => None,
         Admit::Within { grace_left_ms } => Some(grace_left_ms),
         Admit::Reject => return decision(Verdict::RejectDraining(reply::draining(cfg))),

@@ -1,0 +1,281 @@
+//! The drain through a real Envoy: readiness, the admit window, the 503
+//! contract, streams that finish whole, exact in-flight counts across
+//! workers, and the return to serving.
+
+use std::time::{Duration, Instant};
+
+use drainpipe_tests::envoy::{plugin_wasm, EnvoyConfig};
+use drainpipe_tests::fake_llm::sse_events;
+use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
+use serde_json::{json, Value};
+
+/// Short windows so the tests run in seconds: admit 1 s, grace 10 s.
+fn fast_drain() -> Value {
+    json!({"admit_window_ms": 1000, "grace_ms": 10000, "deadline": {"min_budget_ms": 1000}})
+}
+
+async fn setup(concurrency: u32) -> (FakeLlm, Envoy) {
+    let upstream = FakeLlm::start().await.expect("fake upstream");
+    let ports = Ports::fresh(upstream.port());
+    let cfg = EnvoyConfig::repo()
+        .unwrap()
+        .localize(ports, &plugin_wasm().unwrap())
+        .patch_plugin("drainpipe", fast_drain());
+    let opts = EnvoyOptions {
+        concurrency,
+        ..EnvoyOptions::default()
+    };
+    let envoy = Envoy::start(&cfg, ports, opts).expect("Envoy starts with the plugin");
+    (upstream, envoy)
+}
+
+async fn drain_api(envoy: &Envoy, method: reqwest::Method) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .request(method, envoy.drain_api())
+        .send()
+        .await
+        .expect("drain listener answers");
+    (resp.status().as_u16(), resp.json().await.expect("JSON status"))
+}
+
+async fn ready(envoy: &Envoy) -> (u16, Value) {
+    let resp = reqwest::get(envoy.traffic("/healthz/ready")).await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+fn chat(stream: bool) -> Value {
+    json!({"model": "drainpipe-demo-1", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
+}
+
+/// Polls `GET /drain` until `done` holds, failing after `limit`.
+async fn wait_status(envoy: &Envoy, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let (_, status) = drain_api(envoy, reqwest::Method::GET).await;
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "drain status never reached the expected value: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_flips_readiness_then_rejects_with_the_503_contract_and_delete_restores_serving() {
+    let (_up, envoy) = setup(2).await;
+    assert_eq!(ready(&envoy).await, (200, json!({"status": "serving"})));
+
+    let (code, status) = drain_api(&envoy, reqwest::Method::POST).await;
+    assert_eq!(code, 202);
+    assert_eq!(status["state"], "draining");
+    let started = status["drain_started_unix_ms"].as_u64().unwrap();
+    let (code, body) = ready(&envoy).await;
+    assert_eq!((code, body), (503, json!({"status": "draining"})));
+
+    // Inside the admit window: forwarded, deadline inside the grace period,
+    // and Envoy's own drain closes the keep-alive connection.
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(envoy.traffic("/echo/admitted"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["connection"], "close");
+    let seen: Value = resp.json().await.unwrap();
+    let deadline: u64 = seen["headers"]["x-request-deadline-ms"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(deadline <= started + 10_000, "deadline {deadline} past the grace end");
+
+    // A second POST keeps the first start time.
+    let (code, again) = drain_api(&envoy, reqwest::Method::POST).await;
+    assert_eq!(code, 202);
+    assert_eq!(again["drain_started_unix_ms"].as_u64(), Some(started));
+
+    // After the admit window: the exact 503 contract.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let resp = client
+        .post(envoy.traffic("/v1/chat/completions"))
+        .json(&chat(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let h = resp.headers().clone();
+    assert_eq!(h["retry-after"], "5");
+    assert_eq!(h["x-should-retry"], "true");
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(h["connection"], "close");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "service_draining");
+    assert_eq!(body["error"]["type"], "server_error");
+    assert!(body["error"]["param"].is_null());
+    assert!(body["error"]["message"].as_str().unwrap().contains("draining"));
+
+    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
+    assert_eq!(status["inflight"], 0);
+    assert_eq!(status["rejected_draining"], 1);
+    assert!(status["elapsed_ms"].as_u64().unwrap() >= 1_000);
+    assert_eq!(ready(&envoy).await, (503, json!({"status": "drained"})));
+    assert_eq!(envoy.stat("drainpipe_rejected_draining").await.unwrap(), 1);
+    assert_eq!(envoy.stat("drainpipe_state").await.unwrap(), 3);
+
+    let (code, status) = drain_api(&envoy, reqwest::Method::DELETE).await;
+    assert_eq!(code, 200);
+    assert_eq!(status["state"], "serving");
+    assert!(status["drain_started_unix_ms"].is_null());
+    assert_eq!(ready(&envoy).await, (200, json!({"status": "serving"})));
+    let resp = client
+        .post(envoy.traffic("/v1/chat/completions"))
+        .json(&chat(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("connection").is_none(), "keep-alive is back");
+    assert!(envoy.log().contains("drain started"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_started_before_the_drain_arrives_whole() {
+    let (_up, envoy) = setup(2).await;
+    let client = reqwest::Client::new();
+    // 40 tokens, 100 ms apart: about 4 s, well past the 1 s admit window.
+    let mut resp = client
+        .post(envoy.traffic("/v1/chat/completions"))
+        .header("x-fake-chunks", "40")
+        .header("x-fake-chunk-delay-ms", "100")
+        .json(&chat(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = String::from_utf8(resp.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+
+    let (code, _) = drain_api(&envoy, reqwest::Method::POST).await;
+    assert_eq!(code, 202);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    // The stream is still in flight: rejecting, not drained.
+    let (_, status) = drain_api(&envoy, reqwest::Method::GET).await;
+    assert_eq!(status["state"], "rejecting", "{status}");
+    assert_eq!(status["inflight"], 1);
+    let rejected = reqwest::get(envoy.traffic("/v1/models")).await.unwrap();
+    assert_eq!(rejected.status(), 503);
+
+    while let Some(chunk) = resp.chunk().await.expect("stream is not reset") {
+        body.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let events = sse_events(&body);
+    assert_eq!(events.len(), 42, "40 tokens, the stop chunk and [DONE]: {body}");
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    for (i, event) in events[..40].iter().enumerate() {
+        let v: Value = serde_json::from_str(event).unwrap();
+        assert_eq!(v["choices"][0]["delta"]["content"], format!("token{i} "));
+    }
+    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
+    assert_eq!(status["inflight"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inflight_is_exact_across_four_workers() {
+    let (_up, envoy) = setup(4).await;
+    const STREAMS: usize = 12;
+    let mut open = Vec::new();
+    for _ in 0..STREAMS {
+        // A client per stream: separate connections, spread over the workers.
+        let client = reqwest::Client::new();
+        let mut resp = client
+            .post(envoy.traffic("/v1/chat/completions"))
+            .header("x-fake-chunks", "30")
+            .header("x-fake-chunk-delay-ms", "100")
+            .json(&chat(true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.chunk().await.unwrap().expect("first token");
+        open.push(resp);
+    }
+    assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), STREAMS as u64);
+    let (_, status) = drain_api(&envoy, reqwest::Method::GET).await;
+    assert_eq!(status["inflight"], STREAMS as u64);
+    // The streams really are spread over several workers.
+    let filter = format!("/stats?filter=listener.127.0.0.1_{}.worker_.*downstream_cx_total", envoy.ports.traffic);
+    let per_worker = reqwest::get(envoy.admin(&filter)).await.unwrap().text().await.unwrap();
+    let busy = per_worker.lines().filter(|l| !l.ends_with(": 0")).count();
+    assert!(busy >= 2, "streams all landed on one worker:\n{per_worker}");
+
+    let (code, _) = drain_api(&envoy, reqwest::Method::POST).await;
+    assert_eq!(code, 202);
+    for mut resp in open {
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.expect("stream completes") {
+            body.extend_from_slice(&chunk);
+        }
+        assert!(String::from_utf8(body).unwrap().ends_with("data: [DONE]\n\n"));
+    }
+    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
+    assert_eq!(status["inflight"], 0);
+    assert_eq!(status["admitted"], STREAMS as u64);
+    assert_eq!(envoy.stat("drainpipe_completed").await.unwrap(), STREAMS as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_abort_mid_stream_releases_the_inflight_count() {
+    let (_up, envoy) = setup(2).await;
+    let client = reqwest::Client::new();
+    let mut resp = client
+        .post(envoy.traffic("/v1/chat/completions"))
+        .header("x-fake-chunks", "100")
+        .header("x-fake-chunk-delay-ms", "100")
+        .json(&chat(true))
+        .send()
+        .await
+        .unwrap();
+    resp.chunk().await.unwrap().expect("first token");
+    assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 1);
+    drop(resp);
+    drop(client);
+    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["inflight"] == 0).await;
+    assert_eq!(status["state"], "serving");
+    assert_eq!(envoy.stat("drainpipe_completed").await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_probe_is_never_forwarded_nor_counted() {
+    let (_up, envoy) = setup(2).await;
+    for _ in 0..3 {
+        assert_eq!(ready(&envoy).await.0, 200);
+    }
+    assert_eq!(envoy.stat("drainpipe_admitted").await.unwrap(), 0);
+    // The drain API is not reachable from the traffic listener: forwarded
+    // like any path (the fake upstream has no /drain).
+    let resp = reqwest::Client::new()
+        .post(envoy.traffic("/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(ready(&envoy).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_api_answers_unknown_paths_and_methods_with_json_errors() {
+    let (_up, envoy) = setup(2).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", envoy.ports.drain);
+    let resp = client.get(format!("{base}/nope")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    let resp = client.put(format!("{base}/drain")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET, POST, DELETE");
+    assert_eq!(ready(&envoy).await.0, 200, "no drain was started");
+}
