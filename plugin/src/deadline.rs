@@ -25,18 +25,23 @@ pub struct Incoming {
     pub malformed: u32,
 }
 
+/// Turns a header value into a budget in ms, given the time now.
+type Parse = fn(&[u8], u64) -> Option<u64>;
+
+/// The deadline headers in precedence order.
+const SOURCES: [(&str, Parse); 4] = [
+    (REQUEST_DEADLINE, |v, now| {
+        parse_ms(v).map(|at| at.saturating_sub(now))
+    }),
+    (REQUEST_TIMEOUT, |v, _| parse_ms(v)),
+    (GRPC_TIMEOUT, |v, _| parse_grpc_timeout(v)),
+    (ENVOY_EXPECTED, |v, _| parse_ms(v)),
+];
+
 /// Reads the deadline headers. `get` looks a header up by lowercase name.
 pub fn incoming<'h>(get: impl Fn(&str) -> Option<&'h [u8]>, now_unix_ms: u64) -> Incoming {
     let mut out = Incoming::default();
-    let sources: [(&str, fn(&[u8], u64) -> Option<u64>); 4] = [
-        (REQUEST_DEADLINE, |v, now| {
-            parse_ms(v).map(|at| at.saturating_sub(now))
-        }),
-        (REQUEST_TIMEOUT, |v, _| parse_ms(v)),
-        (GRPC_TIMEOUT, |v, _| parse_grpc_timeout(v)),
-        (ENVOY_EXPECTED, |v, _| parse_ms(v)),
-    ];
-    for (name, parse) in sources {
+    for (name, parse) in SOURCES {
         if let Some(value) = get(name) {
             match parse(value, now_unix_ms) {
                 Some(budget) => {
@@ -110,11 +115,13 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000_000;
 
+    type Case<'a> = (&'a [(&'a str, &'a str)], Option<u64>, u32);
+
     #[test]
     fn each_deadline_format_gives_its_budget() {
         let deadline = (NOW + 1234).to_string();
         let past = (NOW - 5).to_string();
-        let cases: &[(&[(&str, &str)], Option<u64>, u32)] = &[
+        let cases: &[Case] = &[
             (&[], None, 0),
             (&[(REQUEST_DEADLINE, &deadline)], Some(1234), 0),
             (&[(REQUEST_DEADLINE, &past)], Some(0), 0),

@@ -196,11 +196,7 @@ mod tests {
             (31_000, 0, Phase::Drained, Admit::Reject),
         ];
         for (after, inflight, phase, admit) in timeline {
-            assert_eq!(
-                drain.phase(t0 + after, inflight, cfg),
-                phase,
-                "at +{after}"
-            );
+            assert_eq!(drain.phase(t0 + after, inflight, cfg), phase, "at +{after}");
             assert_eq!(drain.admit(t0 + after, cfg), admit, "at +{after}");
         }
         assert_eq!(Drain::SERVING.phase(t0, 7, cfg), Phase::Serving);

@@ -113,7 +113,11 @@ impl EnvoyConfig {
                         sock.insert("port_value".into(), port.into());
                     }
                     if let Some(Value::Object(local)) = map.get_mut("local") {
-                        if local.get("filename").and_then(Value::as_str).is_some_and(|f| f.ends_with(".wasm")) {
+                        if local
+                            .get("filename")
+                            .and_then(Value::as_str)
+                            .is_some_and(|f| f.ends_with(".wasm"))
+                        {
                             local.insert("filename".into(), wasm.into());
                         }
                     }
@@ -361,9 +365,8 @@ impl Envoy {
             .await?
             .text()
             .await?;
-        prometheus_value(&text, name).ok_or_else(|| {
-            anyhow!("stat {name} not in Envoy's /stats/prometheus")
-        })
+        prometheus_value(&text, name)
+            .ok_or_else(|| anyhow!("stat {name} not in Envoy's /stats/prometheus"))
     }
 }
 
@@ -397,7 +400,11 @@ pub fn prometheus_value(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
         let rest = rest.strip_prefix("{}").unwrap_or(rest);
-        rest.strip_prefix(' ')?.trim().parse::<f64>().ok().map(|v| v as u64)
+        rest.strip_prefix(' ')?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .map(|v| v as u64)
     })
 }
 
@@ -414,7 +421,11 @@ fn http_get_status(url: &str) -> Option<u16> {
     let (host, path) = rest.split_at(rest.find('/')?);
     let mut s = std::net::TcpStream::connect(host).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).ok()?;
     let head = std::str::from_utf8(&buf[..n]).ok()?;

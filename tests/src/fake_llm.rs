@@ -79,7 +79,9 @@ fn knob(headers: &HeaderMap, name: &str, default: u64) -> u64 {
 }
 
 async fn models() -> Json<Value> {
-    Json(json!({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "drainpipe"}]}))
+    Json(
+        json!({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "drainpipe"}]}),
+    )
 }
 
 async fn echo(req: Request) -> Json<Value> {
@@ -88,7 +90,12 @@ async fn echo(req: Request) -> Json<Value> {
     let headers: BTreeMap<String, String> = req
         .headers()
         .iter()
-        .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     Json(json!({
         "method": req.method().as_str(),

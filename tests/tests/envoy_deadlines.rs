@@ -7,7 +7,10 @@ use drainpipe_tests::{Envoy, FakeLlm};
 use serde_json::{json, Value};
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 async fn setup(patch: Option<Value>) -> (FakeLlm, Envoy) {
@@ -27,7 +30,7 @@ async fn echo(envoy: &Envoy, headers: &[(&str, &str)]) -> (u16, Value) {
     let resp = req.send().await.expect("Envoy answers");
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap();
-    let json = serde_json::from_str(&body).unwrap_or_else(|_| Value::String(body));
+    let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
     (status, json)
 }
 
@@ -43,8 +46,14 @@ async fn upstream_receives_deadline_headers_for_the_requested_budget() {
     let after = now_ms();
     assert_eq!(status, 200, "{got}");
     assert_eq!(seen(&got, "x-request-timeout-ms"), Some("12000"));
-    let deadline: u64 = seen(&got, "x-request-deadline-ms").unwrap().parse().unwrap();
-    assert!((before + 12_000..=after + 12_000).contains(&deadline), "{deadline}");
+    let deadline: u64 = seen(&got, "x-request-deadline-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (before + 12_000..=after + 12_000).contains(&deadline),
+        "{deadline}"
+    );
     // Envoy's router consumed x-envoy-upstream-rq-timeout-ms and tells the
     // upstream the timeout it enforces.
     assert_eq!(seen(&got, "x-envoy-expected-rq-timeout-ms"), Some("12000"));
@@ -61,9 +70,17 @@ async fn budget_defaults_without_header_and_is_capped_by_max() {
         ("x-envoy-upstream-rq-timeout-ms", "86400000"),
     ] {
         let (_, got) = echo(&envoy, &[(name, value)]).await;
-        let expected = if name == "x-request-timeout-ms" { "600000" } else { "60000" };
+        let expected = if name == "x-request-timeout-ms" {
+            "600000"
+        } else {
+            "60000"
+        };
         assert_eq!(seen(&got, "x-request-timeout-ms"), Some(expected), "{name}");
-        assert_eq!(seen(&got, "x-envoy-expected-rq-timeout-ms"), Some(expected), "{name}");
+        assert_eq!(
+            seen(&got, "x-envoy-expected-rq-timeout-ms"),
+            Some(expected),
+            "{name}"
+        );
     }
 }
 
@@ -77,7 +94,10 @@ async fn absolute_deadline_and_grpc_timeout_are_honoured() {
 
     let (_, got) = echo(
         &envoy,
-        &[("content-type", "application/grpc"), ("grpc-timeout", "15S")],
+        &[
+            ("content-type", "application/grpc"),
+            ("grpc-timeout", "15S"),
+        ],
     )
     .await;
     assert_eq!(seen(&got, "x-request-timeout-ms"), Some("15000"));
@@ -92,7 +112,10 @@ async fn too_small_budget_is_refused_early_with_504_json() {
     assert_eq!(got["error"]["code"], "deadline_exceeded");
     assert_eq!(got["error"]["type"], "server_error");
     assert!(got["error"]["param"].is_null());
-    assert!(got.get("headers").is_none(), "request must not reach the upstream");
+    assert!(
+        got.get("headers").is_none(),
+        "request must not reach the upstream"
+    );
     let past = (now_ms() - 1).to_string();
     let (status, _) = echo(&envoy, &[("x-request-deadline-ms", &past)]).await;
     assert_eq!(status, 504);

@@ -35,7 +35,10 @@ async fn drain_api(envoy: &Envoy, method: reqwest::Method) -> (u16, Value) {
         .send()
         .await
         .expect("drain listener answers");
-    (resp.status().as_u16(), resp.json().await.expect("JSON status"))
+    (
+        resp.status().as_u16(),
+        resp.json().await.expect("JSON status"),
+    )
 }
 
 async fn ready(envoy: &Envoy) -> (u16, Value) {
@@ -91,7 +94,10 @@ async fn drain_flips_readiness_then_rejects_with_the_503_contract_and_delete_res
         .unwrap()
         .parse()
         .unwrap();
-    assert!(deadline <= started + 10_000, "deadline {deadline} past the grace end");
+    assert!(
+        deadline <= started + 10_000,
+        "deadline {deadline} past the grace end"
+    );
 
     // A second POST keeps the first start time.
     let (code, again) = drain_api(&envoy, reqwest::Method::POST).await;
@@ -116,7 +122,10 @@ async fn drain_flips_readiness_then_rejects_with_the_503_contract_and_delete_res
     assert_eq!(body["error"]["code"], "service_draining");
     assert_eq!(body["error"]["type"], "server_error");
     assert!(body["error"]["param"].is_null());
-    assert!(body["error"]["message"].as_str().unwrap().contains("draining"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("draining"));
 
     let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
     assert_eq!(status["inflight"], 0);
@@ -138,7 +147,10 @@ async fn drain_flips_readiness_then_rejects_with_the_503_contract_and_delete_res
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers().get("connection").is_none(), "keep-alive is back");
+    assert!(
+        resp.headers().get("connection").is_none(),
+        "keep-alive is back"
+    );
     assert!(envoy.log().contains("drain started"));
 }
 
@@ -172,7 +184,11 @@ async fn stream_started_before_the_drain_arrives_whole() {
         body.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     let events = sse_events(&body);
-    assert_eq!(events.len(), 42, "40 tokens, the stop chunk and [DONE]: {body}");
+    assert_eq!(
+        events.len(),
+        42,
+        "40 tokens, the stop chunk and [DONE]: {body}"
+    );
     assert_eq!(events.last(), Some(&"[DONE]"));
     for (i, event) in events[..40].iter().enumerate() {
         let v: Value = serde_json::from_str(event).unwrap();
@@ -202,12 +218,23 @@ async fn inflight_is_exact_across_four_workers() {
         resp.chunk().await.unwrap().expect("first token");
         open.push(resp);
     }
-    assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), STREAMS as u64);
+    assert_eq!(
+        envoy.stat("drainpipe_inflight").await.unwrap(),
+        STREAMS as u64
+    );
     let (_, status) = drain_api(&envoy, reqwest::Method::GET).await;
     assert_eq!(status["inflight"], STREAMS as u64);
     // The streams really are spread over several workers.
-    let filter = format!("/stats?filter=listener.127.0.0.1_{}.worker_.*downstream_cx_total", envoy.ports.traffic);
-    let per_worker = reqwest::get(envoy.admin(&filter)).await.unwrap().text().await.unwrap();
+    let filter = format!(
+        "/stats?filter=listener.127.0.0.1_{}.worker_.*downstream_cx_total",
+        envoy.ports.traffic
+    );
+    let per_worker = reqwest::get(envoy.admin(&filter))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let busy = per_worker.lines().filter(|l| !l.ends_with(": 0")).count();
     assert!(busy >= 2, "streams all landed on one worker:\n{per_worker}");
 
@@ -218,12 +245,17 @@ async fn inflight_is_exact_across_four_workers() {
         while let Some(chunk) = resp.chunk().await.expect("stream completes") {
             body.extend_from_slice(&chunk);
         }
-        assert!(String::from_utf8(body).unwrap().ends_with("data: [DONE]\n\n"));
+        assert!(String::from_utf8(body)
+            .unwrap()
+            .ends_with("data: [DONE]\n\n"));
     }
     let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
     assert_eq!(status["inflight"], 0);
     assert_eq!(status["admitted"], STREAMS as u64);
-    assert_eq!(envoy.stat("drainpipe_completed").await.unwrap(), STREAMS as u64);
+    assert_eq!(
+        envoy.stat("drainpipe_completed").await.unwrap(),
+        STREAMS as u64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let arg = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8000".to_string());
+    let arg = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8000".to_string());
     let addr: SocketAddr = match arg.parse() {
         Ok(a) => a,
         Err(_) => {
@@ -21,6 +23,9 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    println!("fake-llm: OpenAI-compatible upstream on http://{}", server.addr);
+    println!(
+        "fake-llm: OpenAI-compatible upstream on http://{}",
+        server.addr
+    );
     let _ = tokio::signal::ctrl_c().await;
 }
