@@ -138,16 +138,22 @@ fn build() -> anyhow::Result<()> {
 }
 
 fn test() -> anyhow::Result<()> {
-    setup()?;
-    build()?;
-    run(cargo().args(["test", "--workspace"]))?;
-    demo(true)
+    // The main job first, as a user runs it; then the test suites.
+    demo(true)?;
+    run(cargo().args(["test", "--workspace"]))
 }
 
 fn lint() -> anyhow::Result<()> {
     setup()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().args([
         "clippy",
         "--package",
@@ -261,25 +267,68 @@ fn wait_live(envoy: &mut Guard, log: &Path) -> anyhow::Result<()> {
 /// The demo's promises, checked once: a completion passes, the drain flips
 /// readiness, and it can be ended.
 fn smoke_check() -> anyhow::Result<()> {
-    let chat = r#"{"model":"drainpipe-demo-1","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let chat =
+        r#"{"model":"drainpipe-demo-1","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
     let expect = |what: &str, got: (u16, String), status: u16, needle: &str| {
         if got.0 != status || !got.1.contains(needle) {
-            bail!("{what}: expected {status} with {needle:?}, got {} {:?}", got.0, got.1);
+            bail!(
+                "{what}: expected {status} with {needle:?}, got {} {:?}",
+                got.0,
+                got.1
+            );
         }
         println!("check: {what}: {status} ok");
         Ok(())
     };
-    expect("ready", http("GET", 10000, "/healthz/ready", "")?, 200, "serving")?;
-    expect("streamed completion", http("POST", 10000, "/v1/chat/completions", chat)?, 200, "data: [DONE]")?;
-    expect("drain start", http("POST", 10001, "/drain", "")?, 202, "\"draining\"")?;
-    expect("ready while draining", http("GET", 10000, "/healthz/ready", "")?, 503, "draining")?;
-    expect("drain end", http("DELETE", 10001, "/drain", "")?, 200, "\"serving\"")?;
-    expect("ready again", http("GET", 10000, "/healthz/ready", "")?, 200, "serving")?;
-    expect("metrics", http("GET", 9901, "/stats/prometheus", "")?, 200, "drainpipe_admitted")?;
+    expect(
+        "ready",
+        http("GET", 10000, "/healthz/ready", "")?,
+        200,
+        "serving",
+    )?;
+    expect(
+        "streamed completion",
+        http("POST", 10000, "/v1/chat/completions", chat)?,
+        200,
+        "data: [DONE]",
+    )?;
+    expect(
+        "drain start",
+        http("POST", 10001, "/drain", "")?,
+        202,
+        "\"draining\"",
+    )?;
+    expect(
+        "ready while draining",
+        http("GET", 10000, "/healthz/ready", "")?,
+        503,
+        "draining",
+    )?;
+    expect(
+        "drain end",
+        http("DELETE", 10001, "/drain", "")?,
+        200,
+        "\"serving\"",
+    )?;
+    expect(
+        "ready again",
+        http("GET", 10000, "/healthz/ready", "")?,
+        200,
+        "serving",
+    )?;
+    expect(
+        "metrics",
+        http("GET", 9901, "/stats/prometheus", "")?,
+        200,
+        "drainpipe_admitted",
+    )?;
     Ok(())
 }
 
 /// A minimal HTTP/1.1 exchange on loopback: (status, whole response text).
+/// Reads until the body is complete (content-length or the last chunk), not
+/// until the server closes: a draining Envoy keeps the connection open for
+/// its drain timeout after `connection: close`.
 fn http(method: &str, port: u16, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -288,12 +337,36 @@ fn http(method: &str, port: u16, path: &str, body: &str) -> anyhow::Result<(u16,
         "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    while !response_complete(&out) {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let out = String::from_utf8_lossy(&out).into_owned();
     let status = out
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("no HTTP status")?;
     Ok((status, out))
+}
+
+fn response_complete(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let head = head.to_ascii_lowercase();
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body.len() >= len;
+    }
+    head.contains("transfer-encoding: chunked") && body.ends_with("0\r\n\r\n")
 }
