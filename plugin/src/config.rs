@@ -54,6 +54,9 @@ pub struct Config {
     /// /healthcheck/fail`), so Envoy closes keep-alive connections, and
     /// ending it calls `POST /healthcheck/ok`.
     pub envoy_admin_cluster: Option<String>,
+    /// SSE streams still running this long before their deadline or the end
+    /// of the grace period get a final error event instead of a reset.
+    pub final_event_margin_ms: u64,
 }
 
 impl Default for Config {
@@ -71,6 +74,7 @@ impl Default for Config {
             },
             admin_token: None,
             envoy_admin_cluster: None,
+            final_event_margin_ms: 1_000,
         }
     }
 }
@@ -152,6 +156,7 @@ impl Config {
                 "envoy_admin_cluster" => {
                     cfg.envoy_admin_cluster = Some(string(key, value)?.to_string())
                 }
+                "final_event_margin_ms" => cfg.final_event_margin_ms = duration(key, value)?,
                 _ => return Err(unknown_key(key, TOP_KEYS)),
             }
         }
@@ -208,6 +213,15 @@ impl Config {
                 ),
             ));
         }
+        if self.final_event_margin_ms > d.min_budget_ms {
+            return Err(ConfigError::new(
+                "final_event_margin_ms",
+                format!(
+                    "{} exceeds deadline.min_budget_ms ({}): streams would be ended as soon as they start",
+                    self.final_event_margin_ms, d.min_budget_ms
+                ),
+            ));
+        }
         if let Some(token) = &self.admin_token {
             if self.role != Role::Admin {
                 return Err(ConfigError::new(
@@ -249,6 +263,7 @@ const TOP_KEYS: &[&str] = &[
     "deadline",
     "admin_token",
     "envoy_admin_cluster",
+    "final_event_margin_ms",
 ];
 const DEADLINE_KEYS: &[&str] = &["default_timeout_ms", "max_timeout_ms", "min_budget_ms"];
 
@@ -335,6 +350,7 @@ mod tests {
             (60_000, 600_000, 5_000)
         );
         assert_eq!(d.admin_token, None);
+        assert_eq!(d.final_event_margin_ms, 1_000);
     }
 
     #[test]
@@ -342,7 +358,7 @@ mod tests {
         let cfg = Config::parse(
             br#"{"role":"admin","health_path":"/ready","admit_window_ms":1000,"grace_ms":2000,
                 "retry_after_s":7,"deadline":{"default_timeout_ms":300,"max_timeout_ms":400,"min_budget_ms":100},
-                "admin_token":"s3cret","envoy_admin_cluster":"envoy_admin"}"#,
+                "admin_token":"s3cret","envoy_admin_cluster":"envoy_admin","final_event_margin_ms":50}"#,
         )
         .unwrap();
         assert_eq!(cfg.role, Role::Admin);
@@ -361,6 +377,7 @@ mod tests {
         );
         assert_eq!(cfg.admin_token.as_deref(), Some("s3cret"));
         assert_eq!(cfg.envoy_admin_cluster.as_deref(), Some("envoy_admin"));
+        assert_eq!(cfg.final_event_margin_ms, 50);
     }
 
     #[test]

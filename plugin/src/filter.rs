@@ -19,6 +19,7 @@ use crate::config::{Config, Role};
 use crate::drain::{Drain, Phase, Windows, SHARED_KEY, WINDOWS_KEY};
 use crate::metrics;
 use crate::reply::LocalReply;
+use crate::sse::{self, ChunkAction};
 use crate::traffic::{self, Verdict};
 
 proxy_wasm::main! {{
@@ -41,6 +42,7 @@ struct Metrics {
     rejected_draining: u32,
     rejected_deadline: u32,
     malformed_deadline: u32,
+    streams_ended: u32,
 }
 
 impl Metrics {
@@ -55,6 +57,7 @@ impl Metrics {
             rejected_draining: counter(metrics::REJECTED_DRAINING)?,
             rejected_deadline: counter(metrics::REJECTED_DEADLINE)?,
             malformed_deadline: counter(metrics::MALFORMED_DEADLINE)?,
+            streams_ended: counter(metrics::STREAMS_ENDED)?,
         })
     }
 
@@ -219,6 +222,8 @@ impl RootContext for Root {
             Role::Traffic => Box::new(Traffic {
                 shared,
                 counted: false,
+                deadline_unix_ms: 0,
+                sse: None,
             }),
             Role::Admin => Box::new(Admin {
                 shared,
@@ -237,6 +242,10 @@ struct Traffic {
     shared: Rc<Shared>,
     /// Counted in flight, not yet released.
     counted: bool,
+    /// The deadline given to the forwarded request.
+    deadline_unix_ms: u64,
+    /// Set for an SSE response: ends it with a final event before a limit.
+    sse: Option<sse::Cutter>,
 }
 
 impl Traffic {
@@ -283,10 +292,66 @@ impl HttpContext for Traffic {
                 Metrics::add(m.inflight, 1);
                 Metrics::add(m.admitted, 1);
                 self.counted = true;
+                self.deadline_unix_ms = forward.deadline_unix_ms;
                 return Action::Continue;
             }
         }
         Action::Pause
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // Only a chunked event stream can take an extra event.
+        let event_stream = self
+            .get_http_response_header_bytes("content-type")
+            .is_some_and(|ct| ct.starts_with(b"text/event-stream"));
+        if self.counted
+            && event_stream
+            && self
+                .get_http_response_header_bytes("content-length")
+                .is_none()
+        {
+            self.sse = Some(sse::Cutter::default());
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(mut cutter) = self.sse.take() else {
+            return Action::Continue;
+        };
+        let shared = Rc::clone(&self.shared);
+        let cut = (!cutter.ended())
+            .then(|| {
+                let (at, limit) = sse::cutoff(
+                    self.deadline_unix_ms,
+                    shared.drain(),
+                    shared.cfg.windows(),
+                    shared.cfg.final_event_margin_ms,
+                );
+                (now_unix_ms(self) >= at).then_some(limit)
+            })
+            .flatten();
+        let chunk = self
+            .get_http_response_body(0, body_size)
+            .unwrap_or_default();
+        match cutter.on_chunk(&chunk, cut) {
+            ChunkAction::Forward => {}
+            ChunkAction::Replace(bytes) => {
+                self.set_http_response_body(0, body_size, &bytes);
+                Metrics::add(shared.metrics.streams_ended, 1);
+            }
+            ChunkAction::Drop => {
+                self.set_http_response_body(0, body_size, &[]);
+                if !end_of_stream {
+                    // The final event went out with an earlier chunk: end
+                    // the stream now rather than hold it open until the
+                    // upstream finishes.
+                    self.reset_http_response();
+                }
+            }
+        }
+        self.sse = Some(cutter);
+        Action::Continue
     }
 
     /// Envoy logs a stream once it has ended for any reason (complete, reset,

@@ -7,7 +7,8 @@
 //! - [`deadline`]: deadline header parsing and formatting;
 //! - [`traffic`]: readiness, admission and deadline decisions;
 //! - [`admin`]: the drain API;
-//! - [`reply`]: local replies.
+//! - [`reply`]: local replies;
+//! - [`sse`]: ending SSE streams with a final error event before a limit.
 //!
 //! The proxy-wasm glue (`filter`, wasm builds only) gathers what the host
 //! gives, calls the logic and applies its decision.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod deadline;
 pub mod drain;
 pub mod reply;
+pub mod sse;
 pub mod traffic;
 
 #[cfg(target_arch = "wasm32")]
@@ -34,4 +36,5 @@ pub mod metrics {
     pub const REJECTED_DRAINING: &str = "drainpipe_rejected_draining";
     pub const REJECTED_DEADLINE: &str = "drainpipe_rejected_deadline";
     pub const MALFORMED_DEADLINE: &str = "drainpipe_malformed_deadline";
+    pub const STREAMS_ENDED: &str = "drainpipe_streams_ended";
 }

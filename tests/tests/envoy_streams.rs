@@ -1,0 +1,175 @@
+//! SSE streams that outlive their deadline or the drain's grace period end
+//! with a final error event, never silently.
+
+use std::time::{Duration, Instant};
+
+use drainpipe_tests::envoy::{plugin_wasm, EnvoyConfig};
+use drainpipe_tests::fake_llm::sse_events;
+use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
+use serde_json::{json, Value};
+
+async fn setup() -> (FakeLlm, Envoy) {
+    let upstream = FakeLlm::start().await.unwrap();
+    let ports = Ports::fresh(upstream.port());
+    let cfg = EnvoyConfig::repo()
+        .unwrap()
+        .localize(ports, &plugin_wasm().unwrap())
+        .patch_plugin(
+            "drainpipe",
+            json!({"admit_window_ms": 500, "grace_ms": 3000, "final_event_margin_ms": 500,
+                   "deadline": {"min_budget_ms": 1000}}),
+        );
+    let envoy = Envoy::start(&cfg, ports, EnvoyOptions::default()).expect("Envoy starts");
+    (upstream, envoy)
+}
+
+/// A stream read to its end: the body, when the error event arrived, when
+/// the stream ended (a reset after the final event is allowed), from `t0`.
+struct Read {
+    body: String,
+    event_at: Option<Duration>,
+    ended_at: Duration,
+}
+
+async fn read_all(mut resp: reqwest::Response, t0: Instant) -> Read {
+    let mut body = String::new();
+    let mut event_at = None;
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let text = std::str::from_utf8(&chunk).unwrap();
+        if event_at.is_none() && text.contains("\"error\"") {
+            event_at = Some(t0.elapsed());
+        }
+        body.push_str(text);
+    }
+    Read {
+        body,
+        event_at,
+        ended_at: t0.elapsed(),
+    }
+}
+
+async fn long_stream(envoy: &Envoy, timeout_ms: Option<&str>) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(envoy.traffic("/v1/chat/completions"))
+        .header("x-fake-chunks", "200")
+        .header("x-fake-chunk-delay-ms", "50")
+        .json(&json!({"model": "m", "messages": [], "stream": true}));
+    if let Some(t) = timeout_ms {
+        req = req.header("x-request-timeout-ms", t);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
+fn last_error(body: &str) -> Value {
+    let events = sse_events(body);
+    assert!(
+        !events.contains(&"[DONE]"),
+        "a cut stream must not claim completion: {body}"
+    );
+    let last = events.last().expect("some events");
+    serde_json::from_str(last).unwrap_or_else(|_| panic!("last event is not JSON: {last:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_running_at_grace_end_gets_a_final_service_draining_event() {
+    let (_up, envoy) = setup().await;
+    let resp = long_stream(&envoy, None).await; // 10 s of tokens
+    let started = Instant::now();
+    let (code, _) = (
+        reqwest::Client::new()
+            .post(envoy.drain_api())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        (),
+    );
+    assert_eq!(code, 202);
+    let read = read_all(resp, started).await;
+    let body = read.body;
+    let error = last_error(&body);
+    assert_eq!(error["error"]["code"], "service_draining", "{body}");
+    assert_eq!(error["error"]["type"], "server_error");
+    // Every event before it is a whole token chunk.
+    let events = sse_events(&body);
+    for e in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(v["object"], "chat.completion.chunk");
+    }
+    assert!(
+        events.len() > 20,
+        "tokens flowed until the cut: {}",
+        events.len()
+    );
+    // Grace 3 s, margin 0.5 s: the event goes out about 2.5 s after the
+    // drain start, then the stream ends (Envoy closes the connection after
+    // its 1 s delayed-close timeout).
+    let event_at = read.event_at.unwrap();
+    assert!(
+        event_at >= Duration::from_millis(2_400) && event_at < Duration::from_millis(3_000),
+        "event {event_at:?} after the drain start"
+    );
+    assert!(
+        read.ended_at < Duration::from_millis(4_500),
+        "ended {:?}",
+        read.ended_at
+    );
+    assert_eq!(envoy.stat("drainpipe_streams_ended").await.unwrap(), 1);
+    // The stream is over: nothing in flight, the drain completes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status: Value = reqwest::get(envoy.drain_api())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["state"] == "drained" {
+            assert_eq!(status["inflight"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never drained: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_reaching_its_deadline_gets_a_final_deadline_event() {
+    let (_up, envoy) = setup().await;
+    let started = Instant::now();
+    let resp = long_stream(&envoy, Some("2000")).await;
+    let read = read_all(resp, started).await;
+    let error = last_error(&read.body);
+    assert_eq!(error["error"]["code"], "deadline_exceeded", "{}", read.body);
+    // Deadline 2 s, margin 0.5 s.
+    let event_at = read.event_at.unwrap();
+    assert!(
+        event_at >= Duration::from_millis(1_400) && event_at < Duration::from_millis(2_000),
+        "event at {event_at:?}"
+    );
+    assert!(
+        read.ended_at < Duration::from_millis(3_500),
+        "ended {:?}",
+        read.ended_at
+    );
+    assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_finishing_in_time_is_untouched() {
+    let (_up, envoy) = setup().await;
+    let resp = reqwest::Client::new()
+        .post(envoy.traffic("/v1/chat/completions"))
+        .header("x-fake-chunks", "10")
+        .header("x-fake-chunk-delay-ms", "20")
+        .json(&json!({"model": "m", "messages": [], "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let body = read_all(resp, Instant::now()).await.body;
+    assert_eq!(sse_events(&body).len(), 12);
+    assert_eq!(sse_events(&body).last(), Some(&"[DONE]"));
+    assert_eq!(envoy.stat("drainpipe_streams_ended").await.unwrap(), 0);
+}
