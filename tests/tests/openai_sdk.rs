@@ -1,0 +1,121 @@
+//! The official OpenAI Python SDK (from PyPI) through Envoy and drainpipe:
+//! completions pass through; during a drain the SDK sees the 503 contract and
+//! retries by its own rules; a stream cut at the grace end raises a clear
+//! error in the SDK.
+
+use std::process::Command;
+use std::time::Duration;
+
+use drainpipe_tests::envoy::{plugin_wasm, repo_root, EnvoyConfig};
+use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
+use serde_json::{json, Value};
+
+async fn setup() -> (FakeLlm, Envoy) {
+    let upstream = FakeLlm::start().await.unwrap();
+    let ports = Ports::fresh(upstream.port());
+    let cfg = EnvoyConfig::repo()
+        .unwrap()
+        .localize(ports, &plugin_wasm().unwrap())
+        .patch_plugin(
+            "drainpipe",
+            json!({"admit_window_ms": 300, "grace_ms": 3000, "retry_after_s": 1,
+                   "final_event_margin_ms": 500, "deadline": {"min_budget_ms": 1000}}),
+        );
+    let envoy = Envoy::start(&cfg, ports, EnvoyOptions::default()).expect("Envoy starts");
+    (upstream, envoy)
+}
+
+/// Runs a scenario of tests/python/openai_client.py with the project's
+/// Python (where `cargo xtask setup` installed the SDK).
+async fn sdk(envoy: &Envoy, scenario: &str) -> Value {
+    let python = repo_root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "no {}: run `cargo xtask setup` (installs the openai SDK)",
+        python.display()
+    );
+    let base_url = envoy.traffic("/v1");
+    let scenario = scenario.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(repo_root().join("tests/python/openai_client.py"))
+            .args([&scenario, &base_url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "SDK script failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("not JSON: {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_plain_and_streamed_completions_pass_through() {
+    let (_up, envoy) = setup().await;
+    let plain = sdk(&envoy, "plain").await;
+    assert_eq!(plain["ok"], true, "{plain}");
+    assert_eq!(plain["content"], "token0 token1 token2 token3 token4 ");
+    let stream = sdk(&envoy, "stream").await;
+    assert_eq!(stream["ok"], true, "{stream}");
+    assert_eq!(stream["content"], plain["content"]);
+    assert_eq!(envoy.stat("drainpipe_admitted").await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_retries_the_drain_503_after_retry_after_then_raises_it() {
+    let (_up, envoy) = setup().await;
+    let resp = reqwest::Client::new()
+        .post(envoy.drain_api())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    tokio::time::sleep(Duration::from_millis(400)).await; // past the admit window
+    let r = sdk(&envoy, "plain").await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error"], "InternalServerError");
+    assert_eq!(r["status"], 503);
+    assert_eq!(r["body"]["code"], "service_draining", "{r}");
+    // One attempt and max_retries=2 retries, each after Retry-After (1 s).
+    assert_eq!(envoy.stat("drainpipe_rejected_draining").await.unwrap(), 3);
+    let elapsed = r["elapsed_s"].as_f64().unwrap();
+    assert!(elapsed >= 2.0, "the SDK honoured retry-after: {elapsed}s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_raises_a_clear_error_when_a_stream_is_ended_at_the_grace_end() {
+    let (_up, envoy) = setup().await;
+    // Start the drain once the SDK's stream is in flight.
+    let drain = envoy.drain_api();
+    let stats = envoy.admin("/stats/prometheus");
+    let starter = tokio::spawn(async move {
+        for _ in 0..200 {
+            let text = reqwest::get(&stats).await.unwrap().text().await.unwrap();
+            if drainpipe_tests::envoy::prometheus_value(&text, "drainpipe_inflight") == Some(1) {
+                return reqwest::Client::new()
+                    .post(&drain)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the SDK's stream never started");
+    });
+    let r = sdk(&envoy, "long-stream").await;
+    assert_eq!(starter.await.unwrap(), 202);
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error"], "APIError", "{r}");
+    assert_eq!(r["body"]["code"], "service_draining", "{r}");
+    let tokens = r["tokens"].as_u64().unwrap();
+    assert!(
+        (20..200).contains(&tokens),
+        "tokens before the cut: {tokens}"
+    );
+}
