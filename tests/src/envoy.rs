@@ -94,6 +94,58 @@ impl EnvoyConfig {
         Ok(EnvoyConfig { doc })
     }
 
+    /// An Envoy configuration from YAML text (for example one embedded in a
+    /// Kubernetes ConfigMap).
+    pub fn from_yaml(text: &str) -> anyhow::Result<EnvoyConfig> {
+        let doc: Value = serde_yaml::from_str(text).context("parsing an Envoy config as YAML")?;
+        Ok(EnvoyConfig { doc })
+    }
+
+    /// The configuration as a JSON value.
+    pub fn doc(&self) -> &Value {
+        &self.doc
+    }
+
+    /// Points every wasm filter at `wasm`, changing nothing else.
+    pub fn with_wasm(mut self, wasm: &Path) -> EnvoyConfig {
+        let wasm = wasm.display().to_string();
+        for filename in wasm_filenames(&mut self.doc) {
+            *filename = Value::String(wasm.clone());
+        }
+        self
+    }
+
+    /// The `filename` of every wasm filter's local code.
+    pub fn wasm_files(&self) -> Vec<String> {
+        wasm_filenames(&mut self.doc.clone())
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Every wasm filter's name and plugin configuration text, in a stable
+    /// order.
+    pub fn plugin_configurations(&self) -> Vec<(String, String)> {
+        fn walk(v: &Value, out: &mut Vec<(String, String)>) {
+            if v.get("vm_config").is_some() {
+                if let (Some(name), Some(config)) = (
+                    v.get("name").and_then(Value::as_str),
+                    v.pointer("/configuration/value").and_then(Value::as_str),
+                ) {
+                    out.push((name.to_string(), config.to_string()));
+                }
+            }
+            match v {
+                Value::Object(map) => map.values().for_each(|v| walk(v, out)),
+                Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.doc, &mut out);
+        out
+    }
+
     /// Moves the shipped ports (10000, 10001, 9901, 8000) to `ports`, binds
     /// everything to loopback, and points the wasm filters at `wasm`.
     pub fn localize(mut self, ports: Ports, wasm: &Path) -> EnvoyConfig {
@@ -160,6 +212,30 @@ impl EnvoyConfig {
         std::fs::write(&path, serde_json::to_vec_pretty(&self.doc)?)?;
         Ok(path)
     }
+}
+
+/// The `filename` values of wasm code loaded from local files.
+fn wasm_filenames(v: &mut Value) -> Vec<&mut Value> {
+    let mut out = Vec::new();
+    match v {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                let is_code = key == "local"
+                    && value
+                        .get("filename")
+                        .and_then(Value::as_str)
+                        .is_some_and(|f| f.ends_with(".wasm"));
+                if is_code {
+                    out.extend(value.get_mut("filename"));
+                } else {
+                    out.extend(wasm_filenames(value));
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| out.extend(wasm_filenames(v))),
+        _ => {}
+    }
+    out
 }
 
 fn find_plugin<'v>(v: &'v mut Value, name: &str) -> Option<&'v mut Value> {

@@ -8,6 +8,7 @@
 //! | `demo --check` | the same, then a smoke check of the main job, then stop |
 //! | `test` | setup + build, every test (native, Envoy end to end, the demo check) |
 //! | `lint` | rustfmt and clippy, native and wasm32-wasip1 |
+//! | `rollout [ARGS]` | the rollout harness: drain Envoy under load (`--help` for its options) |
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 const WASM_TARGET: &str = "wasm32-wasip1";
-const USAGE: &str = "usage: cargo xtask <setup|build|demo [--check]|test|lint>";
+const USAGE: &str =
+    "usage: cargo xtask <setup|build|demo [--check]|test|lint|rollout [--help | ARGS]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
         ["demo"] => demo(false),
         ["demo", "--check"] => demo(true),
         ["test"] => test(),
+        ["rollout", rest @ ..] => rollout(rest),
         ["lint"] => lint(),
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
@@ -141,6 +144,14 @@ fn test() -> anyhow::Result<()> {
     // The main job first, as a user runs it; then the test suites.
     demo(true)?;
     run(cargo().args(["test", "--workspace"]))
+}
+
+/// The rollout harness, with its own arguments.
+fn rollout(args: &[&str]) -> anyhow::Result<()> {
+    setup()?;
+    build()?;
+    run(cargo().args(["build", "--package", "drainpipe-tests", "--bin", "rollout"]))?;
+    run(Command::new(root().join("target/debug/rollout")).args(args))
 }
 
 fn lint() -> anyhow::Result<()> {
