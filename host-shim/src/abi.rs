@@ -244,7 +244,10 @@ mod tests {
 
     #[test]
     fn pairs_round_trip() {
-        let pairs = vec![(b":path".to_vec(), b"/".to_vec()), (b"a".to_vec(), b"".to_vec())];
+        let pairs = vec![
+            (b":path".to_vec(), b"/".to_vec()),
+            (b"a".to_vec(), b"".to_vec()),
+        ];
         let data = serialize_pairs(&pairs);
         assert_eq!(deserialize_pairs(&data), Some(pairs));
     }

@@ -23,8 +23,13 @@ pub struct Clock {
 
 #[derive(Debug)]
 enum ClockKind {
-    System { start: Instant },
-    Manual { unix_nanos: AtomicU64, mono_nanos: AtomicU64 },
+    System {
+        start: Instant,
+    },
+    Manual {
+        unix_nanos: AtomicU64,
+        mono_nanos: AtomicU64,
+    },
 }
 
 impl Clock {

@@ -65,6 +65,24 @@ impl LogSink {
         self.lock().clone()
     }
 
+    /// How many lines there are.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether there is no line yet.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// The lines from index `mark` on.
+    pub fn records_since(&self, mark: usize) -> Vec<LogRecord> {
+        self.lock()
+            .get(mark..)
+            .map(<[LogRecord]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// Whether any line contains `needle`.
     pub fn contains(&self, needle: &str) -> bool {
         self.lock().iter().any(|r| r.message.contains(needle))
@@ -82,7 +100,12 @@ impl LogSink {
     pub fn dump(&self) -> String {
         self.lock()
             .iter()
-            .map(|r| format!("[w{} {:?} {:?}] {}\n", r.worker, r.level, r.source, r.message))
+            .map(|r| {
+                format!(
+                    "[w{} {:?} {:?}] {}\n",
+                    r.worker, r.level, r.source, r.message
+                )
+            })
             .collect()
     }
 

@@ -576,7 +576,7 @@ type Series = (
 fn timeline_svg(samples: &[Sample], drain_ms: u64, exit_ms: Option<u64>, plan: &Plan) -> String {
     let (w, h, left, top, panel, gap) = (900.0, 560.0, 70.0, 40.0, 200.0, 60.0);
     let t_max = samples.last().map(|s| s.t_ms).unwrap_or(1).max(1) as f64;
-    let x = |t: u64| left + (t as f64 / t_max) * (w - left - 30.0);
+    let x = |t: u64| left + (t as f64 / t_max) * (w - left - 60.0);
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
@@ -613,7 +613,7 @@ fn timeline_svg(samples: &[Sample], drain_ms: u64, exit_ms: Option<u64>, plan: &
         svg.push_str(&format!(
             "<rect x=\"{left}\" y=\"{y0}\" width=\"{}\" height=\"{panel}\" fill=\"none\" stroke=\"#999\"/>\n\
              <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{max}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">0</text>\n",
-            w - left - 30.0,
+            w - left - 60.0,
             left - 6.0,
             y0 + 12.0,
             left - 6.0,

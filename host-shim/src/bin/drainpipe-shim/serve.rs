@@ -1,0 +1,194 @@
+//! `serve`: loads the filter, starts the workers, the traffic listener and
+//! the admin endpoint; on SIGTERM or SIGINT drains through the plugin, waits
+//! until drained or the grace period, then exits 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use drainpipe_shim::{Host, PluginConfig, Wasm};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, Admin};
+use crate::proxy::Proxy;
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The proxy-wasm module.
+    #[arg(long)]
+    wasm: PathBuf,
+    /// The traffic plugin's configuration (JSON).
+    #[arg(long)]
+    config: PathBuf,
+    /// The admin plugin's configuration (default: {"role":"admin"}).
+    #[arg(long)]
+    admin_config: Option<PathBuf>,
+    /// Traffic listener address.
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    listen: SocketAddr,
+    /// Upstream base URL, e.g. http://127.0.0.1:8000
+    #[arg(long)]
+    upstream: String,
+    /// Admin listener address.
+    #[arg(long, default_value = "127.0.0.1:10001")]
+    admin: SocketAddr,
+    /// Worker VMs, like Envoy's --concurrency.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// The vm_id shared by both plugin instances.
+    #[arg(long, default_value = "drainpipe")]
+    vm_id: String,
+    /// How long to wait for the drain on SIGTERM before exiting anyway.
+    #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
+    grace: Duration,
+}
+
+/// The server's lifecycle, read by the shutdown path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    Draining,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let traffic_config = std::fs::read(&args.config)
+        .with_context(|| format!("cannot read {}", args.config.display()))?;
+    let admin_config = match &args.admin_config {
+        Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+        None => br#"{"role":"admin"}"#.to_vec(),
+    };
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let upstream: hyper::Uri = args
+        .upstream
+        .parse()
+        .with_context(|| format!("--upstream {:?} is not a URL", args.upstream))?;
+    let wasm = Wasm::from_file(&args.wasm).with_context(|| format!("{}", args.wasm.display()))?;
+    let host = Host::builder(wasm)
+        .vm_id(&args.vm_id)
+        .plugin(PluginConfig::new("traffic", traffic_config))
+        .plugin(PluginConfig::new("admin", admin_config))
+        .build()?;
+    let mut workers = Vec::new();
+    for _ in 0..args.workers {
+        let worker = host.worker().map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\n{}",
+                host.log().dump().lines().last().unwrap_or_default()
+            )
+        })?;
+        workers.push(worker);
+    }
+    let traffic = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let admin_listener = TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.admin))?;
+    eprintln!(
+        "drainpipe-shim: traffic on {}, admin on {}",
+        args.listen, args.admin
+    );
+
+    for worker in workers.clone() {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                every.tick().await;
+                worker.run_timers();
+            }
+        });
+    }
+    let admin = Arc::new(Admin {
+        host: host.clone(),
+        worker: workers[0].clone(),
+        plugin: "admin".into(),
+    });
+    let proxy = Arc::new(Proxy {
+        workers,
+        next: AtomicUsize::new(0),
+        plugin: "traffic".into(),
+        upstream,
+        client: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
+    });
+
+    let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
+    let admin_server = axum::serve(admin_listener, admin::router(admin.clone()));
+    let mut admin_phase = phase_rx.clone();
+    let admin_task = tokio::spawn(async move {
+        admin_server
+            .with_graceful_shutdown(async move {
+                let _ = admin_phase.wait_for(|p| *p == Phase::Draining).await;
+            })
+            .await
+    });
+    let mut accept_phase = phase_rx.clone();
+    let accept_task = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = tokio::select! {
+                accepted = traffic.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                },
+                _ = accept_phase.wait_for(|p| *p == Phase::Draining) => return,
+            };
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| proxy.clone().handle(req));
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+
+    shutdown_signal().await;
+    eprintln!("drainpipe-shim: signal received, draining");
+    admin.call("POST", "/drain", &Default::default());
+    let deadline = Instant::now() + args.grace;
+    loop {
+        let state = admin.state();
+        if state.as_ref().is_some_and(|s| s["state"] == "drained") {
+            break;
+        }
+        if Instant::now() >= deadline {
+            eprintln!("drainpipe-shim: grace period over, exiting before drained");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = phase_tx.send(Phase::Draining);
+    let _ = accept_task.await;
+    let _ = admin_task.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

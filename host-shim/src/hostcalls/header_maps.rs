@@ -1,0 +1,165 @@
+//! Header maps: request and response headers and trailers of the current
+//! stream, and the headers and trailers of an http call's response.
+//!
+//! As in Envoy, a map that does not exist yet in this callback (response
+//! headers while the request is decoded, or any stream map in a root
+//! context) is a bad argument; a missing key is NOT_FOUND; keys are
+//! lowercased.
+
+use wasmtime::{Caller, Linker};
+
+use crate::abi::{self, MapType, Status};
+use crate::headers::Headers;
+use crate::memory::{self, status, HostResult};
+use crate::state::HostState;
+
+pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_pairs",
+        |mut c: Caller<'_, HostState>, map: i32, ptr_ptr: i32, size_ptr: i32| {
+            status(get_pairs(&mut c, map, ptr_ptr, size_ptr))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut c: Caller<'_, HostState>, map: i32, ptr: i32, size: i32| {
+            status(set_pairs(&mut c, map, ptr, size))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_size",
+        |mut c: Caller<'_, HostState>, map: i32, ret: i32| status(get_size(&mut c, map, ret)),
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_value",
+        |mut c: Caller<'_, HostState>,
+         map: i32,
+         key_ptr: i32,
+         key_size: i32,
+         ptr_ptr: i32,
+         size_ptr: i32| {
+            status(get_value(&mut c, map, key_ptr, key_size, ptr_ptr, size_ptr))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_add_header_map_value",
+        |mut c: Caller<'_, HostState>, map: i32, kp: i32, ks: i32, vp: i32, vs: i32| {
+            status(edit(&mut c, map, kp, ks, Some((vp, vs)), Edit::Add))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_replace_header_map_value",
+        |mut c: Caller<'_, HostState>, map: i32, kp: i32, ks: i32, vp: i32, vs: i32| {
+            status(edit(&mut c, map, kp, ks, Some((vp, vs)), Edit::Replace))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |mut c: Caller<'_, HostState>, map: i32, kp: i32, ks: i32| {
+            status(edit(&mut c, map, kp, ks, None, Edit::Remove))
+        },
+    )?;
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Edit {
+    Add,
+    Replace,
+    Remove,
+}
+
+/// The map `raw` names, for reading or editing.
+fn map_mut(state: &mut HostState, raw: i32) -> HostResult<&mut Headers> {
+    let map = MapType::from_raw(raw).ok_or(Status::BadArgument)?;
+    match map {
+        MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers => {
+            let response = state.call_response.as_mut().ok_or(Status::BadArgument)?;
+            Ok(if map == MapType::HttpCallResponseHeaders {
+                &mut response.headers
+            } else {
+                &mut response.trailers
+            })
+        }
+        MapType::GrpcInitialMetadata | MapType::GrpcTrailingMetadata => {
+            Err(Status::BadArgument.into())
+        }
+        MapType::RequestHeaders
+        | MapType::RequestTrailers
+        | MapType::ResponseHeaders
+        | MapType::ResponseTrailers => {
+            let http = state.http()?;
+            let slot = match map {
+                MapType::RequestHeaders => &mut http.request_headers,
+                MapType::RequestTrailers => &mut http.request_trailers,
+                MapType::ResponseHeaders => &mut http.response_headers,
+                _ => &mut http.response_trailers,
+            };
+            slot.as_mut().ok_or_else(|| Status::BadArgument.into())
+        }
+    }
+}
+
+fn get_pairs(c: &mut Caller<'_, HostState>, map: i32, ptr_ptr: i32, size_ptr: i32) -> HostResult {
+    let data = map_mut(c.data_mut(), map)?.serialize();
+    memory::return_bytes(c, &data, ptr_ptr, size_ptr)
+}
+
+fn set_pairs(c: &mut Caller<'_, HostState>, map: i32, ptr: i32, size: i32) -> HostResult {
+    let data = memory::read(c, ptr, size)?;
+    let pairs = abi::deserialize_pairs(&data).ok_or(Status::BadArgument)?;
+    *map_mut(c.data_mut(), map)? = Headers::from_raw_pairs(pairs);
+    Ok(())
+}
+
+fn get_size(c: &mut Caller<'_, HostState>, map: i32, ret: i32) -> HostResult {
+    let size = map_mut(c.data_mut(), map)?.serialize().len();
+    memory::write_u32(c, ret, size as u32)
+}
+
+fn get_value(
+    c: &mut Caller<'_, HostState>,
+    map: i32,
+    key_ptr: i32,
+    key_size: i32,
+    ptr_ptr: i32,
+    size_ptr: i32,
+) -> HostResult {
+    let key = memory::read(c, key_ptr, key_size)?;
+    let key = String::from_utf8_lossy(&key);
+    let value = map_mut(c.data_mut(), map)?
+        .get_bytes(&key)
+        .map(<[u8]>::to_vec)
+        .ok_or(Status::NotFound)?;
+    memory::return_bytes(c, &value, ptr_ptr, size_ptr)
+}
+
+fn edit(
+    c: &mut Caller<'_, HostState>,
+    map: i32,
+    key_ptr: i32,
+    key_size: i32,
+    value: Option<(i32, i32)>,
+    op: Edit,
+) -> HostResult {
+    let key = memory::read(c, key_ptr, key_size)?;
+    let key = String::from_utf8_lossy(&key).into_owned();
+    let value = match value {
+        Some((ptr, size)) => memory::read(c, ptr, size)?,
+        None => Vec::new(),
+    };
+    let headers = map_mut(c.data_mut(), map)?;
+    match op {
+        Edit::Add => headers.add(&key, value),
+        Edit::Replace => headers.replace(&key, value),
+        Edit::Remove => headers.remove(&key),
+    }
+    Ok(())
+}

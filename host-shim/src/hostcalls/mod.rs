@@ -1,0 +1,40 @@
+//! Host functions, one module per area of the proxy-wasm ABI. Each module's
+//! `add` links its functions into the `env` namespace.
+
+mod buffers;
+mod context;
+mod header_maps;
+mod http_calls;
+mod logging;
+mod metrics;
+mod properties;
+mod shared_data;
+mod stream;
+mod timers;
+mod unimplemented;
+
+use wasmtime::{Linker, Module};
+
+use crate::state::HostState;
+
+pub(crate) use unimplemented::UNIMPLEMENTED;
+
+/// Links every proxy-wasm host function, and stubs for the ABI functions the
+/// shim does not implement that `module` imports.
+pub(crate) fn add_to_linker(
+    linker: &mut Linker<HostState>,
+    module: &Module,
+) -> wasmtime::Result<()> {
+    logging::add(linker)?;
+    header_maps::add(linker)?;
+    buffers::add(linker)?;
+    shared_data::add(linker)?;
+    metrics::add(linker)?;
+    timers::add(linker)?;
+    http_calls::add(linker)?;
+    properties::add(linker)?;
+    stream::add(linker)?;
+    context::add(linker)?;
+    unimplemented::add(linker, module)?;
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! What one worker's Wasmtime `Store` holds: WASI, the VM's contexts, its
+//! metric ids, pending http calls. Everything shared between workers sits
+//! behind [`Shared`], passed in by the host; nothing lives in globals.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex};
+
+use wasmtime_wasi::p1::WasiP1Ctx;
+
+use crate::abi::{LogLevel, Status};
+use crate::clock::Clock;
+use crate::headers::Headers;
+use crate::host::VmConfig;
+use crate::logs::{LogRecord, LogSink, LogSource};
+use crate::memory::HostResult;
+use crate::metrics::{MetricIds, Metrics};
+use crate::shared_data::SharedData;
+use crate::stream::LocalResponse;
+
+/// State shared by every worker of one host, like Envoy's process-wide
+/// shared data and stats store.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) clock: Clock,
+    pub(crate) log: LogSink,
+    pub(crate) data: SharedData,
+    pub(crate) metrics: Metrics,
+    pub(crate) next_worker: AtomicU32,
+    /// Unimplemented functions already reported, so each is logged once.
+    pub(crate) reported: Mutex<HashSet<String>>,
+}
+
+/// The data of one worker's `Store`.
+pub(crate) struct HostState {
+    pub(crate) wasi: WasiP1Ctx,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) vm: Arc<VmConfig>,
+    pub(crate) worker: u32,
+    pub(crate) contexts: BTreeMap<u32, Context>,
+    /// The context host calls act on (`proxy_set_effective_context` moves it).
+    pub(crate) current: u32,
+    pub(crate) next_context_id: u32,
+    pub(crate) metric_ids: MetricIds,
+    pub(crate) http_calls: BTreeMap<u32, PendingHttpCall>,
+    pub(crate) next_http_call: u32,
+    /// The response being delivered by `proxy_on_http_call_response`.
+    pub(crate) call_response: Option<CallResponse>,
+    /// The plugin whose configuration `proxy_on_configure` may read.
+    pub(crate) configuring: Option<usize>,
+}
+
+/// A context of the VM.
+#[derive(Debug)]
+pub(crate) enum Context {
+    Root(RootContext),
+    Http(Box<HttpContext>),
+}
+
+/// A plugin's root context.
+#[derive(Debug)]
+pub(crate) struct RootContext {
+    pub(crate) plugin: usize,
+    pub(crate) tick_period_ms: u32,
+    /// Monotonic time (ns) of the next tick, when a period is set.
+    pub(crate) next_tick: Option<u64>,
+    /// Whether the guest called `proxy_done` for this context.
+    pub(crate) done: bool,
+}
+
+/// An HTTP stream's context: the maps and buffers Envoy would expose.
+#[derive(Debug, Default)]
+pub(crate) struct HttpContext {
+    pub(crate) root: u32,
+    pub(crate) plugin: usize,
+    pub(crate) request_headers: Option<Headers>,
+    pub(crate) request_trailers: Option<Headers>,
+    pub(crate) response_headers: Option<Headers>,
+    pub(crate) response_trailers: Option<Headers>,
+    pub(crate) request_body: Option<Vec<u8>>,
+    pub(crate) response_body: Option<Vec<u8>>,
+    pub(crate) local_response: Option<LocalResponse>,
+    /// A local response went out: later ones are dropped.
+    pub(crate) local_sent: bool,
+    pub(crate) request_resumed: bool,
+    pub(crate) response_resumed: bool,
+    pub(crate) reset: bool,
+    pub(crate) start_unix_nanos: u64,
+    pub(crate) connection_id: u64,
+    pub(crate) downstream: Option<std::net::SocketAddr>,
+    /// Values the guest stored with `proxy_set_property`.
+    pub(crate) properties: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// An http call waiting for its response.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingHttpCall {
+    pub(crate) context_id: u32,
+    pub(crate) cluster: String,
+    pub(crate) headers: Headers,
+    pub(crate) body: Vec<u8>,
+    pub(crate) trailers: Headers,
+    pub(crate) timeout_ms: u32,
+    /// Monotonic time (ns) after which the call fails.
+    pub(crate) deadline: u64,
+}
+
+/// The response an http call callback may read; `None` maps for a failure.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CallResponse {
+    pub(crate) headers: Headers,
+    pub(crate) body: Vec<u8>,
+    pub(crate) trailers: Headers,
+}
+
+impl HostState {
+    pub(crate) fn log(&self, level: LogLevel, source: LogSource, message: String) {
+        self.shared.log.push(LogRecord {
+            worker: self.worker,
+            level,
+            source,
+            message,
+        });
+    }
+
+    /// Logs once per host that the guest called a function the shim lacks.
+    pub(crate) fn report_unimplemented(&self, name: &str) {
+        let first = self
+            .shared
+            .reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned());
+        if first {
+            self.log(
+                LogLevel::Warn,
+                LogSource::Host,
+                format!("{name} is not implemented by the shim; returned UNIMPLEMENTED"),
+            );
+        }
+    }
+
+    /// The HTTP context host calls currently act on.
+    pub(crate) fn http(&mut self) -> HostResult<&mut HttpContext> {
+        match self.contexts.get_mut(&self.current) {
+            Some(Context::Http(h)) => Ok(h),
+            _ => Err(Status::BadArgument.into()),
+        }
+    }
+
+    /// The plugin index of the current context.
+    pub(crate) fn current_plugin(&self) -> Option<usize> {
+        match self.contexts.get(&self.current)? {
+            Context::Root(r) => Some(r.plugin),
+            Context::Http(h) => Some(h.plugin),
+        }
+    }
+
+    /// The root context id of the current context.
+    pub(crate) fn current_root(&self) -> Option<u32> {
+        match self.contexts.get(&self.current)? {
+            Context::Root(_) => Some(self.current),
+            Context::Http(h) => Some(h.root),
+        }
+    }
+}

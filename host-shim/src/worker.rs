@@ -1,0 +1,507 @@
+//! A worker: one VM instance in its own `Store`, like one Envoy worker
+//! thread. It starts the VM in Envoy's order, calls into the guest with a
+//! trap contained, and delivers ticks, http call responses and queue
+//! notifications.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use wasmtime::{Instance, Store, WasmParams, WasmResults};
+
+use crate::abi::LogLevel;
+use crate::headers::Headers;
+use crate::host::{FailurePolicy, Host};
+use crate::logs::LogSource;
+use crate::state::{CallResponse, Context, HostState, RootContext};
+use crate::stream::HttpStream;
+
+/// Why a worker's VM could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot instantiate the module: {0}")]
+    Instantiate(String),
+    #[error("the guest trapped in {callback}: {message}")]
+    Trap { callback: String, message: String },
+    #[error("plugin {plugin}: proxy_on_vm_start returned false")]
+    VmStart { plugin: String },
+    #[error("plugin {plugin}: proxy_on_configure returned false (the configuration is rejected)")]
+    Configure { plugin: String },
+}
+
+/// Why a stream cannot be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("no plugin named {0}")]
+    UnknownPlugin(String),
+}
+
+/// An http call the guest made, waiting for a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCallRequest {
+    pub token: u32,
+    pub cluster: String,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    pub trailers: Headers,
+    pub timeout: Duration,
+}
+
+/// A response to deliver to an http call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpCallResponse {
+    /// Headers including `:status`.
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    pub trailers: Headers,
+}
+
+impl HttpCallResponse {
+    /// A response with this status and body.
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        HttpCallResponse {
+            headers: Headers::from_pairs([(":status", status.to_string())]),
+            body: body.into(),
+            trailers: Headers::new(),
+        }
+    }
+}
+
+/// A guest trap, with what the guest printed before it (a Rust panic
+/// message, for instance).
+#[derive(Debug, Clone)]
+pub(crate) struct Trap {
+    pub(crate) message: String,
+}
+
+/// One worker. Cloning shares it; a stream holds a clone.
+#[derive(Clone)]
+pub struct Worker {
+    pub(crate) inner: Arc<Mutex<WorkerInner>>,
+}
+
+pub(crate) struct WorkerInner {
+    pub(crate) host: Host,
+    pub(crate) id: u32,
+    pub(crate) vm: Vm,
+    /// Set when the guest trapped: the VM serves no more callbacks.
+    pub(crate) failed: Option<String>,
+    pub(crate) next_connection: u64,
+}
+
+pub(crate) struct Vm {
+    pub(crate) store: Store<HostState>,
+    instance: Instance,
+    /// Root context id of each plugin, by plugin index.
+    pub(crate) roots: Vec<u32>,
+}
+
+impl Worker {
+    pub(crate) fn start(host: Host, id: u32) -> Result<Worker, StartError> {
+        let vm = Vm::start(&host, id)?;
+        Ok(Worker {
+            inner: Arc::new(Mutex::new(WorkerInner {
+                host,
+                id,
+                vm,
+                failed: None,
+                next_connection: 1,
+            })),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, WorkerInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This worker's id (0, 1, ... in start order).
+    pub fn id(&self) -> u32 {
+        self.lock().id
+    }
+
+    /// The host this worker belongs to.
+    pub fn host(&self) -> Host {
+        self.lock().host.clone()
+    }
+
+    /// Starts an HTTP stream through `plugin` (`proxy_on_context_create`).
+    pub fn http_stream(&self, plugin: &str) -> Result<HttpStream, StreamError> {
+        HttpStream::start(self.clone(), plugin)
+    }
+
+    /// The trap that failed this worker's VM, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failed.clone()
+    }
+
+    /// The root context id of `plugin`.
+    pub fn root_context_id(&self, plugin: &str) -> Option<u32> {
+        let inner = self.lock();
+        let index = inner.plugin_index(plugin)?;
+        inner.vm.roots.get(index).copied()
+    }
+
+    /// Delivers `proxy_on_tick` to every root context with a tick period,
+    /// whether due or not. Returns how many ticks were delivered.
+    pub fn tick(&self) -> usize {
+        let mut inner = self.lock();
+        let roots = inner.roots_with_ticks(false);
+        inner.deliver_ticks(&roots)
+    }
+
+    /// Runs what is due on the clock: ticks whose period has elapsed (once
+    /// each, as Envoy's timers do not catch up) and http calls past their
+    /// timeout, which fail. Returns how many callbacks were delivered.
+    pub fn run_timers(&self) -> usize {
+        let mut inner = self.lock();
+        let roots = inner.roots_with_ticks(true);
+        let mut delivered = inner.deliver_ticks(&roots);
+        let now = inner.host.clock().monotonic_nanos();
+        let expired: Vec<u32> = inner
+            .vm
+            .store
+            .data()
+            .http_calls
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(&t, _)| t)
+            .collect();
+        for token in expired {
+            if inner.deliver_http_call(token, None) {
+                delivered += 1;
+            }
+        }
+        delivered += inner.deliver_queue_ready();
+        delivered
+    }
+
+    /// Delivers pending `proxy_on_queue_ready` notifications for this worker.
+    pub fn deliver_queue_ready(&self) -> usize {
+        self.lock().deliver_queue_ready()
+    }
+
+    /// The http calls waiting for a response, oldest first.
+    pub fn http_calls(&self) -> Vec<HttpCallRequest> {
+        let inner = self.lock();
+        inner
+            .vm
+            .store
+            .data()
+            .http_calls
+            .iter()
+            .map(|(&token, c)| HttpCallRequest {
+                token,
+                cluster: c.cluster.clone(),
+                headers: c.headers.clone(),
+                body: c.body.clone(),
+                trailers: c.trailers.clone(),
+                timeout: Duration::from_millis(u64::from(c.timeout_ms)),
+            })
+            .collect()
+    }
+
+    /// Delivers a response to the http call `token`; false if no such call
+    /// is pending.
+    pub fn respond_http_call(&self, token: u32, response: HttpCallResponse) -> bool {
+        self.lock().deliver_http_call(token, Some(response))
+    }
+
+    /// Fails the http call `token` (no response: reset, timeout, or no
+    /// healthy upstream); false if no such call is pending.
+    pub fn fail_http_call(&self, token: u32) -> bool {
+        self.lock().deliver_http_call(token, None)
+    }
+
+    /// Ends every root context: `proxy_on_done`, then `proxy_on_delete`.
+    /// Returns the plugins whose root context had not finished (returned
+    /// false from `on_done` without calling `proxy_done`).
+    pub fn shutdown(&self) -> Vec<String> {
+        let mut inner = self.lock();
+        let mut pending = Vec::new();
+        for (index, root) in inner.vm.roots.clone().into_iter().enumerate() {
+            let done: Option<i32> = inner
+                .call(root, "proxy_on_done", root as i32)
+                .ok()
+                .flatten();
+            let called_done = matches!(
+                inner.vm.store.data().contexts.get(&root),
+                Some(Context::Root(RootContext { done: true, .. }))
+            );
+            if done == Some(0) && !called_done {
+                pending.push(inner.host.inner.vm.plugins[index].name.clone());
+            }
+            let _ = inner.call::<i32, ()>(root, "proxy_on_delete", root as i32);
+        }
+        pending
+    }
+}
+
+impl Vm {
+    fn start(host: &Host, worker: u32) -> Result<Vm, StartError> {
+        let mut store = host.new_store(worker);
+        let instance = host
+            .inner
+            .linker
+            .instantiate(&mut store, &host.inner.wasm.module)
+            .map_err(|e| StartError::Instantiate(format!("{e:#}")))?;
+        let mut vm = Vm {
+            store,
+            instance,
+            roots: Vec::new(),
+        };
+        vm.initialize()?;
+        let vm_config_len = host.inner.vm.vm_configuration.len() as i32;
+        for (index, plugin) in host.inner.vm.plugins.iter().enumerate() {
+            let state = vm.store.data_mut();
+            let root = state.next_context_id;
+            state.next_context_id += 1;
+            state.contexts.insert(
+                root,
+                Context::Root(RootContext {
+                    plugin: index,
+                    tick_period_ms: 0,
+                    next_tick: None,
+                    done: false,
+                }),
+            );
+            vm.roots.push(root);
+            let trap = |callback: &str, t: Trap| StartError::Trap {
+                callback: callback.to_owned(),
+                message: t.message,
+            };
+            vm.call::<(i32, i32), ()>(root, "proxy_on_context_create", (root as i32, 0))
+                .map_err(|t| trap("proxy_on_context_create", t))?;
+            let started: Option<i32> = vm
+                .call(root, "proxy_on_vm_start", (root as i32, vm_config_len))
+                .map_err(|t| trap("proxy_on_vm_start", t))?;
+            if started == Some(0) {
+                return Err(StartError::VmStart {
+                    plugin: plugin.name.clone(),
+                });
+            }
+            vm.store.data_mut().configuring = Some(index);
+            let configured: Result<Option<i32>, Trap> = vm.call(
+                root,
+                "proxy_on_configure",
+                (root as i32, plugin.configuration.len() as i32),
+            );
+            vm.store.data_mut().configuring = None;
+            if configured.map_err(|t| trap("proxy_on_configure", t))? == Some(0) {
+                return Err(StartError::Configure {
+                    plugin: plugin.name.clone(),
+                });
+            }
+        }
+        Ok(vm)
+    }
+
+    /// Runs the module's initialization: `_initialize` for a reactor (what
+    /// the SDK's `main!` exports), else `_start` for a command.
+    fn initialize(&mut self) -> Result<(), StartError> {
+        for name in ["_initialize", "_start"] {
+            let Ok(func) = self
+                .instance
+                .get_typed_func::<(), ()>(&mut self.store, name)
+            else {
+                continue;
+            };
+            return match func.call(&mut self.store, ()) {
+                Ok(()) => Ok(()),
+                Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                    Some(exit) if exit.0 == 0 => Ok(()),
+                    _ => Err(StartError::Trap {
+                        callback: name.to_owned(),
+                        message: self.describe_trap(&e, 0).message,
+                    }),
+                },
+            };
+        }
+        Ok(())
+    }
+
+    /// Calls the guest export `name` as context `context_id`. A missing
+    /// export is a no-op (`Ok(None)`), as Envoy treats an absent callback.
+    pub(crate) fn call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        context_id: u32,
+        name: &str,
+        params: P,
+    ) -> Result<Option<R>, Trap> {
+        let Ok(func) = self.instance.get_typed_func::<P, R>(&mut self.store, name) else {
+            return Ok(None);
+        };
+        let log_mark = self.store.data().shared.log.len();
+        let previous = std::mem::replace(&mut self.store.data_mut().current, context_id);
+        let result = func.call(&mut self.store, params);
+        self.store.data_mut().current = previous;
+        match result {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => Err(self.describe_trap(&e, log_mark)),
+        }
+    }
+
+    /// A trap's message, with what the guest wrote to stderr or logged as
+    /// critical since `mark` (where a Rust guest's panic message lands).
+    fn describe_trap(&self, error: &wasmtime::Error, mark: usize) -> Trap {
+        let state = self.store.data();
+        let worker = state.worker;
+        let said: Vec<String> = state
+            .shared
+            .log
+            .records_since(mark)
+            .into_iter()
+            .filter(|r| r.worker == worker)
+            .filter(|r| match r.source {
+                LogSource::Stderr => true,
+                // The SDK's panic hook logs the panic at critical level.
+                LogSource::Plugin(_) => r.level == LogLevel::Critical,
+                _ => false,
+            })
+            .map(|r| r.message)
+            .collect();
+        let reason = match error.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => trap.to_string(),
+            None => format!("{error:#}"),
+        };
+        let message = if said.is_empty() {
+            reason
+        } else {
+            format!("{reason}; the guest wrote: {}", said.join(" | "))
+        };
+        Trap { message }
+    }
+}
+
+impl WorkerInner {
+    pub(crate) fn plugin_index(&self, plugin: &str) -> Option<usize> {
+        self.host
+            .inner
+            .vm
+            .plugins
+            .iter()
+            .position(|p| p.name == plugin)
+    }
+
+    pub(crate) fn policy(&self, plugin: usize) -> FailurePolicy {
+        self.host.inner.vm.plugins[plugin].failure_policy
+    }
+
+    /// Calls into the guest; a trap fails the VM and is logged.
+    pub(crate) fn call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        context_id: u32,
+        name: &str,
+        params: P,
+    ) -> Result<Option<R>, Trap> {
+        if let Some(failed) = &self.failed {
+            return Err(Trap {
+                message: format!("the VM failed earlier: {failed}"),
+            });
+        }
+        let result = self.vm.call(context_id, name, params);
+        if let Err(trap) = &result {
+            self.vm.store.data().log(
+                LogLevel::Critical,
+                LogSource::Host,
+                format!(
+                    "wasm trap in {name} (context {context_id}): {}",
+                    trap.message
+                ),
+            );
+            self.failed = Some(trap.message.clone());
+        }
+        result
+    }
+
+    /// Starts a fresh VM in place of a failed one.
+    pub(crate) fn reload(&mut self) -> Result<(), StartError> {
+        let vm = Vm::start(&self.host, self.id)?;
+        self.vm = vm;
+        self.failed = None;
+        self.vm.store.data().log(
+            LogLevel::Warn,
+            LogSource::Host,
+            "the VM was reloaded after a failure".to_owned(),
+        );
+        Ok(())
+    }
+
+    fn roots_with_ticks(&mut self, only_due: bool) -> Vec<u32> {
+        let now = self.host.clock().monotonic_nanos();
+        let mut due = Vec::new();
+        for (&id, context) in self.vm.store.data_mut().contexts.iter_mut() {
+            let Context::Root(root) = context else {
+                continue;
+            };
+            let Some(next) = root.next_tick else { continue };
+            if only_due && next > now {
+                continue;
+            }
+            root.next_tick = Some(now + u64::from(root.tick_period_ms) * 1_000_000);
+            due.push(id);
+        }
+        due
+    }
+
+    fn deliver_ticks(&mut self, roots: &[u32]) -> usize {
+        let mut delivered = 0;
+        for &root in roots {
+            if self
+                .call::<i32, ()>(root, "proxy_on_tick", root as i32)
+                .is_ok()
+            {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    fn deliver_queue_ready(&mut self) -> usize {
+        let ready = self.host.inner.shared.data.take_ready(self.id);
+        let mut delivered = 0;
+        for r in ready {
+            let args = (r.owner.context_id as i32, r.token as i32);
+            if self
+                .call::<(i32, i32), ()>(r.owner.context_id, "proxy_on_queue_ready", args)
+                .is_ok()
+            {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Delivers an http call's response (`None`: failure) to the context
+    /// that made the call.
+    pub(crate) fn deliver_http_call(
+        &mut self,
+        token: u32,
+        response: Option<HttpCallResponse>,
+    ) -> bool {
+        let Some(call) = self.vm.store.data_mut().http_calls.remove(&token) else {
+            return false;
+        };
+        if !self.vm.store.data().contexts.contains_key(&call.context_id) {
+            return false;
+        }
+        let response = response.unwrap_or_default();
+        let args = (
+            call.context_id as i32,
+            token as i32,
+            response.headers.len() as i32,
+            response.body.len() as i32,
+            response.trailers.len() as i32,
+        );
+        self.vm.store.data_mut().call_response = Some(CallResponse {
+            headers: response.headers,
+            body: response.body,
+            trailers: response.trailers,
+        });
+        let result = self.call::<(i32, i32, i32, i32, i32), ()>(
+            call.context_id,
+            "proxy_on_http_call_response",
+            args,
+        );
+        self.vm.store.data_mut().call_response = None;
+        result.is_ok()
+    }
+}

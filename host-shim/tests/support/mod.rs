@@ -1,0 +1,105 @@
+//! Shared helpers for the shim's tests: the test filter (built for
+//! wasm32-wasip1 on first use), the drainpipe plugin, and small modules
+//! written in the wasm text format.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use drainpipe_shim::{Clock, Host, PluginConfig, Wasm};
+
+/// A fixed start time for manual clocks: 2023-11-14T22:13:20Z.
+pub const T0_MS: u64 = 1_700_000_000_000;
+
+/// The independent test filter in `test-filter/`, compiled once per test
+/// binary. Cargo builds it into this package's test scratch directory.
+pub fn test_filter() -> Wasm {
+    static WASM: OnceLock<Wasm> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-filter/Cargo.toml");
+        let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-filter");
+        let output = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "--manifest-path",
+            ])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .output()
+            .expect("run cargo to build the test filter");
+        assert!(
+            output.status.success(),
+            "building the test filter for wasm32-wasip1 failed (is the target installed? \
+             `rustup target add wasm32-wasip1`):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let path = target_dir.join("wasm32-wasip1/release/shim_test_filter.wasm");
+        Wasm::from_file(&path).expect("load the test filter")
+    })
+    .clone()
+}
+
+/// The drainpipe plugin: `DRAINPIPE_WASM`, or the release build in the
+/// workspace's target directory.
+pub fn drainpipe() -> Wasm {
+    static WASM: OnceLock<Wasm> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let path = std::env::var_os("DRAINPIPE_WASM")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../target/wasm32-wasip1/release/drainpipe.wasm")
+            });
+        assert!(
+            path.exists(),
+            "the drainpipe plugin is missing at {}: build it with \
+             `cargo build -p drainpipe-plugin --target wasm32-wasip1 --release` \
+             or point DRAINPIPE_WASM at it",
+            path.display()
+        );
+        Wasm::from_file(&path).unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display()))
+    })
+    .clone()
+}
+
+/// A host for the test filter with one plugin `test`, the `auth` cluster,
+/// and a manual clock.
+pub fn test_filter_host(config: &str) -> (Host, Clock) {
+    let clock = Clock::manual(T0_MS);
+    let host = Host::builder(test_filter())
+        .vm_id("tests")
+        .clock(clock.clone())
+        .cluster("auth", None)
+        .plugin(PluginConfig::new("test", config))
+        .build()
+        .expect("build the host");
+    (host, clock)
+}
+
+/// A module in the wasm text format with the exports every proxy-wasm
+/// module has (ABI marker, memory, allocator) around `body`.
+pub fn wat_module(imports: &str, body: &str) -> Vec<u8> {
+    format!(
+        r#"(module
+            {imports}
+            (memory (export "memory") 1)
+            (global $heap (mut i32) (i32.const 4096))
+            (func (export "proxy_abi_version_0_2_1"))
+            (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+                (local $p i32)
+                (local.set $p (global.get $heap))
+                (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+                (local.get $p))
+            {body}
+        )"#
+    )
+    .into_bytes()
+}
