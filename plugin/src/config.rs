@@ -32,6 +32,17 @@ pub struct DeadlineConfig {
     pub min_budget_ms: u64,
 }
 
+/// Where the traffic role polls an external drain controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerConfig {
+    /// The Envoy cluster that reaches the controller.
+    pub cluster: String,
+    /// The controller's status path (`GET`), answering like `GET /drain`.
+    pub path: String,
+    /// Poll interval.
+    pub poll_ms: u64,
+}
+
 /// The validated plugin configuration.
 ///
 /// ```
@@ -57,6 +68,8 @@ pub struct Config {
     /// SSE streams still running this long before their deadline or the end
     /// of the grace period get a final error event instead of a reset.
     pub final_event_margin_ms: u64,
+    /// Traffic role: follow the drain state of an external controller.
+    pub drain_controller: Option<ControllerConfig>,
 }
 
 impl Default for Config {
@@ -75,6 +88,7 @@ impl Default for Config {
             admin_token: None,
             envoy_admin_cluster: None,
             final_event_margin_ms: 1_000,
+            drain_controller: None,
         }
     }
 }
@@ -157,6 +171,7 @@ impl Config {
                     cfg.envoy_admin_cluster = Some(string(key, value)?.to_string())
                 }
                 "final_event_margin_ms" => cfg.final_event_margin_ms = duration(key, value)?,
+                "drain_controller" => cfg.drain_controller = Some(parse_controller(value)?),
                 _ => return Err(unknown_key(key, TOP_KEYS)),
             }
         }
@@ -222,6 +237,12 @@ impl Config {
                 ),
             ));
         }
+        if self.drain_controller.is_some() && self.role != Role::Traffic {
+            return Err(ConfigError::new(
+                "drain_controller",
+                "only applies to role \"traffic\"",
+            ));
+        }
         if let Some(token) = &self.admin_token {
             if self.role != Role::Admin {
                 return Err(ConfigError::new(
@@ -264,7 +285,9 @@ const TOP_KEYS: &[&str] = &[
     "admin_token",
     "envoy_admin_cluster",
     "final_event_margin_ms",
+    "drain_controller",
 ];
+const CONTROLLER_KEYS: &[&str] = &["cluster", "path", "poll_ms"];
 const DEADLINE_KEYS: &[&str] = &["default_timeout_ms", "max_timeout_ms", "min_budget_ms"];
 
 fn parse_deadline(d: &mut DeadlineConfig, value: &Value) -> Result<(), ConfigError> {
@@ -284,6 +307,45 @@ fn parse_deadline(d: &mut DeadlineConfig, value: &Value) -> Result<(), ConfigErr
         }
     }
     Ok(())
+}
+
+fn parse_controller(value: &Value) -> Result<ControllerConfig, ConfigError> {
+    let obj = value.as_object().ok_or_else(|| {
+        ConfigError::new(
+            "drain_controller",
+            format!("expected a JSON object, got {}", kind(value)),
+        )
+    })?;
+    let mut c = ControllerConfig {
+        cluster: String::new(),
+        path: "/drain".to_string(),
+        poll_ms: 1_000,
+    };
+    for (key, value) in obj {
+        let path = format!("drain_controller.{key}");
+        match key.as_str() {
+            "cluster" => c.cluster = string(&path, value)?.to_string(),
+            "path" => c.path = string(&path, value)?.to_string(),
+            "poll_ms" => c.poll_ms = integer(&path, value, 100, 60_000)?,
+            _ => return Err(unknown_key(&path, CONTROLLER_KEYS)),
+        }
+    }
+    if c.cluster.is_empty() {
+        return Err(ConfigError::new(
+            "drain_controller.cluster",
+            "required: the Envoy cluster that reaches the drain controller",
+        ));
+    }
+    if !c.path.starts_with('/') || c.path.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            "drain_controller.path",
+            format!(
+                "expected an absolute path like \"/drain\", got {:?}",
+                c.path
+            ),
+        ));
+    }
+    Ok(c)
 }
 
 fn unknown_key(key: &str, known: &[&str]) -> ConfigError {
@@ -351,6 +413,16 @@ mod tests {
         );
         assert_eq!(d.admin_token, None);
         assert_eq!(d.final_event_margin_ms, 1_000);
+        assert_eq!(d.drain_controller, None);
+        let c = Config::parse(br#"{"drain_controller":{"cluster":"ctl"}}"#).unwrap();
+        assert_eq!(
+            c.drain_controller,
+            Some(ControllerConfig {
+                cluster: "ctl".into(),
+                path: "/drain".into(),
+                poll_ms: 1_000
+            })
+        );
     }
 
     #[test]

@@ -149,6 +149,33 @@ impl Drain {
     }
 }
 
+/// Reads a drain controller's status (`GET /drain` of the admin role or of
+/// `drainpipe-shim controller`): the `drain_started_unix_ms` field, a number
+/// while draining and `null` while serving.
+pub fn parse_controller_status(body: &[u8]) -> Result<Drain, String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("controller status is not JSON: {e}"))?;
+    match doc.get("drain_started_unix_ms") {
+        Some(serde_json::Value::Null) => Ok(Drain::SERVING),
+        Some(v) => v
+            .as_u64()
+            .map(Drain::started_at)
+            .ok_or_else(|| format!("controller status: drain_started_unix_ms is {v}, not a time")),
+        None => Err("controller status lacks drain_started_unix_ms".to_string()),
+    }
+}
+
+/// What to store when following a controller: `None` keeps the local state.
+/// The controller is the authority: its drain start is adopted unless a
+/// drain is already on locally (which keeps its own, earlier start), and its
+/// `serving` ends a local drain.
+pub fn follow(controller: Drain, local: Drain) -> Option<Drain> {
+    match (controller.started_unix_ms, local.started_unix_ms) {
+        (Some(_), Some(_)) | (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => Some(controller),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +257,41 @@ mod tests {
         for bad in [&b""[..], b"5", b"5,", b"a,b", b"1,2,3"] {
             assert_eq!(Windows::decode(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn controller_status_is_read_from_drain_started_unix_ms() {
+        let cases: &[(&str, Result<Drain, &str>)] = &[
+            (
+                r#"{"state":"serving","drain_started_unix_ms":null}"#,
+                Ok(Drain::SERVING),
+            ),
+            (
+                r#"{"drain_started_unix_ms":1700}"#,
+                Ok(Drain::started_at(1700)),
+            ),
+            (r#"{"state":"draining"}"#, Err("lacks")),
+            (r#"{"drain_started_unix_ms":"soon"}"#, Err("not a time")),
+            (r#"{"drain_started_unix_ms":-5}"#, Err("not a time")),
+            ("<html>", Err("not JSON")),
+        ];
+        for (body, want) in cases {
+            match (parse_controller_status(body.as_bytes()), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, *want, "{body}"),
+                (Err(e), Err(needle)) => assert!(e.contains(needle), "{body}: {e}"),
+                (got, want) => panic!("{body}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn following_a_controller_adopts_its_changes_only() {
+        let (on, off) = (Drain::started_at(100), Drain::SERVING);
+        assert_eq!(follow(on, off), Some(on));
+        assert_eq!(follow(off, on), Some(off));
+        assert_eq!(follow(off, off), None);
+        // A drain already on keeps its own start time.
+        assert_eq!(follow(Drain::started_at(200), on), None);
     }
 
     #[test]

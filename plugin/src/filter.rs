@@ -16,7 +16,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
 
 use crate::admin::{self, Action as AdminAction};
 use crate::config::{Config, Role};
-use crate::drain::{Drain, Phase, Windows, SHARED_KEY, WINDOWS_KEY};
+use crate::drain::{self, Drain, Phase, Windows, SHARED_KEY, WINDOWS_KEY};
 use crate::metrics;
 use crate::reply::LocalReply;
 use crate::sse::{self, ChunkAction};
@@ -148,6 +148,25 @@ impl Shared {
         log::error!("drain state kept changing; drain not started");
     }
 
+    /// Adopts a drain controller's state (see [`crate::drain::follow`]).
+    fn follow(&self, controller: Drain) {
+        let Ok((bytes, cas)) = hostcalls::get_shared_data(SHARED_KEY) else {
+            return;
+        };
+        let local = Drain::decode(bytes.as_deref()).unwrap_or(Drain::SERVING);
+        let Some(next) = drain::follow(controller, local) else {
+            return;
+        };
+        // On a CAS mismatch another worker just changed it: the next poll
+        // looks again.
+        if hostcalls::set_shared_data(SHARED_KEY, Some(&next.encode()), cas).is_ok() {
+            match next.started_unix_ms {
+                Some(_) => log::info!("drain started by the drain controller"),
+                None => log::info!("drain ended by the drain controller, serving"),
+            }
+        }
+    }
+
     fn stop_drain(&self) {
         match hostcalls::set_shared_data(SHARED_KEY, Some(&Drain::SERVING.encode()), None) {
             Ok(()) => log::info!("drain cancelled, serving"),
@@ -177,9 +196,83 @@ fn send(ctx: &dyn HttpContext, reply: &LocalReply) {
 #[derive(Default)]
 struct Root {
     shared: Option<Rc<Shared>>,
+    /// Drain controller polling: when the next poll is due, whether one is
+    /// out, and whether the last one worked (to log changes only).
+    next_poll_unix_ms: u64,
+    poll_pending: bool,
+    controller_ok: Option<bool>,
 }
 
-impl Context for Root {}
+impl Root {
+    fn poll_controller(&mut self, now: u64) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Some(ctl) = &shared.cfg.drain_controller else {
+            return;
+        };
+        if self.poll_pending || now < self.next_poll_unix_ms {
+            return;
+        }
+        self.next_poll_unix_ms = now + ctl.poll_ms;
+        let call = self.dispatch_http_call(
+            &ctl.cluster,
+            vec![
+                (":method", "GET"),
+                (":path", &ctl.path),
+                (":authority", &ctl.cluster),
+            ],
+            None,
+            vec![],
+            Duration::from_millis(ctl.poll_ms),
+        );
+        match call {
+            Ok(_) => self.poll_pending = true,
+            Err(status) => self.controller_health(Err(format!(
+                "cannot call the drain controller through cluster {:?}: {status:?}",
+                ctl.cluster
+            ))),
+        }
+    }
+
+    fn controller_health(&mut self, result: Result<(), String>) {
+        let ok = result.is_ok();
+        if self.controller_ok != Some(ok) {
+            match result {
+                Ok(()) => log::info!("following the drain controller"),
+                Err(e) => log::warn!("{e}; keeping the current drain state"),
+            }
+        }
+        self.controller_ok = Some(ok);
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        self.poll_pending = false;
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let status = self.get_http_call_response_header(":status");
+        let result = match status.as_deref() {
+            Some("200") => {
+                let body = self
+                    .get_http_call_response_body(0, body_size)
+                    .unwrap_or_default();
+                drain::parse_controller_status(&body).map(|controller| shared.follow(controller))
+            }
+            Some(code) => Err(format!("the drain controller answered {code}")),
+            None => Err("the drain controller did not answer".to_string()),
+        };
+        self.controller_health(result);
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -205,15 +298,21 @@ impl RootContext for Root {
                 return false;
             }
         }
+        let tick = match &cfg.drain_controller {
+            Some(ctl) => TICK.min(Duration::from_millis(ctl.poll_ms)),
+            None => TICK,
+        };
         self.shared = Some(Rc::new(Shared { cfg, metrics }));
-        self.set_tick_period(TICK);
+        self.set_tick_period(tick);
         true
     }
 
     fn on_tick(&mut self) {
+        let now = now_unix_ms(self);
         if let Some(shared) = &self.shared {
-            shared.observe(now_unix_ms(self));
+            shared.observe(now);
         }
+        self.poll_controller(now);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -60,6 +60,8 @@ pub struct Ports {
     pub drain: u16,
     pub admin: u16,
     pub upstream: u16,
+    /// A drain controller (shipped as 10002).
+    pub controller: u16,
 }
 
 impl Ports {
@@ -70,6 +72,7 @@ impl Ports {
             drain: free_port(),
             admin: free_port(),
             upstream,
+            controller: free_port(),
         }
     }
 }
@@ -84,6 +87,12 @@ impl EnvoyConfig {
     /// `envoy/envoy.yaml`, as shipped.
     pub fn repo() -> anyhow::Result<EnvoyConfig> {
         EnvoyConfig::load(&repo_root().join("envoy/envoy.yaml"))
+    }
+
+    /// `envoy/envoy-controller.yaml`: no drain listener, the plugin follows
+    /// a drain controller.
+    pub fn repo_controller() -> anyhow::Result<EnvoyConfig> {
+        EnvoyConfig::load(&repo_root().join("envoy/envoy-controller.yaml"))
     }
 
     pub fn load(path: &Path) -> anyhow::Result<EnvoyConfig> {
@@ -146,7 +155,7 @@ impl EnvoyConfig {
         out
     }
 
-    /// Moves the shipped ports (10000, 10001, 9901, 8000) to `ports`, binds
+    /// Moves the shipped ports (10000, 10001, 9901, 8000, 10002) to `ports`, binds
     /// everything to loopback, and points the wasm filters at `wasm`.
     pub fn localize(mut self, ports: Ports, wasm: &Path) -> EnvoyConfig {
         fn walk(v: &mut Value, ports: Ports, wasm: &str) {
@@ -159,6 +168,7 @@ impl EnvoyConfig {
                             Some(10001) => ports.drain,
                             Some(9901) => ports.admin,
                             Some(8000) => ports.upstream,
+                            Some(10002) => ports.controller,
                             Some(other) => other as u16,
                             None => 0,
                         };

@@ -1,0 +1,198 @@
+//! `drainpipe-shim controller` with a real Envoy: the plugin in
+//! `envoy/envoy-controller.yaml` follows the controller's drain state, within
+//! one poll interval, on every worker.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use drainpipe_tests::envoy::{plugin_wasm, EnvoyConfig};
+use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
+use serde_json::{json, Value};
+
+/// The controller process, killed on drop.
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_controller(port: u16) -> Controller {
+    // Guarded at once, so every path below kills and reaps it.
+    let controller = Controller(
+        Command::new(env!("CARGO_BIN_EXE_drainpipe-shim"))
+            .args([
+                "controller",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--linger",
+                "20s",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("drainpipe-shim controller starts"),
+    );
+    let url = format!("http://127.0.0.1:{port}/drain");
+    for _ in 0..200 {
+        if reqwest::get(&url).await.is_ok() {
+            return controller;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("controller never answered on {url}");
+}
+
+async fn setup() -> (FakeLlm, Controller, Envoy) {
+    let upstream = FakeLlm::start().await.unwrap();
+    let ports = Ports::fresh(upstream.port());
+    let controller = start_controller(ports.controller).await;
+    let cfg = EnvoyConfig::repo_controller()
+        .unwrap()
+        .localize(ports, &plugin_wasm().unwrap())
+        .patch_plugin(
+            "drainpipe",
+            json!({"admit_window_ms": 1000, "drain_controller": {"poll_ms": 200}}),
+        );
+    let opts = EnvoyOptions {
+        concurrency: 4,
+        ..EnvoyOptions::default()
+    };
+    let envoy = Envoy::start(&cfg, ports, opts).expect("Envoy starts");
+    (upstream, controller, envoy)
+}
+
+async fn readiness(envoy: &Envoy) -> String {
+    let v: Value = reqwest::get(envoy.traffic("/healthz/ready"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["status"].as_str().unwrap().to_string()
+}
+
+/// Waits until readiness reports `state` on several fresh connections (so
+/// several workers), returning how long it took.
+async fn until_state(envoy: &Envoy, state: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut all = true;
+        for _ in 0..8 {
+            all &= readiness(envoy).await == state;
+        }
+        if all {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "never reached {state}:\n{}",
+            envoy.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn envoy_follows_the_controller_drain_within_one_poll_interval() {
+    let (_up, ctl, envoy) = setup().await;
+    let api = format!("http://127.0.0.1:{}/drain", envoy.ports.controller);
+    until_state(&envoy, "serving", Duration::from_secs(5)).await;
+
+    let resp = reqwest::Client::new().post(&api).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["state"], "draining");
+    // poll_ms 200: every worker sees it within a poll interval and a tick.
+    let took = until_state(&envoy, "draining", Duration::from_secs(3)).await;
+    assert!(took < Duration::from_millis(1_000), "took {took:?}");
+
+    // The traffic listener then behaves as with a local drain.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let r = reqwest::get(envoy.traffic("/v1/models")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-should-retry"], "true");
+    until_state(&envoy, "drained", Duration::from_secs(3)).await;
+
+    let r = reqwest::Client::new().delete(&api).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    until_state(&envoy, "serving", Duration::from_secs(3)).await;
+    assert!(envoy
+        .log()
+        .contains("drain started by the drain controller"));
+    assert!(envoy.log().contains("drain ended by the drain controller"));
+    drop(ctl);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_unreachable_keeps_the_current_state_and_says_so_once() {
+    let (_up, ctl, envoy) = setup().await;
+    let api = format!("http://127.0.0.1:{}/drain", envoy.ports.controller);
+    reqwest::Client::new().post(&api).send().await.unwrap();
+    until_state(&envoy, "draining", Duration::from_secs(3)).await;
+    drop(ctl);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_ne!(
+        readiness(&envoy).await,
+        "serving",
+        "a lost controller must not end the drain"
+    );
+    let log = envoy.log();
+    let warnings = log.matches("keeping the current drain state").count();
+    assert!(warnings >= 1, "{}", envoy.log_tail(20));
+    // One root context per worker (4) and Envoy's main thread: once each,
+    // not once per poll (7 polls went by).
+    assert!(
+        warnings <= 5,
+        "logged once per root context, not once per poll: {warnings}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_makes_the_controller_drain_by_itself() {
+    let (_up, ctl, envoy) = setup().await;
+    until_state(&envoy, "serving", Duration::from_secs(5)).await;
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(ctl.0.id() as libc::pid_t, libc::SIGTERM);
+    }
+    until_state(&envoy, "draining", Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_answers_unknown_paths_and_methods_with_json_errors() {
+    let port = drainpipe_tests::envoy::free_port();
+    let _ctl = start_controller(port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let r = reqwest::get(format!("{base}/nope")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "not_found");
+    let r = reqwest::Client::new()
+        .put(format!("{base}/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, POST, DELETE");
+    // POST is idempotent: the first start time stays.
+    let c = reqwest::Client::new();
+    let a: Value = c
+        .post(format!("{base}/drain"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b: Value = c
+        .post(format!("{base}/drain"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a["drain_started_unix_ms"], b["drain_started_unix_ms"]);
+}
