@@ -311,3 +311,58 @@ async fn drain_api_answers_unknown_paths_and_methods_with_json_errors() {
     assert_eq!(resp.headers()["allow"], "GET, POST, DELETE");
     assert_eq!(ready(&envoy).await.0, 200, "no drain was started");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_connection_gets_goaway_once_the_drain_starts() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let (_up, envoy) = setup(2).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", envoy.ports.traffic))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c prior-knowledge handshake with Envoy");
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    let get = |path: &str| {
+        hyper::Request::get(format!("http://127.0.0.1{path}"))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let resp = sender.send_request(get("/echo/before")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    // While serving, the connection stays open.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!closed.is_finished(), "connection closed before any drain");
+    let resp = sender
+        .send_request(get("/echo/still-serving"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    assert!(!closed.is_finished());
+
+    let (code, _) = drain_api(&envoy, reqwest::Method::POST).await;
+    assert_eq!(code, 202);
+    let drain_started = Instant::now();
+    // Inside the admit window the request is served, and Envoy's drain
+    // answers it by starting the HTTP/2 drain sequence: GOAWAY, then close.
+    let resp = sender.send_request(get("/echo/during")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    let closed_at = tokio::time::timeout(Duration::from_secs(15), closed)
+        .await
+        .expect("Envoy closes the HTTP/2 connection after GOAWAY")
+        .unwrap();
+    assert!(closed_at.duration_since(drain_started) < Duration::from_secs(12));
+    assert!(
+        sender.send_request(get("/echo/after")).await.is_err(),
+        "no new stream on a connection that got GOAWAY"
+    );
+}
