@@ -115,6 +115,11 @@ impl EnvoyConfig {
         &self.doc
     }
 
+    /// The configuration as a JSON value, to change it in place.
+    pub fn doc_mut(&mut self) -> &mut Value {
+        &mut self.doc
+    }
+
     /// Points every wasm filter at `wasm`, changing nothing else.
     pub fn with_wasm(mut self, wasm: &Path) -> EnvoyConfig {
         let wasm = wasm.display().to_string();
@@ -330,12 +335,21 @@ impl Envoy {
     /// Starts Envoy with the repository's config on fresh ports, in front of
     /// an upstream on `upstream_port`, and waits until it is live.
     pub fn start_repo(upstream_port: u16, patch: Option<Value>) -> anyhow::Result<Envoy> {
+        let patch = patch.unwrap_or_else(|| Value::Object(Default::default()));
+        Envoy::start_repo_with(upstream_port, patch, EnvoyOptions::default())
+    }
+
+    /// [`Envoy::start_repo`] with options.
+    pub fn start_repo_with(
+        upstream_port: u16,
+        patch: Value,
+        opts: EnvoyOptions,
+    ) -> anyhow::Result<Envoy> {
         let ports = Ports::fresh(upstream_port);
-        let mut cfg = EnvoyConfig::repo()?.localize(ports, &plugin_wasm()?);
-        if let Some(patch) = patch {
-            cfg = cfg.patch_plugin("drainpipe", patch);
-        }
-        Envoy::start(&cfg, ports, EnvoyOptions::default())
+        let cfg = EnvoyConfig::repo()?
+            .localize(ports, &plugin_wasm()?)
+            .patch_plugin("drainpipe", patch);
+        Envoy::start(&cfg, ports, opts)
     }
 
     /// Starts Envoy on `cfg` (already localized to `ports`).
@@ -461,6 +475,15 @@ impl Drop for Envoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A fake upstream and a real Envoy in front of it: the repository's config,
+/// the traffic plugin's configuration patched with `patch`.
+pub async fn upstream_and_envoy(patch: Value, opts: EnvoyOptions) -> (crate::FakeLlm, Envoy) {
+    let upstream = crate::FakeLlm::start().await.expect("fake upstream");
+    let envoy =
+        Envoy::start_repo_with(upstream.port(), patch, opts).expect("Envoy starts with the plugin");
+    (upstream, envoy)
 }
 
 fn spawn_envoy(config: &Path, log: &Path, opts: &EnvoyOptions) -> anyhow::Result<Child> {

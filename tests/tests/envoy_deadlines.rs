@@ -3,7 +3,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use drainpipe_tests::{Envoy, FakeLlm};
+use drainpipe_tests::envoy::upstream_and_envoy;
+use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::{json, Value};
 
 fn now_ms() -> u64 {
@@ -14,9 +15,8 @@ fn now_ms() -> u64 {
 }
 
 async fn setup(patch: Option<Value>) -> (FakeLlm, Envoy) {
-    let upstream = FakeLlm::start().await.expect("fake upstream");
-    let envoy = Envoy::start_repo(upstream.port(), patch).expect("Envoy starts with the plugin");
-    (upstream, envoy)
+    let patch = patch.unwrap_or_else(|| json!({}));
+    upstream_and_envoy(patch, EnvoyOptions::default()).await
 }
 
 /// Sends a request through Envoy to the echo upstream; returns the status
@@ -138,7 +138,10 @@ async fn malformed_deadline_is_ignored_and_counted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn router_enforces_the_budget_with_504() {
-    let (_up, envoy) = setup(Some(json!({"deadline": {"min_budget_ms": 100}}))).await;
+    let (_up, envoy) = setup(Some(
+        json!({"deadline": {"min_budget_ms": 100}, "final_event_margin_ms": 50}),
+    ))
+    .await;
     let started = std::time::Instant::now();
     let (status, got) = echo(
         &envoy,

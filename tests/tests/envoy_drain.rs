@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use drainpipe_tests::envoy::{plugin_wasm, EnvoyConfig};
+use drainpipe_tests::envoy::upstream_and_envoy;
 use drainpipe_tests::fake_llm::sse_events;
-use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
+use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::{json, Value};
 
 /// Short windows so the tests run in seconds: admit 1 s, grace 10 s.
@@ -15,18 +15,11 @@ fn fast_drain() -> Value {
 }
 
 async fn setup(concurrency: u32) -> (FakeLlm, Envoy) {
-    let upstream = FakeLlm::start().await.expect("fake upstream");
-    let ports = Ports::fresh(upstream.port());
-    let cfg = EnvoyConfig::repo()
-        .unwrap()
-        .localize(ports, &plugin_wasm().unwrap())
-        .patch_plugin("drainpipe", fast_drain());
     let opts = EnvoyOptions {
         concurrency,
         ..EnvoyOptions::default()
     };
-    let envoy = Envoy::start(&cfg, ports, opts).expect("Envoy starts with the plugin");
-    (upstream, envoy)
+    upstream_and_envoy(fast_drain(), opts).await
 }
 
 async fn drain_api(envoy: &Envoy, method: reqwest::Method) -> (u16, Value) {

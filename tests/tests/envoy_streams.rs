@@ -3,24 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use drainpipe_tests::envoy::{plugin_wasm, EnvoyConfig};
+use drainpipe_tests::envoy::upstream_and_envoy;
 use drainpipe_tests::fake_llm::sse_events;
-use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
+use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::{json, Value};
 
 async fn setup() -> (FakeLlm, Envoy) {
-    let upstream = FakeLlm::start().await.unwrap();
-    let ports = Ports::fresh(upstream.port());
-    let cfg = EnvoyConfig::repo()
-        .unwrap()
-        .localize(ports, &plugin_wasm().unwrap())
-        .patch_plugin(
-            "drainpipe",
-            json!({"admit_window_ms": 500, "grace_ms": 3000, "final_event_margin_ms": 500,
-                   "deadline": {"min_budget_ms": 1000}}),
-        );
-    let envoy = Envoy::start(&cfg, ports, EnvoyOptions::default()).expect("Envoy starts");
-    (upstream, envoy)
+    let patch = json!({"admit_window_ms": 500, "grace_ms": 3000, "final_event_margin_ms": 500,
+                       "deadline": {"min_budget_ms": 1000}});
+    upstream_and_envoy(patch, EnvoyOptions::default()).await
 }
 
 /// A stream read to its end: the body, when the error event arrived, when

@@ -6,23 +6,14 @@
 use std::process::Command;
 use std::time::Duration;
 
-use drainpipe_tests::envoy::{plugin_wasm, repo_root, EnvoyConfig};
-use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
+use drainpipe_tests::envoy::{repo_root, upstream_and_envoy};
+use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::{json, Value};
 
 async fn setup() -> (FakeLlm, Envoy) {
-    let upstream = FakeLlm::start().await.unwrap();
-    let ports = Ports::fresh(upstream.port());
-    let cfg = EnvoyConfig::repo()
-        .unwrap()
-        .localize(ports, &plugin_wasm().unwrap())
-        .patch_plugin(
-            "drainpipe",
-            json!({"admit_window_ms": 300, "grace_ms": 3000, "retry_after_s": 1,
-                   "final_event_margin_ms": 500, "deadline": {"min_budget_ms": 1000}}),
-        );
-    let envoy = Envoy::start(&cfg, ports, EnvoyOptions::default()).expect("Envoy starts");
-    (upstream, envoy)
+    let patch = json!({"admit_window_ms": 300, "grace_ms": 3000, "retry_after_s": 1,
+                       "final_event_margin_ms": 500, "deadline": {"min_budget_ms": 1000}});
+    upstream_and_envoy(patch, EnvoyOptions::default()).await
 }
 
 /// Runs a scenario of tests/python/openai_client.py with the project's

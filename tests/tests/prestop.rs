@@ -4,9 +4,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use drainpipe_tests::envoy::{plugin_wasm, repo_root, EnvoyConfig};
+use drainpipe_tests::envoy::{repo_root, upstream_and_envoy};
 use drainpipe_tests::fake_llm::sse_events;
-use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
+use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::json;
 
 fn prestop(envoy: &Envoy, timeout_s: u32) -> Command {
@@ -19,17 +19,8 @@ fn prestop(envoy: &Envoy, timeout_s: u32) -> Command {
 }
 
 async fn setup() -> (FakeLlm, Envoy) {
-    let upstream = FakeLlm::start().await.unwrap();
-    let ports = Ports::fresh(upstream.port());
-    let cfg = EnvoyConfig::repo()
-        .unwrap()
-        .localize(ports, &plugin_wasm().unwrap())
-        .patch_plugin(
-            "drainpipe",
-            json!({"admit_window_ms": 500, "grace_ms": 8000}),
-        );
-    let envoy = Envoy::start(&cfg, ports, EnvoyOptions::default()).expect("Envoy starts");
-    (upstream, envoy)
+    let patch = json!({"admit_window_ms": 500, "grace_ms": 8000});
+    upstream_and_envoy(patch, EnvoyOptions::default()).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
