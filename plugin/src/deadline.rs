@@ -61,9 +61,10 @@ pub fn parse_ms(value: &[u8]) -> Option<u64> {
     parse_digits(value.trim_ascii())
 }
 
-/// Decimal digits only, no overflow.
+/// Decimal digits only, no overflow. Leading zeros are allowed at any
+/// length; the fold stops at the first digit that overflows.
 fn parse_digits(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
     digits.iter().try_fold(0u64, |n, d| {
@@ -91,13 +92,18 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<u64> {
     })
 }
 
-/// Formats a budget as a `grpc-timeout` value (at most 8 digits).
+/// Formats a budget as a `grpc-timeout` value (at most 8 digits): the
+/// finest unit that fits, rounded down, so the upstream is never told it has
+/// more time than it has.
 pub fn format_grpc_timeout(budget_ms: u64) -> String {
-    if budget_ms <= 99_999_999 {
-        format!("{budget_ms}m")
-    } else {
-        format!("{}S", budget_ms / 1_000)
+    const MAX_DIGITS: u64 = 99_999_999;
+    for (unit, ms_per_unit) in [('m', 1), ('S', 1_000), ('M', 60_000), ('H', 3_600_000)] {
+        let n = budget_ms / ms_per_unit;
+        if n <= MAX_DIGITS {
+            return format!("{n}{unit}");
+        }
     }
+    format!("{MAX_DIGITS}H")
 }
 
 #[cfg(test)]
@@ -216,6 +222,9 @@ mod tests {
         assert_eq!(parse_ms(&[0xff, 0xfe]), None);
         assert_eq!(parse_grpc_timeout(&[b'1', 0xc3]), None);
         assert_eq!(parse_ms(b"18446744073709551615"), Some(u64::MAX));
+        // Zero-padded past 20 characters is still a number that fits.
+        assert_eq!(parse_ms(b"000000000000000000000042"), Some(42));
+        assert_eq!(parse_ms(&[b'0'; 100_000]), Some(0));
     }
 
     #[test]
@@ -224,6 +233,9 @@ mod tests {
         assert_eq!(format_grpc_timeout(60_000), "60000m");
         assert_eq!(format_grpc_timeout(99_999_999), "99999999m");
         assert_eq!(format_grpc_timeout(100_000_000), "100000S");
+        // Budgets past 8 digits of seconds move to minutes, then hours.
+        assert_eq!(format_grpc_timeout(100_000_000_000), "1666666M");
+        assert_eq!(format_grpc_timeout(u64::MAX), "99999999H");
         for ms in [0, 1, 59_999, 600_000, 99_999_999] {
             assert_eq!(
                 parse_grpc_timeout(format_grpc_timeout(ms).as_bytes()),

@@ -4,13 +4,14 @@
 //!   `stream: true` gives SSE `chat.completion.chunk` events and a final
 //!   `data: [DONE]`. Test knobs, as request headers: `x-fake-chunks` (default
 //!   5), `x-fake-chunk-delay-ms` (default 50), `x-fake-delay-ms` (before the
-//!   response starts, default 0).
+//!   response starts, default 0), `x-fake-reset-after-chunks` (streams only:
+//!   after that many chunks the connection is aborted mid-body, as a crashing
+//!   model server would; absent by default).
 //! - `GET /v1/models`: one model.
 //! - any method on `/echo/...`: the request as JSON (`method`, `path`,
 //!   `headers`), after `x-fake-delay-ms`.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -115,6 +116,10 @@ async fn chat_completions(headers: HeaderMap, body: Bytes) -> Response {
     let chunks = knob(&headers, "x-fake-chunks", 5);
     let chunk_delay = Duration::from_millis(knob(&headers, "x-fake-chunk-delay-ms", 50));
     tokio::time::sleep(Duration::from_millis(knob(&headers, "x-fake-delay-ms", 0))).await;
+    let reset_after: Option<usize> = headers
+        .get("x-fake-reset-after-chunks")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let model = request["model"].as_str().unwrap_or(MODEL).to_string();
     let words: Vec<String> = (0..chunks).map(|i| format!("token{i} ")).collect();
 
@@ -135,6 +140,12 @@ async fn chat_completions(headers: HeaderMap, body: Bytes) -> Response {
             if i > 0 {
                 tokio::time::sleep(chunk_delay).await;
             }
+            if reset_after == Some(i) {
+                // A body error makes the server abort the connection without
+                // ending the chunked body.
+                yield Err(std::io::Error::other("x-fake-reset-after-chunks"));
+                return;
+            }
             let chunk = json!({
                 "id": "chatcmpl-fake",
                 "object": "chat.completion.chunk",
@@ -142,7 +153,7 @@ async fn chat_completions(headers: HeaderMap, body: Bytes) -> Response {
                 "model": model,
                 "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": null}],
             });
-            yield Ok::<_, Infallible>(Bytes::from(format!("data: {chunk}\n\n")));
+            yield Ok::<_, std::io::Error>(Bytes::from(format!("data: {chunk}\n\n")));
         }
         let last = json!({
             "id": "chatcmpl-fake",

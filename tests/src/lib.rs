@@ -3,6 +3,7 @@
 
 pub mod envoy;
 pub mod fake_llm;
+pub mod hardening;
 pub mod rollout;
 
 pub use envoy::{Envoy, EnvoyConfig, EnvoyOptions, Ports};

@@ -1,0 +1,524 @@
+//! Invariants of the plugin's decision logic, checked on arbitrary input.
+//!
+//! Each public function takes raw bytes, decodes them into calls to the
+//! plugin (see [`Reader`]) and panics if an invariant breaks. The same
+//! functions run under `cargo fuzz` (`fuzz_targets/`) and, natively, as
+//! ordinary tests over the seed corpus and a fixed-seed sweep
+//! (`plugin/tests/fuzz_invariants.rs`), so CI checks every invariant on every
+//! `cargo test`.
+
+use drainpipe::admin::{self, Action};
+use drainpipe::config::MAX_DURATION_MS;
+use drainpipe::deadline::{self, Incoming};
+use drainpipe::drain::{Drain, Windows};
+use drainpipe::sse::{self, ChunkAction, Cutter, Limit};
+use drainpipe::traffic::{self, Verdict};
+use drainpipe::{Config, Role};
+
+/// Decodes fuzz input: fixed-width integers and length-prefixed byte
+/// strings. Missing bytes read as zero, so every input decodes.
+pub struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Reader(data)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    /// Little-endian, zero-padded.
+    pub fn u64(&mut self) -> u64 {
+        let n = self.0.len().min(8);
+        let mut buf = [0u8; 8];
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        u64::from_le_bytes(buf)
+    }
+
+    /// One length byte, then up to that many bytes.
+    pub fn bytes(&mut self) -> &'a [u8] {
+        let n = usize::from(self.u8()).min(self.0.len());
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        head
+    }
+}
+
+/// The reference reading of a millisecond value: optional ASCII whitespace
+/// around decimal digits that fit in a u64.
+fn reference_ms(value: &[u8]) -> Option<u64> {
+    let v = value.trim_ascii();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The reference reading of `grpc-timeout`, in ms.
+fn reference_grpc(value: &[u8]) -> Option<u64> {
+    let v = value.trim_ascii();
+    let (&unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => n * 3_600_000,
+        b'M' => n * 60_000,
+        b'S' => n * 1_000,
+        b'm' => n,
+        b'u' => n / 1_000,
+        b'n' => n / 1_000_000,
+        _ => return None,
+    })
+}
+
+const DEADLINE_HEADERS: [&str; 4] = [
+    deadline::REQUEST_DEADLINE,
+    deadline::REQUEST_TIMEOUT,
+    deadline::GRPC_TIMEOUT,
+    deadline::ENVOY_EXPECTED,
+];
+
+/// Deadline parsers. Input: `now: u64`, a presence mask, four values.
+///
+/// - `parse_ms` and `parse_grpc_timeout` agree with the reference readings
+///   on every value (and on the whole input);
+/// - `incoming` takes the first well-formed header in the documented order
+///   and counts exactly the malformed ones before it;
+/// - the shared-data records decode without panicking and round-trip.
+pub fn deadline(data: &[u8]) {
+    for v in [data, data.trim_ascii()] {
+        assert_eq!(deadline::parse_ms(v), reference_ms(v), "parse_ms {v:?}");
+        assert_eq!(
+            deadline::parse_grpc_timeout(v),
+            reference_grpc(v),
+            "parse_grpc_timeout {v:?}"
+        );
+    }
+    let mut r = Reader::new(data);
+    let now = r.u64();
+    let mask = r.u8();
+    let values = [r.bytes(), r.bytes(), r.bytes(), r.bytes()];
+    let present = |i: usize| mask & (1 << i) != 0;
+    let got = deadline::incoming(
+        |name| {
+            let i = DEADLINE_HEADERS.iter().position(|n| *n == name)?;
+            present(i).then_some(values[i])
+        },
+        now,
+    );
+    let mut want = Incoming::default();
+    for (i, value) in values.iter().enumerate().filter(|(i, _)| present(*i)) {
+        let budget = match i {
+            0 => reference_ms(value).map(|at| at.saturating_sub(now)),
+            2 => reference_grpc(value),
+            _ => reference_ms(value),
+        };
+        if budget.is_some() {
+            want.budget_ms = budget;
+            break;
+        }
+        want.malformed += 1;
+    }
+    assert_eq!(got, want, "incoming {values:?} mask {mask:#x} now {now}");
+
+    for value in values {
+        // A budget written as grpc-timeout reads back rounded down to the
+        // unit chosen (exact up to 99,999,999 ms, within 1 s up to 8 digits of
+        // seconds), never above the budget.
+        if let Some(ms) = deadline::parse_ms(value) {
+            let text = deadline::format_grpc_timeout(ms);
+            let back = deadline::parse_grpc_timeout(text.as_bytes())
+                .unwrap_or_else(|| panic!("formatted grpc-timeout {text:?} does not parse"));
+            let unit_ms = match text.as_bytes().last() {
+                Some(b'm') => 1,
+                Some(b'S') => 1_000,
+                Some(b'M') => 60_000,
+                _ => 3_600_000,
+            };
+            assert!(back <= ms, "{ms} -> {text}");
+            assert!(ms - back < unit_ms || text == "99999999H", "{ms} -> {text}");
+            assert!(ms > 99_999_999 || back == ms, "{ms} -> {text}");
+        }
+        if let Ok(d) = Drain::decode(Some(value)) {
+            assert_eq!(Drain::decode(Some(&d.encode())), Ok(d));
+        }
+        if let Some(w) = Windows::decode(value) {
+            assert_eq!(Windows::decode(&w.encode()), Some(w));
+        }
+    }
+}
+
+/// `Config::parse` on arbitrary bytes: never panics; whatever it accepts
+/// satisfies the documented relations.
+pub fn config(data: &[u8]) {
+    let Ok(cfg) = Config::parse(data) else {
+        return;
+    };
+    assert_eq!(cfg.validate(), Ok(()));
+    let d = &cfg.deadline;
+    for ms in [
+        cfg.admit_window_ms,
+        cfg.grace_ms,
+        d.default_timeout_ms,
+        d.max_timeout_ms,
+        d.min_budget_ms,
+    ] {
+        assert!(ms <= MAX_DURATION_MS, "{cfg:?}");
+    }
+    assert!(cfg.admit_window_ms <= cfg.grace_ms, "{cfg:?}");
+    assert!(d.max_timeout_ms > 0, "{cfg:?}");
+    assert!(d.min_budget_ms <= d.default_timeout_ms, "{cfg:?}");
+    assert!(d.default_timeout_ms <= d.max_timeout_ms, "{cfg:?}");
+    assert!(cfg.retry_after_s <= 86_400, "{cfg:?}");
+    assert!(cfg.health_path.starts_with('/') && !cfg.health_path.contains('?'));
+    if cfg.admin_token.is_some() || cfg.envoy_admin_cluster.is_some() {
+        assert_eq!(cfg.role, Role::Admin, "{cfg:?}");
+    }
+}
+
+/// Header names worth choosing often; anything else comes from the input.
+const NAMES: [&str; 12] = [
+    ":method",
+    ":path",
+    ":authority",
+    "authorization",
+    "content-type",
+    deadline::REQUEST_DEADLINE,
+    deadline::REQUEST_TIMEOUT,
+    deadline::GRPC_TIMEOUT,
+    deadline::ENVOY_EXPECTED,
+    deadline::ENVOY_UPSTREAM_TIMEOUT,
+    "connection",
+    "x-arbitrary",
+];
+
+/// Up to 15 headers: a name (one of [`NAMES`], or arbitrary bytes read
+/// lossily, as a host would hand them over) and a value of arbitrary bytes.
+fn headers(r: &mut Reader) -> Vec<(String, Vec<u8>)> {
+    let n = r.u8() % 16;
+    (0..n)
+        .map(|_| {
+            let pick = r.u8();
+            let name = match NAMES.get(usize::from(pick % 16)) {
+                Some(name) => name.to_string(),
+                None => String::from_utf8_lossy(r.bytes()).into_owned(),
+            };
+            (name, r.bytes().to_vec())
+        })
+        .collect()
+}
+
+fn assert_json(body: &str) {
+    let v: serde_json::Value = serde_json::from_str(body).expect("reply body is JSON");
+    assert!(v["error"]["code"].is_string(), "{body}");
+}
+
+/// The admin route on arbitrary headers, with or without a token:
+///
+/// - with a token, nothing but `authorization: Bearer <token>` (the first
+///   such header, scheme case-insensitive, spaces around) gets past 401;
+/// - past that, only `/drain` (query ignored) routes, by method; everything
+///   else is 404 or 405 with a JSON body;
+/// - `constant_time_eq` is byte equality.
+pub fn admin_route(data: &[u8]) {
+    let mut r = Reader::new(data);
+    let token = r.bytes();
+    let mut cfg = Config {
+        role: Role::Admin,
+        ..Config::default()
+    };
+    if !token.is_empty() {
+        cfg.admin_token = Some(String::from_utf8_lossy(token).into_owned());
+    }
+    let a = r.bytes();
+    let b = r.bytes();
+    assert_eq!(admin::constant_time_eq(a, b), a == b);
+    assert!(admin::constant_time_eq(a, a));
+
+    let h = headers(&mut r);
+    let got = admin::route(&cfg, &h);
+
+    let authorized = match &cfg.admin_token {
+        None => true,
+        Some(token) => traffic::header(&h, "authorization").is_some_and(|v| {
+            let v = v.trim_ascii();
+            v.len() >= 7
+                && v[..7].eq_ignore_ascii_case(b"bearer ")
+                && v[7..].trim_ascii() == token.as_bytes()
+        }),
+    };
+    let method = traffic::header(&h, ":method").unwrap_or_default();
+    let on_drain = traffic::path_of(&h) == b"/drain";
+    let want = match method {
+        b"POST" => Some(Action::Start),
+        b"DELETE" => Some(Action::Stop),
+        b"GET" | b"HEAD" => Some(Action::Status),
+        _ => None,
+    };
+    match got {
+        Ok(action) => {
+            assert!(authorized && on_drain, "{h:?} routed to {action:?}");
+            assert_eq!(Some(action), want, "{h:?}");
+        }
+        Err(reply) => {
+            let status = match (authorized, on_drain, want) {
+                (false, _, _) => 401,
+                (true, false, _) => 404,
+                (true, true, None) => 405,
+                (true, true, Some(action)) => panic!("{h:?} refused, expected {action:?}"),
+            };
+            assert_eq!(reply.status, status, "{h:?}: {}", reply.body);
+            if status == 401 {
+                assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+            }
+            assert_json(&reply.body);
+        }
+    }
+}
+
+/// A valid configuration with durations chosen by the input.
+fn arbitrary_config(r: &mut Reader) -> Config {
+    let mut cfg = Config::default();
+    let d = &mut cfg.deadline;
+    d.max_timeout_ms = 1 + r.u64() % MAX_DURATION_MS;
+    d.default_timeout_ms = r.u64() % (d.max_timeout_ms + 1);
+    d.min_budget_ms = r.u64() % (d.default_timeout_ms + 1);
+    cfg.grace_ms = r.u64() % (MAX_DURATION_MS + 1);
+    cfg.admit_window_ms = r.u64() % (cfg.grace_ms + 1);
+    cfg.final_event_margin_ms = r.u64() % (cfg.deadline.min_budget_ms + 1);
+    cfg.retry_after_s = r.u64() % 86_401;
+    cfg.validate()
+        .expect("the generated configuration is valid");
+    cfg
+}
+
+/// `traffic::decide` on arbitrary headers, clock, drain and configuration:
+///
+/// - readiness probes (and only they) are answered locally, and only they
+///   read the in-flight count;
+/// - a forwarded budget is within `[min_budget_ms, max_timeout_ms]`, never
+///   above what the request asked, and while draining ends inside the grace
+///   period; the headers set toward the upstream all carry it;
+/// - refusals are the 503 contract or the 504.
+pub fn traffic_decide(data: &[u8]) {
+    let mut r = Reader::new(data);
+    let cfg = arbitrary_config(&mut r);
+    let now = r.u64();
+    let drain = match r.u8() % 4 {
+        0 => Drain::SERVING,
+        1 => Drain::started_at(now.saturating_sub(r.u64() % (cfg.grace_ms + 2))),
+        2 => Drain::started_at(now.saturating_sub(r.u64() % 2_000)),
+        _ => Drain::started_at(r.u64()),
+    };
+    let inflight = r.u64();
+    let h = headers(&mut r);
+    let read = std::cell::Cell::new(false);
+    let decision = traffic::decide(&cfg, drain, now, &h, || {
+        read.set(true);
+        inflight
+    });
+
+    let method = traffic::header(&h, ":method").unwrap_or_default();
+    let health =
+        matches!(method, b"GET" | b"HEAD") && traffic::path_of(&h) == cfg.health_path.as_bytes();
+    let asked = deadline::incoming(|n| traffic::header(&h, n), now);
+    let d = &cfg.deadline;
+    assert_eq!(read.get(), health, "in-flight read: {h:?}");
+    if !health {
+        assert_eq!(decision.malformed_deadlines, asked.malformed);
+    }
+    match decision.verdict {
+        Verdict::Health(reply) => {
+            assert!(health, "{h:?}");
+            let phase = drain.phase(now, inflight, cfg.windows());
+            assert_eq!(
+                reply.status,
+                if drain.started_unix_ms.is_none() {
+                    200
+                } else {
+                    503
+                }
+            );
+            if method == b"HEAD" {
+                assert!(reply.body.is_empty());
+            } else {
+                assert_eq!(reply.body, format!("{{\"status\":\"{}\"}}", phase.as_str()));
+            }
+        }
+        Verdict::Forward(f) => {
+            assert!(!health);
+            assert!(f.budget_ms <= d.max_timeout_ms, "{f:?} > max {cfg:?}");
+            assert!(f.budget_ms >= d.min_budget_ms, "{f:?} < min {cfg:?}");
+            if let Some(asked) = asked.budget_ms {
+                assert!(f.budget_ms <= asked, "{f:?} above the asked {asked}");
+            }
+            assert_eq!(f.deadline_unix_ms, now.saturating_add(f.budget_ms));
+            if let Some(start) = drain.started_unix_ms {
+                assert!(
+                    f.deadline_unix_ms <= start.saturating_add(cfg.grace_ms),
+                    "{f:?} ends after the grace period {drain:?} {cfg:?}"
+                );
+            }
+            let set = |name: &str| {
+                f.set_headers
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            let budget = f.budget_ms.to_string();
+            assert_eq!(set(deadline::ENVOY_UPSTREAM_TIMEOUT), Some(budget.as_str()));
+            assert_eq!(set(deadline::REQUEST_TIMEOUT), Some(budget.as_str()));
+            assert_eq!(
+                set(deadline::REQUEST_DEADLINE),
+                Some(f.deadline_unix_ms.to_string().as_str())
+            );
+            let grpc = traffic::header(&h, "content-type")
+                .is_some_and(|ct| ct.starts_with(b"application/grpc"));
+            match set(deadline::GRPC_TIMEOUT) {
+                Some(v) => {
+                    assert!(grpc);
+                    let ms = deadline::parse_grpc_timeout(v.as_bytes()).expect("valid");
+                    assert!(ms <= f.budget_ms && f.budget_ms - ms < 1_000);
+                }
+                None => assert!(!grpc),
+            }
+        }
+        Verdict::RejectDraining(reply) => {
+            assert!(drain.started_unix_ms.is_some(), "503 while serving: {h:?}");
+            assert_eq!(reply.status, 503);
+            assert_eq!(
+                reply.header("retry-after"),
+                Some(cfg.retry_after_s.to_string().as_str())
+            );
+            assert_eq!(reply.header("x-should-retry"), Some("true"));
+            assert_json(&reply.body);
+        }
+        Verdict::RejectDeadline(reply) => {
+            let budget = asked
+                .budget_ms
+                .unwrap_or(d.default_timeout_ms)
+                .min(d.max_timeout_ms);
+            assert!(budget < d.min_budget_ms, "504 for a budget of {budget}");
+            assert_eq!(reply.status, 504);
+            assert_eq!(reply.header("x-should-retry"), Some("false"));
+            assert_json(&reply.body);
+        }
+    }
+}
+
+/// Whether `stream` stops at an SSE event boundary, by the SSE
+/// specification's line rules (CRLF, LF or CR end a line; an empty line ends
+/// an event). A lone trailing CR counts as a line end.
+pub fn at_event_boundary(stream: &[u8]) -> bool {
+    let mut line_len = 0usize;
+    let mut last_line_empty = true;
+    let mut after_cr = false;
+    for &b in stream {
+        match b {
+            b'\n' if after_cr => after_cr = false,
+            b'\r' | b'\n' => {
+                last_line_empty = line_len == 0;
+                line_len = 0;
+                after_cr = b == b'\r';
+            }
+            _ => {
+                after_cr = false;
+                line_len += 1;
+            }
+        }
+    }
+    line_len == 0 && last_line_empty
+}
+
+/// The cutter's own boundary rule (documented: a blank line, LF or CRLF;
+/// the stream starts at a boundary): whether `stream` + `more` ends at one.
+/// Only the last bytes matter, so long streams cost nothing.
+fn blank_line_end(stream: &[u8], more: &[u8]) -> bool {
+    let mut w = b"\n\n".to_vec();
+    w.extend_from_slice(&stream[stream.len().saturating_sub(3)..]);
+    w.extend_from_slice(&more[more.len().saturating_sub(3)..]);
+    w.ends_with(b"\n\n") || w.ends_with(b"\n\r\n")
+}
+
+/// `sse::Cutter` over arbitrary chunk sequences. Input: repeated
+/// (flag, chunk); the flag's low bits ask for a cut (deadline, drain) or not.
+///
+/// - once ended, every chunk is dropped; before, nothing is dropped;
+/// - what reaches the client is a prefix of the upstream bytes, then the
+///   final event exactly once, placed at an event boundary (never torn);
+/// - a cut asked for with a boundary available happens at the last one.
+pub fn sse_cutter(data: &[u8]) {
+    let mut r = Reader::new(data);
+    let mut cutter = Cutter::default();
+    let mut upstream = Vec::new();
+    let mut client = Vec::new();
+    let mut events = 0;
+    while !r.is_empty() {
+        let flag = r.u8();
+        let chunk = r.bytes();
+        let cut = match flag % 4 {
+            0 => Some(Limit::Deadline),
+            1 => Some(Limit::Drain),
+            _ => None,
+        };
+        let was_ended = cutter.ended();
+        let action = cutter.on_chunk(chunk, cut);
+        if was_ended {
+            assert_eq!(action, ChunkAction::Drop, "forwarded after the end");
+            continue;
+        }
+        match action {
+            ChunkAction::Forward => {
+                if cut.is_some() {
+                    for p in 0..=chunk.len() {
+                        assert!(
+                            !blank_line_end(&client, &chunk[..p]),
+                            "cut missed a boundary at {p}"
+                        );
+                    }
+                }
+                client.extend_from_slice(chunk);
+            }
+            ChunkAction::Replace(bytes) => {
+                let limit = cut.expect("a cut only when asked");
+                let event = sse::final_event(limit);
+                let kept = bytes
+                    .strip_suffix(event.as_slice())
+                    .expect("the replacement ends with the final event");
+                assert!(chunk.starts_with(kept), "replacement is not a prefix");
+                client.extend_from_slice(kept);
+                assert!(blank_line_end(&client, b""), "torn event: {client:?}");
+                assert!(at_event_boundary(&client), "torn event: {client:?}");
+                for p in kept.len() + 1..=chunk.len() {
+                    assert!(
+                        !blank_line_end(&client, &chunk[kept.len()..p]),
+                        "a later boundary at {p} was skipped"
+                    );
+                }
+                client.extend_from_slice(&event);
+                events += 1;
+            }
+            ChunkAction::Drop => panic!("dropped before the end"),
+        }
+        upstream.extend_from_slice(chunk);
+        assert_eq!(cutter.ended(), events == 1);
+        if events == 0 {
+            assert_eq!(client, upstream);
+        }
+    }
+    assert!(events <= 1);
+}
