@@ -9,7 +9,8 @@
 //! | anything else | 404 |
 //! | missing or wrong token (when `admin_token` is set) | 401, before any routing |
 
-use serde_json::json;
+use crate::json::Value;
+use crate::json_object;
 
 use crate::config::Config;
 use crate::drain::{Drain, Phase};
@@ -76,7 +77,7 @@ pub struct Status {
 impl Status {
     /// The reply to an action: 202 for a drain start, 200 otherwise.
     pub fn reply(&self, action: Action, warning: Option<&str>) -> LocalReply {
-        let mut body = json!({
+        let mut body = json_object! {
             "state": self.phase.as_str(),
             "inflight": self.inflight,
             "drain_started_unix_ms": self.drain.started_unix_ms,
@@ -84,9 +85,9 @@ impl Status {
             "admitted": self.admitted,
             "rejected_draining": self.rejected_draining,
             "rejected_deadline": self.rejected_deadline,
-        });
+        };
         if let Some(w) = warning {
-            body["warning"] = json!(w);
+            body.insert("warning", w);
         }
         let status = if action == Action::Start { 202 } else { 200 };
         LocalReply::json(status, body)
@@ -104,7 +105,7 @@ pub fn start(current: Drain, now_unix_ms: u64) -> Drain {
 fn error(status: u32, message: &str, code: &str) -> LocalReply {
     LocalReply::json(
         status,
-        json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}}),
+        json_object! {"error": json_object! {"message": message, "type": "invalid_request_error", "param": Value::Null, "code": code}},
     )
 }
 
@@ -216,7 +217,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(
             v,
-            json!({"state":"rejecting","inflight":2,"drain_started_unix_ms":1000,"elapsed_ms":6500,
+            serde_json::json!({"state":"rejecting","inflight":2,"drain_started_unix_ms":1000,"elapsed_ms":6500,
                    "admitted":10,"rejected_draining":3,"rejected_deadline":1})
         );
         let serving = Status {

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use serde_json::{Map, Value};
+use crate::json::{self, Map, Value};
 
 /// Longest accepted duration setting (7 days, in milliseconds): far above any
 /// sane value, low enough that deadline arithmetic can never overflow.
@@ -138,7 +138,7 @@ impl Config {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Config::default());
         }
-        let doc: Value = serde_json::from_slice(bytes)
+        let doc: Value = json::parse(bytes)
             .map_err(|e| ConfigError::new("<root>", format!("not valid JSON: {e}")))?;
         let Value::Object(top) = doc else {
             return Err(ConfigError::new(
@@ -291,7 +291,7 @@ const CONTROLLER_KEYS: &[&str] = &["cluster", "path", "poll_ms"];
 const DEADLINE_KEYS: &[&str] = &["default_timeout_ms", "max_timeout_ms", "min_budget_ms"];
 
 fn parse_deadline(d: &mut DeadlineConfig, value: &Value) -> Result<(), ConfigError> {
-    let obj: &Map<String, Value> = value.as_object().ok_or_else(|| {
+    let obj: &Map = value.as_object().ok_or_else(|| {
         ConfigError::new(
             "deadline",
             format!("expected a JSON object, got {}", kind(value)),

@@ -153,10 +153,10 @@ impl Drain {
 /// `drainpipe-shim controller`): the `drain_started_unix_ms` field, a number
 /// while draining and `null` while serving.
 pub fn parse_controller_status(body: &[u8]) -> Result<Drain, String> {
-    let doc: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("controller status is not JSON: {e}"))?;
+    let doc =
+        crate::json::parse(body).map_err(|e| format!("controller status is not JSON: {e}"))?;
     match doc.get("drain_started_unix_ms") {
-        Some(serde_json::Value::Null) => Ok(Drain::SERVING),
+        Some(crate::json::Value::Null) => Ok(Drain::SERVING),
         Some(v) => v
             .as_u64()
             .map(Drain::started_at)

@@ -430,9 +430,13 @@ impl HttpContext for Traffic {
                 (now_unix_ms(self) >= at).then_some(limit)
             })
             .flatten();
-        let chunk = self
-            .get_http_response_body(0, body_size)
-            .unwrap_or_default();
+        // Until a cut is due the cutter needs only the chunk's last bytes;
+        // the whole chunk is copied out of Envoy only to be cut.
+        let (start, len) = match cut {
+            Some(_) => (0, body_size),
+            None => sse::tail_range(body_size),
+        };
+        let chunk = self.get_http_response_body(start, len).unwrap_or_default();
         match cutter.on_chunk(&chunk, cut) {
             ChunkAction::Forward => {}
             ChunkAction::Replace(bytes) => {

@@ -8,7 +8,8 @@
 //! - [`traffic`]: readiness, admission and deadline decisions;
 //! - [`admin`]: the drain API;
 //! - [`reply`]: local replies;
-//! - [`sse`]: ending SSE streams with a final error event before a limit.
+//! - [`sse`]: ending SSE streams with a final error event before a limit;
+//! - [`json`]: the small JSON reader and writer all of them use.
 //!
 //! The proxy-wasm glue (`filter`, wasm builds only) gathers what the host
 //! gives, calls the logic and applies its decision.
@@ -17,6 +18,7 @@ pub mod admin;
 pub mod config;
 pub mod deadline;
 pub mod drain;
+pub mod json;
 pub mod reply;
 pub mod sse;
 pub mod traffic;

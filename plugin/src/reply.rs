@@ -1,6 +1,7 @@
 //! Local replies: readiness answers and OpenAI-style JSON errors.
 
-use serde_json::json;
+use crate::json::Value;
+use crate::json_object;
 
 use crate::config::Config;
 use crate::drain::Phase;
@@ -16,7 +17,7 @@ pub struct LocalReply {
 
 impl LocalReply {
     /// A JSON reply.
-    pub fn json(status: u32, body: serde_json::Value) -> LocalReply {
+    pub fn json(status: u32, body: Value) -> LocalReply {
         LocalReply {
             status,
             headers: vec![
@@ -45,14 +46,14 @@ impl LocalReply {
 pub fn openai_error(status: u32, message: &str, code: &str) -> LocalReply {
     LocalReply::json(
         status,
-        json!({"error": {"message": message, "type": "server_error", "param": null, "code": code}}),
+        json_object! {"error": json_object! {"message": message, "type": "server_error", "param": Value::Null, "code": code}},
     )
 }
 
 /// Readiness: 200 while serving, 503 with the state from drain start on.
 pub fn health(phase: Phase, head: bool) -> LocalReply {
     let status = if phase == Phase::Serving { 200 } else { 503 };
-    let mut reply = LocalReply::json(status, json!({ "status": phase.as_str() }));
+    let mut reply = LocalReply::json(status, json_object! { "status": phase.as_str() });
     if head {
         reply.body.clear();
     }

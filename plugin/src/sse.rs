@@ -10,7 +10,8 @@
 //! The event is only inserted at an event boundary (after a blank line), so
 //! the client never sees a torn event.
 
-use serde_json::json;
+use crate::json::Value;
+use crate::json_object;
 
 use crate::drain::{Drain, Windows};
 
@@ -58,7 +59,7 @@ pub fn cutoff(
 
 /// The final event: `data: {"error":{...}}` and a blank line.
 pub fn final_event(limit: Limit) -> Vec<u8> {
-    let error = json!({"error": {"message": limit.message(), "type": "server_error", "param": null, "code": limit.code()}});
+    let error = json_object! {"error": json_object! {"message": limit.message(), "type": "server_error", "param": Value::Null, "code": limit.code()}};
     format!("data: {error}\n\n").into_bytes()
 }
 
@@ -71,6 +72,17 @@ pub enum ChunkAction {
     Replace(Vec<u8>),
     /// The final event has gone: drop the chunk and end the stream.
     Drop,
+}
+
+/// The bytes the cutter keeps of what it forwarded: enough to see a blank
+/// line (`\n\n` or `\n\r\n`) that spans two chunks.
+pub const TAIL: usize = 3;
+
+/// The part of a `body_size`-byte chunk that [`Cutter::on_chunk`] needs when
+/// no cut is due (`start`, `len`): its last [`TAIL`] bytes.
+pub fn tail_range(body_size: usize) -> (usize, usize) {
+    let len = body_size.min(TAIL);
+    (body_size - len, len)
 }
 
 /// Follows an SSE stream's framing and ends it once.
@@ -129,7 +141,7 @@ impl Cutter {
 
     fn remember(&mut self, chunk: &[u8]) {
         self.tail.extend_from_slice(chunk);
-        let keep = self.tail.len().saturating_sub(3);
+        let keep = self.tail.len().saturating_sub(TAIL);
         self.tail.drain(..keep);
     }
 }
@@ -137,6 +149,42 @@ impl Cutter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without a cut, a chunk's tail stands for the whole chunk: the cutter
+    /// ends up in the same state and later cuts at the same place.
+    #[test]
+    fn chunk_tails_are_enough_until_a_cut_is_due() {
+        let chunks: [&[u8]; 7] = [
+            b"data: a\n",
+            b"\n",
+            b"data: b\n\r",
+            b"\ndata: c",
+            b"",
+            b"\n\n",
+            b"x",
+        ];
+        for split in 0..chunks.len() {
+            let mut whole = Cutter::default();
+            let mut tails = Cutter::default();
+            for chunk in &chunks[..split] {
+                let (start, len) = tail_range(chunk.len());
+                assert_eq!(whole.on_chunk(chunk, None), ChunkAction::Forward);
+                assert_eq!(
+                    tails.on_chunk(&chunk[start..start + len], None),
+                    ChunkAction::Forward
+                );
+            }
+            assert_eq!(whole, tails, "after {split} chunks");
+            let next = b"data: d\n\ndata: e";
+            assert_eq!(
+                whole.on_chunk(next, Some(Limit::Drain)),
+                tails.on_chunk(next, Some(Limit::Drain))
+            );
+        }
+        assert_eq!(tail_range(0), (0, 0));
+        assert_eq!(tail_range(2), (0, 2));
+        assert_eq!(tail_range(10), (7, 3));
+    }
 
     const W: Windows = Windows {
         admit_window_ms: 5_000,

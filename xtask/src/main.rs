@@ -9,6 +9,7 @@
 //! | `test` | setup + build, every test (native, Envoy end to end, the demo check) |
 //! | `lint` | rustfmt and clippy, native and wasm32-wasip1 |
 //! | `rollout [ARGS]` | the rollout harness: drain Envoy under load (`--help` for its options) |
+//! | `bench [ARGS]` | what the plugin costs Envoy: CPU per request, latency, memory (`--help` for its options; see BENCHMARKS.md) |
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,9 +19,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+mod bench;
+
 const WASM_TARGET: &str = "wasm32-wasip1";
 const USAGE: &str =
-    "usage: cargo xtask <setup|build|demo [--check]|test|lint|rollout [--help | ARGS]>";
+    "usage: cargo xtask <setup|build|demo [--check]|test|lint|rollout [--help | ARGS]|bench [--help | ARGS]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         ["demo", "--check"] => demo(true),
         ["test"] => test(),
         ["rollout", rest @ ..] => rollout(rest),
+        ["bench", rest @ ..] => bench::bench(rest),
         ["lint"] => lint(),
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
@@ -143,7 +147,7 @@ fn build() -> anyhow::Result<()> {
 fn test() -> anyhow::Result<()> {
     // The main job first, as a user runs it; then the test suites.
     demo(true)?;
-    run(cargo().args(["test", "--workspace"]))
+    run(cargo().args(["test", "--workspace", "--no-fail-fast"]))
 }
 
 /// The rollout harness, with its own arguments.

@@ -1,0 +1,281 @@
+//! drainpipe's benchmark: what the plugin costs Envoy.
+//!
+//! In one run it starts, in front of one local upstream (a small
+//! OpenAI-shaped server, [`upstream`]), Envoy three ways from the shipped
+//! `envoy/envoy.yaml`: without a wasm filter, with a minimal proxy-wasm
+//! filter (`bench/minimal-filter`: reads one header, adds one), and with
+//! drainpipe; and, when given its binary, the shim's reverse proxy with
+//! drainpipe. It drives the same fixed number of requests through each in
+//! alternation, round after round, and reports per proxy the CPU time per
+//! request (the process's own `utime + stime`), throughput and latency
+//! percentiles, medians over rounds, the ratios between them, and resident
+//! memory at checkpoints. Once with JSON responses, once with SSE streams.
+//!
+//! `cargo xtask bench [ARGS]` builds everything and runs it; see `--help`.
+
+mod load;
+mod procfs;
+mod report;
+mod upstream;
+mod variants;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+
+use load::Workload;
+use report::{Memory, Sample, SetResult};
+use upstream::Upstream;
+use variants::{Target, Variant};
+
+/// What the plugin costs Envoy: CPU per request, throughput, latency and
+/// memory, against Envoy without a filter and with a minimal filter.
+#[derive(Parser, Debug)]
+#[command(name = "drainpipe-bench")]
+struct Args {
+    /// Requests per proxy in the JSON-response set, split evenly over the rounds.
+    #[arg(long, default_value_t = 100_000)]
+    requests: usize,
+    /// Requests per proxy in the SSE set (default: a fifth of --requests; 0 skips the set).
+    #[arg(long)]
+    stream_requests: Option<usize>,
+    /// Rounds per set; each round drives every proxy once, in turn.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Concurrent keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Requests per proxy and set before measuring.
+    #[arg(long, default_value_t = 2_000)]
+    warmup: usize,
+    /// Envoy worker threads (--concurrency), and the shim's worker VMs.
+    #[arg(long, default_value_t = 2)]
+    concurrency: u32,
+    /// The drainpipe-shim binary: also measure its reverse proxy.
+    #[arg(long)]
+    shim: Option<PathBuf>,
+    /// The plugin (default: DRAINPIPE_WASM, else target/wasm32-wasip1/release/drainpipe.wasm).
+    #[arg(long)]
+    drainpipe_wasm: Option<PathBuf>,
+    /// The minimal filter (default: built from bench/minimal-filter).
+    #[arg(long)]
+    minimal_wasm: Option<PathBuf>,
+    /// Also write the report (Markdown) to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drainpipe-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    if args.rounds == 0 || args.requests < args.rounds {
+        bail!("--requests must be at least --rounds, and --rounds at least 1");
+    }
+    let stream_requests = args.stream_requests.unwrap_or(args.requests / 5);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let drainpipe_wasm = match &args.drainpipe_wasm {
+        Some(p) => p.clone(),
+        None => drainpipe_tests::envoy::plugin_wasm()?,
+    };
+    let minimal_wasm = match &args.minimal_wasm {
+        Some(p) => p.clone(),
+        None => variants::build_minimal_filter()?,
+    };
+    let load_before = loadavg();
+    let upstream = rt.block_on(Upstream::start())?;
+
+    let mut targets = Vec::new();
+    for v in [Variant::NoFilter, Variant::Minimal, Variant::Drainpipe] {
+        targets.push(Target::envoy(
+            v,
+            upstream.port(),
+            args.concurrency,
+            &minimal_wasm,
+            &drainpipe_wasm,
+        )?);
+    }
+    let mut notes = Vec::new();
+    match &args.shim {
+        Some(bin) => match Target::shim(bin, upstream.port(), args.concurrency, &drainpipe_wasm) {
+            Ok(t) => targets.push(t),
+            Err(e) => notes.push(format!("The shim was not measured: {e:#}")),
+        },
+        None => notes.push("The shim was not measured (no --shim given).".to_string()),
+    }
+
+    let mut workloads = vec![Workload::Unary];
+    if stream_requests >= args.rounds {
+        workloads.push(Workload::Streamed);
+    }
+    for t in &targets {
+        for &w in &workloads {
+            let out = rt.block_on(load::drive(t.addr, w, args.warmup, args.connections))?;
+            check(t, &out)?;
+        }
+    }
+    let mut memory = Memory {
+        checkpoints: vec!["after warm-up".into()],
+        rows: targets.iter().map(|t| (t.variant, Vec::new())).collect(),
+    };
+    record_rss(&targets, &mut memory)?;
+
+    let mut sets = Vec::new();
+    for &workload in &workloads {
+        let total = match workload {
+            Workload::Unary => args.requests,
+            Workload::Streamed => stream_requests,
+        };
+        let per_round = total / args.rounds;
+        let mut samples = vec![Vec::new(); targets.len()];
+        for round in 0..args.rounds {
+            for (i, t) in targets.iter().enumerate() {
+                let cpu_before = procfs::cpu_us(t.pid())?;
+                let out =
+                    rt.block_on(load::drive(t.addr, workload, per_round, args.connections))?;
+                let cpu = procfs::cpu_us(t.pid())?.saturating_sub(cpu_before);
+                check(t, &out)?;
+                samples[i].push(Sample::new(cpu, &out));
+            }
+            let cpu: Vec<String> = targets
+                .iter()
+                .zip(&samples)
+                .map(|(t, s)| format!("{} {:.1}", t.variant.label(), s[round].cpu_us_per_request))
+                .collect();
+            eprintln!(
+                "drainpipe-bench: {} round {}/{}: CPU µs/request: {}",
+                workload.title(),
+                round + 1,
+                args.rounds,
+                cpu.join(", ")
+            );
+        }
+        memory.checkpoints.push(format!(
+            "after {}",
+            workload.title().split(' ').next().unwrap_or("")
+        ));
+        record_rss(&targets, &mut memory)?;
+        sets.push(SetResult {
+            workload,
+            requests_per_round: per_round,
+            variants: targets.iter().map(|t| t.variant).collect(),
+            samples,
+        });
+    }
+
+    let per_proxy = workloads.len() * args.warmup
+        + args.requests / args.rounds * args.rounds
+        + if workloads.len() > 1 {
+            stream_requests / args.rounds * args.rounds
+        } else {
+            0
+        };
+    let mut md = String::from("# drainpipe benchmark report\n\n");
+    md.push_str(&setup_lines(
+        &args,
+        &drainpipe_wasm,
+        &minimal_wasm,
+        &load_before,
+    ));
+    for set in &sets {
+        set.markdown(&mut md);
+    }
+    memory.markdown(per_proxy, &mut md);
+    for n in &notes {
+        md.push_str(n);
+        md.push('\n');
+    }
+    print!("{md}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
+    }
+    drop(targets);
+    drop(upstream);
+    Ok(())
+}
+
+/// Every request must have succeeded: a benchmark with failures measures
+/// something else.
+fn check(t: &Target, out: &load::Outcome) -> anyhow::Result<()> {
+    if out.errors > 0 {
+        bail!(
+            "{}: {} of {} requests failed, first: {}\nlog tail:\n{}",
+            t.variant.label(),
+            out.errors,
+            out.errors + out.latencies_us.len(),
+            out.first_error.as_deref().unwrap_or("?"),
+            t.log_tail()
+        );
+    }
+    Ok(())
+}
+
+fn record_rss(targets: &[Target], memory: &mut Memory) -> anyhow::Result<()> {
+    for (t, (_, row)) in targets.iter().zip(memory.rows.iter_mut()) {
+        row.push(procfs::rss_kib(t.pid())?);
+    }
+    Ok(())
+}
+
+fn setup_lines(
+    args: &Args,
+    drainpipe_wasm: &std::path::Path,
+    minimal_wasm: &std::path::Path,
+    load_before: &str,
+) -> String {
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let envoy_version = drainpipe_tests::envoy::envoy_bin()
+        .ok()
+        .and_then(|bin| {
+            std::process::Command::new(bin)
+                .arg("--version")
+                .output()
+                .ok()
+        })
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_total = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .map(str::trim)
+        .unwrap_or("unknown");
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "- machine: {nproc} CPUs ({cpu_model}), {mem_total} memory; load average before: {load_before}, after: {}\n\
+         - Envoy: {envoy_version}, `--concurrency {}`\n\
+         - load: {} keep-alive HTTP/1.1 connections, {} warm-up requests per proxy and set\n\
+         - drainpipe.wasm: {} bytes; minimal filter: {} bytes\n\
+         - CPU is the proxy process's `utime + stime` (/proc/<pid>/stat) over the round, divided by its requests\n\n",
+        loadavg(),
+        args.concurrency,
+        args.connections,
+        args.warmup,
+        size(drainpipe_wasm),
+        size(minimal_wasm),
+    )
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}

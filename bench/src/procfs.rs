@@ -1,0 +1,88 @@
+//! A process's own accounting, from `/proc`: CPU time (user + system, all
+//! threads) and resident memory.
+
+use anyhow::{bail, Context as _};
+
+/// Total CPU time of process `pid` so far, in microseconds: `utime + stime`
+/// from `/proc/<pid>/stat` (clock ticks, usually 10 ms each).
+pub fn cpu_us(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let (utime, stime) = parse_stat_times(&stat)?;
+    Ok((utime + stime) * 1_000_000 / clock_ticks_per_second())
+}
+
+/// `utime` and `stime` (fields 14 and 15) of a `/proc/<pid>/stat` line. The
+/// command name (field 2) is in parentheses and may hold spaces, so fields
+/// are counted after its closing parenthesis.
+pub fn parse_stat_times(stat: &str) -> anyhow::Result<(u64, u64)> {
+    let Some(after_comm) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        bail!("malformed /proc stat line: {stat:?}");
+    };
+    // After the name: field 3 (state) is index 0, so field n is index n - 3.
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let field = |n: usize| -> anyhow::Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("field {n} missing in /proc stat line"))
+    };
+    Ok((field(14)?, field(15)?))
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        100
+    }
+}
+
+/// Resident memory of process `pid`, in KiB (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    parse_vm_rss(&status).context("no VmRSS in /proc status")
+}
+
+/// The `VmRSS:` value of a `/proc/<pid>/status` text, in KiB.
+pub fn parse_vm_rss(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_times_are_fields_14_and_15_even_with_spaces_in_the_name() {
+        let line =
+            "4242 (envoy (main) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 731 92 0 0 20 0 9 0";
+        assert_eq!(parse_stat_times(line).unwrap(), (731, 92));
+    }
+
+    #[test]
+    fn truncated_stat_line_is_an_error() {
+        assert!(parse_stat_times("1 (x) S 1 2").is_err());
+        assert!(parse_stat_times("no parenthesis").is_err());
+    }
+
+    #[test]
+    fn vm_rss_is_read_in_kib() {
+        let status = "Name:\tenvoy\nVmPeak:\t  900 kB\nVmRSS:\t   51234 kB\nThreads:\t9\n";
+        assert_eq!(parse_vm_rss(status), Some(51234));
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        let me = std::process::id();
+        assert!(rss_kib(me).unwrap() > 0);
+        cpu_us(me).unwrap();
+    }
+}

@@ -1,0 +1,45 @@
+//! A short pass of the benchmark, so CI knows it still runs end to end: a
+//! handful of requests through each Envoy variant, and a report naming all
+//! three. No number is checked: a benchmark is not a timed test.
+
+use std::process::Command;
+
+#[test]
+fn tiny_run_reports_all_three_envoy_variants_for_both_workloads() {
+    let out = Command::new(env!("CARGO_BIN_EXE_drainpipe-bench"))
+        .args([
+            "--requests",
+            "40",
+            "--stream-requests",
+            "20",
+            "--rounds",
+            "2",
+        ])
+        .args(["--warmup", "10", "--connections", "2"])
+        .output()
+        .expect("the benchmark binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "benchmark failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for section in ["## unary", "## streamed", "## Memory"] {
+        assert!(stdout.contains(section), "no {section:?} in:\n{stdout}");
+    }
+    for variant in [
+        "| Envoy, no filter |",
+        "| Envoy, minimal filter |",
+        "| Envoy, drainpipe |",
+    ] {
+        // Each variant has a row in both workload tables and in the memory table.
+        assert_eq!(
+            stdout.lines().filter(|l| l.starts_with(variant)).count(),
+            3,
+            "{variant:?} rows in:\n{stdout}"
+        );
+    }
+    // The ratio line itself needs measurable CPU deltas, which a run this
+    // small may not have (clock ticks are 10 ms): not checked here.
+}

@@ -1,0 +1,781 @@
+//! The JSON the plugin reads and writes: its configuration, a drain
+//! controller's status, and the bodies of its local replies.
+//!
+//! A small strict reader (RFC 8259: no comments, no trailing commas, no
+//! trailing characters, nesting at most [`MAX_DEPTH`]) and a compact writer,
+//! instead of a general-purpose JSON library, to keep the wasm module small.
+//! Objects keep their keys sorted, a repeated key keeps its last value, and
+//! the writer escapes like common JSON libraries (`"`, `\`, control
+//! characters; nothing else), so the output is stable byte for byte.
+//!
+//! ```
+//! use drainpipe::json::{self, Value};
+//! let v = json::parse(br#"{"b": [1, true], "a": null}"#).unwrap();
+//! assert_eq!(v.get("b").and_then(|b| b.as_array()).map(|a| a.len()), Some(2));
+//! assert_eq!(v.to_string(), r#"{"a":null,"b":[1,true]}"#);
+//! let reply = drainpipe::json_object! { "status": "serving", "inflight": 3u64 };
+//! assert_eq!(reply.to_string(), r#"{"inflight":3,"status":"serving"}"#);
+//! ```
+
+use std::fmt;
+
+/// Deepest nesting of arrays and objects the reader accepts.
+pub const MAX_DEPTH: usize = 128;
+
+/// A JSON value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(String),
+    Array(Vec<Value>),
+    Object(Map),
+}
+
+/// A JSON number: an integer when it is one and fits 64 bits, otherwise the
+/// text as written (it is only ever shown, never computed with).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Number {
+    Unsigned(u64),
+    Negative(i64),
+    Other(String),
+}
+
+/// A JSON object: keys sorted, each once.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Map(Vec<(String, Value)>);
+
+impl Map {
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Sets `key`, replacing an earlier value.
+    pub fn insert(&mut self, key: impl Into<String>, value: Value) {
+        let key = key.into();
+        match self.find(&key) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (key, value)),
+        }
+    }
+
+    /// The entries, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+}
+
+impl<'m> IntoIterator for &'m Map {
+    type Item = (&'m String, &'m Value);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'m, (String, Value)>,
+        fn(&'m (String, Value)) -> (&'m String, &'m Value),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl Value {
+    /// An object from `(key, value)` pairs, in any order.
+    pub fn object<K: Into<String>>(entries: impl IntoIterator<Item = (K, Value)>) -> Value {
+        let mut map = Map::default();
+        for (k, v) in entries {
+            map.insert(k, v);
+        }
+        Value::Object(map)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.as_object()?.get(key)
+    }
+
+    pub fn as_object(&self) -> Option<&Map> {
+        match self {
+            Value::Object(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// The value as an unsigned integer, if it is one (`1.0` is not).
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Value::Number(Number::Unsigned(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// Sets `key` on an object; a no-op on other values.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) {
+        if let Value::Object(m) = self {
+            m.insert(key, value.into());
+        }
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Value {
+        Value::String(s.to_string())
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Value {
+        Value::String(s)
+    }
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Value {
+        Value::Bool(b)
+    }
+}
+
+impl From<u64> for Value {
+    fn from(n: u64) -> Value {
+        Value::Number(Number::Unsigned(n))
+    }
+}
+
+impl From<u32> for Value {
+    fn from(n: u32) -> Value {
+        Value::Number(Number::Unsigned(n.into()))
+    }
+}
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Value {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// An object value from `"key": value` pairs; values are anything with
+/// `Into<Value>` (strings, integers, booleans, options, values).
+///
+/// ```
+/// let v = drainpipe::json_object! { "error": drainpipe::json_object! { "code": "x", "param": None::<u64> } };
+/// assert_eq!(v.to_string(), r#"{"error":{"code":"x","param":null}}"#);
+/// ```
+#[macro_export]
+macro_rules! json_object {
+    ($($key:literal : $value:expr),* $(,)?) => {
+        $crate::json::Value::object([$(($key, $crate::json::Value::from($value))),*])
+    };
+}
+
+/// Why a text is not JSON, and where (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub problem: &'static str,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at line {} column {}",
+            self.problem, self.line, self.column
+        )
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Parses one JSON document (surrounding whitespace allowed).
+pub fn parse(text: &[u8]) -> Result<Value, Error> {
+    let mut r = Reader { text, pos: 0 };
+    let value = r.value(0)?;
+    r.skip_ws();
+    if r.pos < text.len() {
+        return Err(r.error("trailing characters"));
+    }
+    Ok(value)
+}
+
+struct Reader<'t> {
+    text: &'t [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn error(&self, problem: &'static str) -> Error {
+        let before = &self.text[..self.pos.min(self.text.len())];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        Error {
+            problem,
+            line,
+            column: self.pos - line_start + 1,
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text.get(self.pos).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.pos += 1;
+        }
+    }
+
+    fn eat(&mut self, literal: &[u8]) -> bool {
+        let found = self.text[self.pos..].starts_with(literal);
+        if found {
+            self.pos += literal.len();
+        }
+        found
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value, Error> {
+        self.skip_ws();
+        let Some(b) = self.peek() else {
+            return Err(self.error("EOF while parsing a value"));
+        };
+        match b {
+            b'{' | b'[' if depth >= MAX_DEPTH => Err(self.error("recursion limit exceeded")),
+            b'{' => self.object(depth + 1),
+            b'[' => self.array(depth + 1),
+            b'"' => self.string().map(Value::String),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ if self.eat(b"true") => Ok(Value::Bool(true)),
+            _ if self.eat(b"false") => Ok(Value::Bool(false)),
+            _ if self.eat(b"null") => Ok(Value::Null),
+            _ => Err(self.error("expected value")),
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Result<Value, Error> {
+        self.pos += 1;
+        let mut items = Vec::new();
+        self.skip_ws();
+        if self.eat(b"]") {
+            return Ok(Value::Array(items));
+        }
+        loop {
+            items.push(self.value(depth)?);
+            self.skip_ws();
+            if self.eat(b"]") {
+                return Ok(Value::Array(items));
+            }
+            if !self.eat(b",") {
+                return Err(self.error("expected `,` or `]`"));
+            }
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<Value, Error> {
+        self.pos += 1;
+        let mut map = Map::default();
+        self.skip_ws();
+        if self.eat(b"}") {
+            return Ok(Value::Object(map));
+        }
+        loop {
+            self.skip_ws();
+            if self.peek() != Some(b'"') {
+                return Err(self.error("key must be a string"));
+            }
+            let key = self.string()?;
+            self.skip_ws();
+            if !self.eat(b":") {
+                return Err(self.error("expected `:`"));
+            }
+            let value = self.value(depth)?;
+            map.insert(key, value);
+            self.skip_ws();
+            if self.eat(b"}") {
+                return Ok(Value::Object(map));
+            }
+            if !self.eat(b",") {
+                return Err(self.error("expected `,` or `}`"));
+            }
+        }
+    }
+
+    /// A string, the reader on its opening quote.
+    fn string(&mut self) -> Result<String, Error> {
+        self.pos += 1;
+        let mut out = Vec::new();
+        loop {
+            let Some(b) = self.peek() else {
+                return Err(self.error("EOF while parsing a string"));
+            };
+            self.pos += 1;
+            match b {
+                b'"' => break,
+                b'\\' => {
+                    let Some(e) = self.peek() else {
+                        return Err(self.error("EOF while parsing a string"));
+                    };
+                    self.pos += 1;
+                    let c = match e {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => self.unicode_escape()?,
+                        _ => return Err(self.error("invalid escape")),
+                    };
+                    let mut buf = [0; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+                0..=0x1f => {
+                    return Err(self
+                        .error("control character (\\u0000-\\u001F) found while parsing a string"))
+                }
+                _ => out.push(b),
+            }
+        }
+        String::from_utf8(out).map_err(|_| self.error("invalid unicode code point"))
+    }
+
+    /// The character of a `\uXXXX` escape (two for a surrogate pair), the
+    /// reader after the `u`.
+    fn unicode_escape(&mut self) -> Result<char, Error> {
+        let first = self.hex4()?;
+        let code = match first {
+            0xd800..=0xdbff => {
+                if !self.eat(b"\\u") {
+                    return Err(self.error("unexpected end of hex escape"));
+                }
+                let second = self.hex4()?;
+                if !(0xdc00..=0xdfff).contains(&second) {
+                    return Err(self.error("lone leading surrogate in hex escape"));
+                }
+                0x10000 + ((first - 0xd800) << 10) + (second - 0xdc00)
+            }
+            0xdc00..=0xdfff => return Err(self.error("lone trailing surrogate in hex escape")),
+            _ => first,
+        };
+        char::from_u32(code).ok_or_else(|| self.error("invalid unicode code point"))
+    }
+
+    fn hex4(&mut self) -> Result<u32, Error> {
+        let mut n = 0;
+        for _ in 0..4 {
+            let d = match self.peek() {
+                Some(b @ b'0'..=b'9') => b - b'0',
+                Some(b @ b'a'..=b'f') => b - b'a' + 10,
+                Some(b @ b'A'..=b'F') => b - b'A' + 10,
+                _ => return Err(self.error("invalid escape")),
+            };
+            self.pos += 1;
+            n = n * 16 + u32::from(d);
+        }
+        Ok(n)
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    fn number(&mut self) -> Result<Value, Error> {
+        let start = self.pos;
+        let negative = self.eat(b"-");
+        let digits = |r: &mut Self| {
+            let from = r.pos;
+            while matches!(r.peek(), Some(b'0'..=b'9')) {
+                r.pos += 1;
+            }
+            r.pos - from
+        };
+        let int_start = self.pos;
+        match digits(self) {
+            0 => return Err(self.error("invalid number")),
+            n if n > 1 && self.text[int_start] == b'0' => {
+                self.pos = int_start + 1;
+                return Err(self.error("invalid number"));
+            }
+            _ => {}
+        }
+        let int_end = self.pos;
+        let mut integer = true;
+        if self.eat(b".") {
+            integer = false;
+            if digits(self) == 0 {
+                return Err(self.error("invalid number"));
+            }
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            integer = false;
+            self.pos += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.pos += 1;
+            }
+            if digits(self) == 0 {
+                return Err(self.error("invalid number"));
+            }
+        }
+        // ASCII digits only from here: valid UTF-8.
+        let text = std::str::from_utf8(&self.text[start..self.pos]).unwrap_or_default();
+        if integer {
+            let magnitude = &self.text[int_start..int_end];
+            let mut n: u64 = 0;
+            let fits = magnitude.iter().all(|d| {
+                n.checked_mul(10)
+                    .and_then(|n10| n10.checked_add(u64::from(d - b'0')))
+                    .map(|next| n = next)
+                    .is_some()
+            });
+            if fits && !negative {
+                return Ok(Value::Number(Number::Unsigned(n)));
+            }
+            if fits && n <= i64::MAX as u64 + 1 {
+                return Ok(Value::Number(Number::Negative((n as i64).wrapping_neg())));
+            }
+        }
+        Ok(Value::Number(Number::Other(text.to_string())))
+    }
+}
+
+impl fmt::Display for Value {
+    /// Compact JSON.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = String::new();
+        write_value(&mut out, self);
+        f.write_str(&out)
+    }
+}
+
+fn write_value(out: &mut String, v: &Value) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(Number::Unsigned(n)) => push_u64(out, *n),
+        Value::Number(Number::Negative(n)) => {
+            out.push('-');
+            push_u64(out, n.unsigned_abs());
+        }
+        Value::Number(Number::Other(text)) => out.push_str(text),
+        Value::String(s) => write_str(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_str(out, k);
+                out.push(':');
+                write_value(out, v);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
+/// A JSON string literal: `"` and `\` escaped, control characters as
+/// `\n`-style or `\u00XX` escapes, everything else as is.
+pub fn write_str(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                let b = c as usize;
+                out.push_str("\\u00");
+                out.push(HEX[b >> 4] as char);
+                out.push(HEX[b & 0xf] as char);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> Value {
+        parse(text.as_bytes()).unwrap_or_else(|e| panic!("{text:?}: {e}"))
+    }
+
+    fn err(text: &str) -> Error {
+        parse(text.as_bytes()).expect_err(text)
+    }
+
+    #[test]
+    fn scalars_and_nesting() {
+        assert_eq!(ok(" null "), Value::Null);
+        assert_eq!(ok("true"), Value::Bool(true));
+        assert_eq!(ok("false"), Value::Bool(false));
+        assert_eq!(ok("0").as_u64(), Some(0));
+        assert_eq!(ok("18446744073709551615").as_u64(), Some(u64::MAX));
+        assert_eq!(ok(r#""a\"b""#).as_str(), Some("a\"b"));
+        let v = ok(r#"{"a": [1, {"b": null}], "c": "d"}"#);
+        assert_eq!(v.get("c").and_then(Value::as_str), Some("d"));
+        assert_eq!(
+            v.get("a").and_then(Value::as_array).map(<[_]>::len),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn only_unsigned_integers_are_u64() {
+        for text in [
+            "-1",
+            "1.0",
+            "1e3",
+            "1E+2",
+            "0.5",
+            "-0",
+            "18446744073709551616",
+            "-9223372036854775809",
+        ] {
+            assert_eq!(ok(text).as_u64(), None, "{text}");
+        }
+        assert_eq!(
+            ok("-9223372036854775808"),
+            Value::Number(Number::Negative(i64::MIN))
+        );
+    }
+
+    #[test]
+    fn numbers_print_as_written_or_as_integers() {
+        for text in [
+            "0",
+            "7",
+            "-3",
+            "1.25",
+            "1e3",
+            "-0",
+            "-9223372036854775808",
+            "123456789012345678901234567890",
+        ] {
+            assert_eq!(ok(text).to_string(), text);
+        }
+    }
+
+    #[test]
+    fn malformed_documents_are_errors_with_a_position() {
+        for (text, problem) in [
+            ("", "EOF while parsing a value"),
+            ("{", "key must be a string"),
+            ("{\"a\" 1}", "expected `:`"),
+            ("{\"a\":1,}", "key must be a string"),
+            ("[1,]", "expected value"),
+            ("[1 2]", "expected `,` or `]`"),
+            ("{\"a\":1 \"b\":2}", "expected `,` or `}`"),
+            ("01", "invalid number"),
+            ("1.", "invalid number"),
+            ("1e", "invalid number"),
+            ("-", "invalid number"),
+            (".5", "expected value"),
+            ("+1", "expected value"),
+            ("tru", "expected value"),
+            ("nul", "expected value"),
+            ("\"abc", "EOF while parsing a string"),
+            ("\"\\x\"", "invalid escape"),
+            ("\"\\u12\"", "invalid escape"),
+            ("\"\\ud800\"", "unexpected end of hex escape"),
+            ("\"\\ud800\\u0041\"", "lone leading surrogate in hex escape"),
+            ("\"\\udc00\"", "lone trailing surrogate in hex escape"),
+            (
+                "\"a\nb\"",
+                "control character (\\u0000-\\u001F) found while parsing a string",
+            ),
+            ("{} {}", "trailing characters"),
+            ("{}x", "trailing characters"),
+            ("// c\n{}", "expected value"),
+        ] {
+            assert_eq!(err(text).problem, problem, "{text:?}");
+        }
+        let e = err("{\n  \"a\": tru\n}");
+        assert_eq!((e.line, e.column), (2, 8));
+        assert_eq!(e.to_string(), "expected value at line 2 column 8");
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_string_is_an_error() {
+        assert_eq!(
+            parse(b"\"\xff\"").unwrap_err().problem,
+            "invalid unicode code point"
+        );
+        assert_eq!(parse(b"\xff").unwrap_err().problem, "expected value");
+    }
+
+    #[test]
+    fn nesting_is_limited() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(parse(deep(MAX_DEPTH).as_bytes()).is_ok());
+        assert_eq!(
+            parse(deep(MAX_DEPTH + 1).as_bytes()).unwrap_err().problem,
+            "recursion limit exceeded"
+        );
+        assert!(parse(deep(100_000).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn escapes_and_surrogate_pairs_decode() {
+        assert_eq!(
+            ok(r#""\u00e9\ud83d\ude00\/\b\f\n\r\t""#).as_str(),
+            Some("é😀/\u{8}\u{c}\n\r\t")
+        );
+        assert_eq!(ok("\"é\"").as_str(), Some("é"));
+    }
+
+    #[test]
+    fn keys_are_sorted_and_the_last_repeat_wins() {
+        let v = ok(r#"{"b":1,"a":2,"b":3}"#);
+        let keys: Vec<&String> = v.as_object().unwrap().iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(v.get("b").and_then(Value::as_u64), Some(3));
+        assert_eq!(v.to_string(), r#"{"a":2,"b":3}"#);
+    }
+
+    #[test]
+    fn writer_escapes_only_quotes_backslashes_and_controls() {
+        let v = Value::from("q\" b\\ n\n t\t \u{1} \u{1f} \u{7f} é / <");
+        assert_eq!(
+            v.to_string(),
+            "\"q\\\" b\\\\ n\\n t\\t \\u0001 \\u001f \u{7f} é / <\""
+        );
+    }
+
+    #[test]
+    fn object_macro_and_insert() {
+        let mut v = crate::json_object! { "z": 1u64, "a": None::<u64>, "m": "x", "t": true };
+        v.insert("b", "w");
+        assert_eq!(
+            v.to_string(),
+            r#"{"a":null,"b":"w","m":"x","t":true,"z":1}"#
+        );
+    }
+
+    /// Non-integers are kept as text and never converted, so a number too
+    /// large for a float is accepted (serde_json refuses it); no reader of a
+    /// setting takes it as an integer either way.
+    #[test]
+    fn huge_floats_are_kept_as_text() {
+        assert_eq!(ok("1E400").to_string(), "1E400");
+        assert_eq!(ok("1E400").as_u64(), None);
+    }
+
+    /// serde_json as the reference, on valid and invalid documents alike.
+    #[test]
+    fn agrees_with_serde_json() {
+        let cases = [
+            "{}",
+            "[]",
+            "null",
+            "0",
+            "-0",
+            "1.5",
+            "1e2",
+            "-1",
+            "18446744073709551615",
+            "18446744073709551616",
+            "\"\\u0000\"",
+            "\"\\u001f\\u007f\\u00ff\"",
+            r#"{"role":"traffic","deadline":{"max_timeout_ms":1,"x":[true,false,null]}}"#,
+            r#"{"a":"\ud83d\ude00 \" \\ \/ \b\f\n\r\t","b":-9223372036854775808}"#,
+            "[1,2",
+            "{\"a\":}",
+            "[-]",
+            "[00]",
+            "[1.e1]",
+            "[\"\\ud800x\"]",
+            " [ 1 , [ ] , { } ] ",
+            "{\"a\":1,\"a\":2}",
+            "[1]x",
+            "\"tab\there\"",
+            "[true false]",
+            "[nan]",
+            "[Infinity]",
+            "[-1e-400]",
+            "[0.1e+1]",
+        ];
+        for text in cases {
+            let ours = parse(text.as_bytes());
+            let theirs: Result<serde_json::Value, _> = serde_json::from_str(text);
+            assert_eq!(
+                ours.is_ok(),
+                theirs.is_ok(),
+                "{text:?}: {ours:?} vs {theirs:?}"
+            );
+            if let (Ok(a), Ok(b)) = (ours, theirs) {
+                assert_eq!(a.as_u64(), b.as_u64(), "{text:?}");
+                // Floats print differently (kept as written here).
+                let theirs = b.to_string();
+                let float = text.contains(['.', 'e', 'E']) || theirs.contains(['.', 'e']);
+                if !float {
+                    assert_eq!(a.to_string(), theirs, "{text:?}");
+                }
+            }
+        }
+    }
+}
