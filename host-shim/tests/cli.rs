@@ -69,22 +69,29 @@ fn plugin_wasm() -> String {
     })
 }
 
-#[test]
-fn serve_with_a_bad_plugin_config_fails_with_the_plugin_error() {
-    let dir = std::env::temp_dir().join(format!("drainpipe-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("bad.json");
-    std::fs::write(&config, r#"{"grace_ms": "soon"}"#).unwrap();
-    let (ok, stderr) = shim(&[
+/// `serve` with the plugin, a traffic configuration of `config`, and
+/// `extra` arguments; the configuration lives in a scratch directory.
+fn serve_with(config: &str, extra: &[&str]) -> (bool, String) {
+    let dir = drainpipe_tests::envoy::Scratch::new("cli").unwrap();
+    let path = dir.path().join("traffic.json");
+    std::fs::write(&path, config).unwrap();
+    let wasm = plugin_wasm();
+    let mut args = vec![
         "serve",
         "--wasm",
-        &plugin_wasm(),
+        &wasm,
         "--config",
-        config.to_str().unwrap(),
+        path.to_str().unwrap(),
         "--upstream",
         "http://127.0.0.1:9",
-    ]);
-    let _ = std::fs::remove_dir_all(&dir);
+    ];
+    args.extend_from_slice(extra);
+    shim(&args)
+}
+
+#[test]
+fn serve_with_a_bad_plugin_config_fails_with_the_plugin_error() {
+    let (ok, stderr) = serve_with(r#"{"grace_ms": "soon"}"#, &[]);
     assert!(!ok);
     assert!(
         stderr.contains("grace_ms"),
@@ -96,24 +103,8 @@ fn serve_with_a_bad_plugin_config_fails_with_the_plugin_error() {
 fn serve_on_a_port_in_use_fails_with_one_line() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();
-    let dir = std::env::temp_dir().join(format!("drainpipe-cli-port-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("ok.json");
-    std::fs::write(&config, "{}").unwrap();
-    let (ok, stderr) = shim(&[
-        "serve",
-        "--wasm",
-        &plugin_wasm(),
-        "--config",
-        config.to_str().unwrap(),
-        "--upstream",
-        "http://127.0.0.1:9",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--admin",
-        "127.0.0.1:0",
-    ]);
-    let _ = std::fs::remove_dir_all(&dir);
+    let listen = format!("127.0.0.1:{port}");
+    let (ok, stderr) = serve_with("{}", &["--listen", &listen, "--admin", "127.0.0.1:0"]);
     assert!(!ok);
     let last = stderr.trim().lines().last().unwrap_or_default().to_string();
     assert!(last.contains(&port.to_string()), "{stderr}");

@@ -43,6 +43,21 @@ fn chat(stream: bool) -> Value {
     json!({"model": "drainpipe-demo-1", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
 }
 
+/// Opens a streamed completion of `chunks` tokens 100 ms apart on a client
+/// (and so a connection) of its own; the response has begun with 200.
+async fn open_stream(envoy: &Envoy, chunks: u32) -> reqwest::Response {
+    let resp = reqwest::Client::new()
+        .post(envoy.traffic("/v1/chat/completions"))
+        .header("x-fake-chunks", chunks.to_string())
+        .header("x-fake-chunk-delay-ms", "100")
+        .json(&chat(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
 /// Polls `GET /drain` until `done` holds, failing after `limit`.
 async fn wait_status(envoy: &Envoy, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
     let started = Instant::now();
@@ -150,17 +165,8 @@ async fn drain_flips_readiness_then_rejects_with_the_503_contract_and_delete_res
 #[tokio::test(flavor = "multi_thread")]
 async fn stream_started_before_the_drain_arrives_whole() {
     let (_up, envoy) = setup(2).await;
-    let client = reqwest::Client::new();
     // 40 tokens, 100 ms apart: about 4 s, well past the 1 s admit window.
-    let mut resp = client
-        .post(envoy.traffic("/v1/chat/completions"))
-        .header("x-fake-chunks", "40")
-        .header("x-fake-chunk-delay-ms", "100")
-        .json(&chat(true))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let mut resp = open_stream(&envoy, 40).await;
     let mut body = String::from_utf8(resp.chunk().await.unwrap().unwrap().to_vec()).unwrap();
 
     let (code, _) = drain_api(&envoy, reqwest::Method::POST).await;
@@ -198,16 +204,7 @@ async fn inflight_is_exact_across_four_workers() {
     let mut open = Vec::new();
     for _ in 0..STREAMS {
         // A client per stream: separate connections, spread over the workers.
-        let client = reqwest::Client::new();
-        let mut resp = client
-            .post(envoy.traffic("/v1/chat/completions"))
-            .header("x-fake-chunks", "30")
-            .header("x-fake-chunk-delay-ms", "100")
-            .json(&chat(true))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        let mut resp = open_stream(&envoy, 30).await;
         resp.chunk().await.unwrap().expect("first token");
         open.push(resp);
     }
@@ -254,19 +251,10 @@ async fn inflight_is_exact_across_four_workers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn client_abort_mid_stream_releases_the_inflight_count() {
     let (_up, envoy) = setup(2).await;
-    let client = reqwest::Client::new();
-    let mut resp = client
-        .post(envoy.traffic("/v1/chat/completions"))
-        .header("x-fake-chunks", "100")
-        .header("x-fake-chunk-delay-ms", "100")
-        .json(&chat(true))
-        .send()
-        .await
-        .unwrap();
+    let mut resp = open_stream(&envoy, 100).await;
     resp.chunk().await.unwrap().expect("first token");
     assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 1);
     drop(resp);
-    drop(client);
     let status = wait_status(&envoy, Duration::from_secs(5), |s| s["inflight"] == 0).await;
     assert_eq!(status["state"], "serving");
     assert_eq!(envoy.stat("drainpipe_completed").await.unwrap(), 1);
