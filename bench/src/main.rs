@@ -59,6 +59,11 @@ struct Args {
     /// The plugin (default: DRAINPIPE_WASM, else target/wasm32-wasip1/release/drainpipe.wasm).
     #[arg(long)]
     drainpipe_wasm: Option<PathBuf>,
+    /// Another build of the plugin, measured beside the current one in the
+    /// same rounds ("Envoy, drainpipe candidate"): how a change is judged on
+    /// a shared machine.
+    #[arg(long)]
+    candidate_wasm: Option<PathBuf>,
     /// The minimal filter (default: built from bench/minimal-filter).
     #[arg(long)]
     minimal_wasm: Option<PathBuf>,
@@ -105,6 +110,15 @@ fn run(args: Args) -> anyhow::Result<()> {
             args.concurrency,
             &minimal_wasm,
             &drainpipe_wasm,
+        )?);
+    }
+    if let Some(candidate) = &args.candidate_wasm {
+        targets.push(Target::envoy(
+            Variant::Candidate,
+            upstream.port(),
+            args.concurrency,
+            &minimal_wasm,
+            candidate,
         )?);
     }
     let mut notes = Vec::new();

@@ -24,6 +24,9 @@ pub enum Variant {
     Drainpipe,
     /// `drainpipe-shim serve` with drainpipe.
     Shim,
+    /// Envoy, the shipped config with another build of drainpipe (to compare
+    /// a change with the current build in one run).
+    Candidate,
 }
 
 impl Variant {
@@ -33,6 +36,7 @@ impl Variant {
             Variant::Minimal => "Envoy, minimal filter",
             Variant::Drainpipe => "Envoy, drainpipe",
             Variant::Shim => "shim, drainpipe",
+            Variant::Candidate => "Envoy, drainpipe candidate",
         }
     }
 }
@@ -73,7 +77,7 @@ pub fn envoy_config(
 ) -> anyhow::Result<EnvoyConfig> {
     let mut doc = EnvoyConfig::repo()?.doc().clone();
     let wasm = match variant {
-        Variant::Drainpipe => drainpipe_wasm,
+        Variant::Drainpipe | Variant::Candidate => drainpipe_wasm,
         Variant::NoFilter | Variant::Minimal => {
             drop_listener(&mut doc, "drain")?;
             let edited = edit_wasm_filters(&mut doc, &mut |filters| {

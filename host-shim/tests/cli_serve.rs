@@ -125,6 +125,8 @@ async fn serve_proxies_through_the_plugin_and_drains_with_the_503_contract() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "service_draining");
 
+    // The admitted count reaches the stats on the workers' next tick.
+    tokio::time::sleep(drainpipe_tests::envoy::COUNTS_SETTLE).await;
     let stats = client
         .get(format!("{admin}/stats/prometheus"))
         .send()

@@ -180,6 +180,10 @@ fn inflight_is_exact_across_workers_and_drain_reaches_drained() {
         s.response_body("data: [DONE]\n\n", true).expect_continue();
         s.finish();
     }
+    // Each worker hands its admitted/completed counts to the stats on its tick.
+    for w in &workers {
+        w.tick();
+    }
     let status = json(&admin(&workers[0], "GET", "/drain", &[]));
     assert_eq!(status["state"], "drained");
     assert_eq!(status["inflight"], 0);

@@ -24,6 +24,8 @@ enum Observed {
     },
     /// Forwarded; the headers the upstream received (or would receive).
     Forwarded { upstream: BTreeMap<String, String> },
+    /// A `settle` step: the workers' batched counts have reached the stats.
+    Settled,
 }
 
 fn scenarios() -> Vec<Value> {
@@ -66,9 +68,10 @@ fn step_headers(step: &Value) -> Vec<(String, String)> {
 
 fn run_shim(scenario: &Value) -> Vec<Observed> {
     let (traffic, admin) = configs(scenario);
+    let clock = Clock::manual(support::T0_MS);
     let host = Host::builder(support::drainpipe())
         .vm_id("drainpipe")
-        .clock(Clock::manual(support::T0_MS))
+        .clock(clock.clone())
         .plugin(PluginConfig::new("drainpipe", traffic.to_string()))
         .plugin(PluginConfig::new("drainpipe_admin", admin.to_string()))
         .build()
@@ -78,11 +81,17 @@ fn run_shim(scenario: &Value) -> Vec<Observed> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|step| shim_step(&worker, step))
+        .map(|step| shim_step(&worker, &clock, step))
         .collect()
 }
 
-fn shim_step(worker: &Worker, step: &Value) -> Observed {
+fn shim_step(worker: &Worker, clock: &Clock, step: &Value) -> Observed {
+    if step.get("settle").is_some() {
+        // A worker's tick hands its counts over; the tick comes with time.
+        clock.advance(drainpipe_tests::envoy::COUNTS_SETTLE);
+        worker.tick();
+        return Observed::Settled;
+    }
     let plugin = match step["listener"].as_str().unwrap() {
         "traffic" => "drainpipe",
         _ => "drainpipe_admin",
@@ -139,6 +148,11 @@ async fn run_envoy(scenario: &Value) -> Vec<Observed> {
     let client = reqwest::Client::new();
     let mut observed = Vec::new();
     for step in scenario["steps"].as_array().unwrap() {
+        if step.get("settle").is_some() {
+            envoy.counts_settled().await;
+            observed.push(Observed::Settled);
+            continue;
+        }
         let port = match step["listener"].as_str().unwrap() {
             "traffic" => envoy.ports.traffic,
             _ => envoy.ports.drain,
@@ -197,6 +211,7 @@ fn check(host: &str, step: &Value, observed: &Observed) {
         step["listener"], step["method"], step["path"]
     );
     match observed {
+        Observed::Settled => assert!(step.get("settle").is_some(), "{what}: settled"),
         Observed::Forwarded { upstream } => {
             assert_eq!(
                 expect["forwarded"], true,
@@ -281,7 +296,8 @@ fn same_reply(step: &Value, shim: &Observed, envoy: &Observed) {
             };
             assert_eq!(strip(b1), strip(b2), "{what}: body differs");
         }
-        (Observed::Forwarded { .. }, Observed::Forwarded { .. }) => {}
+        (Observed::Forwarded { .. }, Observed::Forwarded { .. })
+        | (Observed::Settled, Observed::Settled) => {}
         _ => panic!("{what}: shim {shim:?} but Envoy {envoy:?}"),
     }
 }

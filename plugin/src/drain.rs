@@ -149,6 +149,44 @@ impl Drain {
     }
 }
 
+/// The drain state as one worker last read it.
+///
+/// Reading shared data costs a copy into the VM; reading a stat does not. So
+/// every write of the drain state is followed by an increment of the
+/// `drainpipe_drain_changes` counter (one Envoy stat for all workers), and a
+/// worker reads the state again only when that counter has moved since its
+/// last reading. A write seen between the two steps counts as not yet made:
+/// the next request sees the counter move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Seen {
+    pub drain: Drain,
+    pub read_unix_ms: u64,
+    /// The change counter at the reading (`None`: no reading yet).
+    pub changes: Option<u64>,
+}
+
+impl Seen {
+    /// The state at `now_unix_ms`, given the change counter (`None` if it
+    /// could not be read): this reading while the counter has not moved,
+    /// else a fresh `read`.
+    pub fn refresh(
+        self,
+        now_unix_ms: u64,
+        changes: Option<u64>,
+        read: impl FnOnce() -> Drain,
+    ) -> Seen {
+        let drain = match changes {
+            Some(c) if self.changes == Some(c) => self.drain,
+            _ => read(),
+        };
+        Seen {
+            drain,
+            read_unix_ms: now_unix_ms,
+            changes,
+        }
+    }
+}
+
 /// Reads a drain controller's status (`GET /drain` of the admin role or of
 /// `drainpipe-shim controller`): the `drain_started_unix_ms` field, a number
 /// while draining and `null` while serving.
@@ -306,5 +344,30 @@ mod tests {
         assert_eq!(names, ["serving", "draining", "rejecting", "drained"]);
         let gauges: Vec<_> = all.iter().map(|p| p.gauge()).collect();
         assert_eq!(gauges, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_reading_is_reused_until_the_change_counter_moves() {
+        let mut reads = 0;
+        let mut read = |d: Drain| {
+            reads += 1;
+            d
+        };
+        let first = Seen::default().refresh(1_000, Some(7), || read(Drain::SERVING));
+        assert_eq!(first.changes, Some(7));
+        // Same counter: the copy stands (even if shared data says otherwise,
+        // which only happens between a write and its increment).
+        let again = first.refresh(2_000, Some(7), || read(Drain::started_at(1_500)));
+        assert_eq!(again.drain, Drain::SERVING);
+        assert_eq!(again.read_unix_ms, 2_000);
+        // The counter moved: read again.
+        let moved = again.refresh(3_000, Some(8), || read(Drain::started_at(1_500)));
+        assert_eq!(moved.drain, Drain::started_at(1_500));
+        // No counter: always read.
+        let blind = moved.refresh(4_000, None, || read(Drain::SERVING));
+        assert_eq!(blind.drain, Drain::SERVING);
+        let blind = blind.refresh(5_000, None, || read(Drain::started_at(4_500)));
+        assert_eq!(blind.drain, Drain::started_at(4_500));
+        assert_eq!(reads, 4);
     }
 }

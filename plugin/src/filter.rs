@@ -7,6 +7,7 @@
 //! traffic and the admin filter instances) and the counts in Envoy stats (a
 //! gauge defined under one name by every worker is one stat).
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -16,6 +17,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
 
 use crate::admin::{self, Action as AdminAction};
 use crate::config::{Config, Role};
+use crate::counts;
 use crate::drain::{self, Drain, Phase, Windows, SHARED_KEY, WINDOWS_KEY};
 use crate::metrics;
 use crate::reply::LocalReply;
@@ -43,6 +45,7 @@ struct Metrics {
     rejected_deadline: u32,
     malformed_deadline: u32,
     streams_ended: u32,
+    drain_changes: u32,
 }
 
 impl Metrics {
@@ -58,6 +61,7 @@ impl Metrics {
             rejected_deadline: counter(metrics::REJECTED_DEADLINE)?,
             malformed_deadline: counter(metrics::MALFORMED_DEADLINE)?,
             streams_ended: counter(metrics::STREAMS_ENDED)?,
+            drain_changes: counter(metrics::DRAIN_CHANGES)?,
         })
     }
 
@@ -72,14 +76,59 @@ impl Metrics {
     }
 }
 
-/// What every context of one plugin instance shares, read-only.
+/// What every context of one plugin instance shares.
 struct Shared {
     cfg: Config,
     metrics: Metrics,
+    /// The drain state as this worker last read it (see [`drain::Seen`]).
+    seen: Cell<drain::Seen>,
+    /// Admitted and completed counts not yet in the stats (see [`counts`]).
+    pending: Cell<counts::Pending>,
+    /// How far `seen.read_unix_ms` may trail the clock: it is refreshed on
+    /// every tick (two periods, for a late tick).
+    clock_lag_ms: u64,
 }
 
 impl Shared {
-    fn drain(&self) -> Drain {
+    /// The drain state now: this worker's copy unless the change counter
+    /// moved since it was read.
+    fn drain(&self, now: u64) -> Drain {
+        let changes = hostcalls::get_metric(self.metrics.drain_changes).ok();
+        let seen = self.seen.get().refresh(now, changes, || self.read_drain());
+        self.seen.set(seen);
+        seen.drain
+    }
+
+    /// Adds this worker's pending counts to the stats.
+    fn flush(&self, now: u64) {
+        let mut pending = self.pending.get();
+        let (admitted, completed) = pending.take(now);
+        self.pending.set(pending);
+        for (id, n) in [
+            (self.metrics.admitted, admitted),
+            (self.metrics.completed, completed),
+        ] {
+            if n > 0 {
+                Metrics::add(id, i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    fn count(&self, now: Option<u64>, update: fn(&mut counts::Pending)) {
+        let mut pending = self.pending.get();
+        update(&mut pending);
+        self.pending.set(pending);
+        if let Some(now) = now.filter(|&now| pending.due(now)) {
+            self.flush(now);
+        }
+    }
+
+    /// Tells every worker the stored drain state changed.
+    fn changed(&self) {
+        Metrics::add(self.metrics.drain_changes, 1);
+    }
+
+    fn read_drain(&self) -> Drain {
         match hostcalls::get_shared_data(SHARED_KEY) {
             Ok((bytes, _)) => Drain::decode(bytes.as_deref()).unwrap_or_else(|e| {
                 log::error!("{e}; treating as serving");
@@ -107,7 +156,7 @@ impl Shared {
 
     /// The current phase; also refreshes the state gauge.
     fn observe(&self, now: u64) -> (Drain, Phase, u64) {
-        let drain = self.drain();
+        let drain = self.drain(now);
         let inflight = Metrics::get(self.metrics.inflight);
         let phase = drain.phase(now, inflight, self.windows());
         if let Err(status) = hostcalls::record_metric(self.metrics.state, phase.gauge()) {
@@ -135,6 +184,7 @@ impl Shared {
             }
             match hostcalls::set_shared_data(SHARED_KEY, Some(&next.encode()), cas) {
                 Ok(()) => {
+                    self.changed();
                     log::info!("drain started");
                     return;
                 }
@@ -160,6 +210,7 @@ impl Shared {
         // On a CAS mismatch another worker just changed it: the next poll
         // looks again.
         if hostcalls::set_shared_data(SHARED_KEY, Some(&next.encode()), cas).is_ok() {
+            self.changed();
             match next.started_unix_ms {
                 Some(_) => log::info!("drain started by the drain controller"),
                 None => log::info!("drain ended by the drain controller, serving"),
@@ -169,9 +220,20 @@ impl Shared {
 
     fn stop_drain(&self) {
         match hostcalls::set_shared_data(SHARED_KEY, Some(&Drain::SERVING.encode()), None) {
-            Ok(()) => log::info!("drain cancelled, serving"),
+            Ok(()) => {
+                self.changed();
+                log::info!("drain cancelled, serving");
+            }
             Err(status) => log::error!("storing drain state failed: {status:?}"),
         }
+    }
+}
+
+impl Drop for Shared {
+    /// The plugin instance is going away: what is still counted here goes
+    /// to the stats.
+    fn drop(&mut self) {
+        self.flush(0);
     }
 }
 
@@ -302,7 +364,13 @@ impl RootContext for Root {
             Some(ctl) => TICK.min(Duration::from_millis(ctl.poll_ms)),
             None => TICK,
         };
-        self.shared = Some(Rc::new(Shared { cfg, metrics }));
+        self.shared = Some(Rc::new(Shared {
+            cfg,
+            metrics,
+            seen: Cell::default(),
+            pending: Cell::default(),
+            clock_lag_ms: 2 * tick.as_millis() as u64,
+        }));
         self.set_tick_period(tick);
         true
     }
@@ -311,6 +379,7 @@ impl RootContext for Root {
         let now = now_unix_ms(self);
         if let Some(shared) = &self.shared {
             shared.observe(now);
+            shared.flush(now);
         }
         self.poll_controller(now);
     }
@@ -322,7 +391,7 @@ impl RootContext for Root {
                 shared,
                 counted: false,
                 deadline_unix_ms: 0,
-                sse: None,
+                body: sse::Body::default(),
             }),
             Role::Admin => Box::new(Admin {
                 shared,
@@ -343,16 +412,16 @@ struct Traffic {
     counted: bool,
     /// The deadline given to the forwarded request.
     deadline_unix_ms: u64,
-    /// Set for an SSE response: ends it with a final event before a limit.
-    sse: Option<sse::Cutter>,
+    /// The response body: an SSE stream is ended with a final event before
+    /// a limit.
+    body: sse::Body,
 }
 
 impl Traffic {
     fn release(&mut self) {
         if std::mem::take(&mut self.counted) {
-            let m = &self.shared.metrics;
-            Metrics::add(m.inflight, -1);
-            Metrics::add(m.completed, 1);
+            Metrics::add(self.shared.metrics.inflight, -1);
+            self.shared.count(None, counts::Pending::complete);
         }
     }
 }
@@ -365,7 +434,7 @@ impl HttpContext for Traffic {
         let m = &shared.metrics;
         let now = now_unix_ms(self);
         let headers = self.get_http_request_headers_bytes();
-        let decision = traffic::decide(&shared.cfg, shared.drain(), now, &headers, || {
+        let decision = traffic::decide(&shared.cfg, shared.drain(now), now, &headers, || {
             Metrics::get(m.inflight)
         });
         if decision.malformed_deadlines > 0 {
@@ -389,7 +458,7 @@ impl HttpContext for Traffic {
                     self.set_http_request_header(name, Some(value));
                 }
                 Metrics::add(m.inflight, 1);
-                Metrics::add(m.admitted, 1);
+                shared.count(Some(now), counts::Pending::admit);
                 self.counted = true;
                 self.deadline_unix_ms = forward.deadline_unix_ms;
                 return Action::Continue;
@@ -399,45 +468,43 @@ impl HttpContext for Traffic {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // Only a chunked event stream can take an extra event.
-        let event_stream = self
-            .get_http_response_header_bytes("content-type")
-            .is_some_and(|ct| ct.starts_with(b"text/event-stream"));
-        if self.counted
-            && event_stream
-            && self
-                .get_http_response_header_bytes("content-length")
-                .is_none()
-        {
-            self.sse = Some(sse::Cutter::default());
+        // Only a chunked event stream can take an extra event. (Envoy lets
+        // the response headers be read here, not from the body callbacks.)
+        if self.counted {
+            self.body = sse::Body::new(
+                self.get_http_response_header_bytes("content-type")
+                    .is_some_and(|ct| ct.starts_with(b"text/event-stream"))
+                    && self
+                        .get_http_response_header_bytes("content-length")
+                        .is_none(),
+            );
         }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(mut cutter) = self.sse.take() else {
-            return Action::Continue;
-        };
         let shared = Rc::clone(&self.shared);
-        let cut = (!cutter.ended())
-            .then(|| {
-                let (at, limit) = sse::cutoff(
+        let mut body = std::mem::take(&mut self.body);
+        let action = body.on_chunk(
+            end_of_stream,
+            || {
+                sse::due(
+                    || now_unix_ms(self),
                     self.deadline_unix_ms,
-                    shared.drain(),
+                    shared.seen.get(),
                     shared.cfg.windows(),
                     shared.cfg.final_event_margin_ms,
-                );
-                (now_unix_ms(self) >= at).then_some(limit)
-            })
-            .flatten();
-        // Until a cut is due the cutter needs only the chunk's last bytes;
-        // the whole chunk is copied out of Envoy only to be cut.
-        let (start, len) = match cut {
-            Some(_) => (0, body_size),
-            None => sse::tail_range(body_size),
-        };
-        let chunk = self.get_http_response_body(start, len).unwrap_or_default();
-        match cutter.on_chunk(&chunk, cut) {
+                    shared.clock_lag_ms,
+                    |now| shared.drain(now),
+                )
+            },
+            || {
+                self.get_http_response_body(0, body_size)
+                    .unwrap_or_default()
+            },
+        );
+        self.body = body;
+        match action {
             ChunkAction::Forward => {}
             ChunkAction::Replace(bytes) => {
                 self.set_http_response_body(0, body_size, &bytes);
@@ -453,7 +520,6 @@ impl HttpContext for Traffic {
                 }
             }
         }
-        self.sse = Some(cutter);
         Action::Continue
     }
 

@@ -3,6 +3,7 @@
 //!
 //! The decision logic is plain Rust and tests natively:
 //! - [`config`]: the plugin configuration, parsed and validated once;
+//! - [`counts`]: the admitted/completed counters, batched per worker;
 //! - [`drain`]: the drain state machine (serving, draining, rejecting, drained);
 //! - [`deadline`]: deadline header parsing and formatting;
 //! - [`traffic`]: readiness, admission and deadline decisions;
@@ -16,6 +17,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod counts;
 pub mod deadline;
 pub mod drain;
 pub mod json;
@@ -39,4 +41,7 @@ pub mod metrics {
     pub const REJECTED_DEADLINE: &str = "drainpipe_rejected_deadline";
     pub const MALFORMED_DEADLINE: &str = "drainpipe_malformed_deadline";
     pub const STREAMS_ENDED: &str = "drainpipe_streams_ended";
+    /// Incremented after every change of the stored drain state (see
+    /// [`crate::drain::Seen`]).
+    pub const DRAIN_CHANGES: &str = "drainpipe_drain_changes";
 }

@@ -13,7 +13,7 @@
 use crate::json::Value;
 use crate::json_object;
 
-use crate::drain::{Drain, Windows};
+use crate::drain::{Drain, Seen, Windows};
 
 /// Why a stream is ended early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,21 +74,20 @@ pub enum ChunkAction {
     Drop,
 }
 
-/// The bytes the cutter keeps of what it forwarded: enough to see a blank
+/// The bytes the cutter keeps of what it has read: enough to see a blank
 /// line (`\n\n` or `\n\r\n`) that spans two chunks.
-pub const TAIL: usize = 3;
-
-/// The part of a `body_size`-byte chunk that [`Cutter::on_chunk`] needs when
-/// no cut is due (`start`, `len`): its last [`TAIL`] bytes.
-pub fn tail_range(body_size: usize) -> (usize, usize) {
-    let len = body_size.min(TAIL);
-    (body_size - len, len)
-}
+const TAIL: usize = 3;
 
 /// Follows an SSE stream's framing and ends it once.
+///
+/// Until a cut is due the chunks pass unread (copying each out of the proxy
+/// would cost every stream a host call per chunk): the framing before a due
+/// cut is then unknown, so the cut goes after the last blank line *inside*
+/// the chunks read from then on, never after bytes it has not seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cutter {
-    /// The last bytes forwarded (a stream starts at a boundary).
+    /// The last bytes of the stream, as far as they are known: the stream
+    /// starts at a boundary; a chunk passed unread empties it.
     tail: Vec<u8>,
     ended: bool,
 }
@@ -108,26 +107,31 @@ impl Cutter {
         self.ended
     }
 
-    /// Decides for `chunk`; `cut` is `Some` once the stream must end. If no
-    /// event boundary is available yet, the chunk passes and the cut waits
-    /// for the next one.
-    pub fn on_chunk(&mut self, chunk: &[u8], cut: Option<Limit>) -> ChunkAction {
+    /// Decides for the next chunk; `cut` is `Some` once the stream must end.
+    /// `read` gives the chunk's bytes and is called only when they are
+    /// needed (a cut is due and the stream has not ended). If no event
+    /// boundary is available yet, the chunk passes and the cut waits for the
+    /// next one.
+    pub fn on_chunk(&mut self, cut: Option<Limit>, read: impl FnOnce() -> Vec<u8>) -> ChunkAction {
         if self.ended {
             return ChunkAction::Drop;
         }
-        if let Some(limit) = cut {
-            if let Some(at) = self.last_boundary(chunk) {
-                self.ended = true;
-                let mut out = chunk[..at].to_vec();
-                out.extend_from_slice(&final_event(limit));
-                return ChunkAction::Replace(out);
-            }
+        let Some(limit) = cut else {
+            self.tail.clear();
+            return ChunkAction::Forward;
+        };
+        let chunk = read();
+        if let Some(at) = self.last_boundary(&chunk) {
+            self.ended = true;
+            let mut out = chunk[..at].to_vec();
+            out.extend_from_slice(&final_event(limit));
+            return ChunkAction::Replace(out);
         }
-        self.remember(chunk);
+        self.remember(&chunk);
         ChunkAction::Forward
     }
 
-    /// The largest `p` such that forwarded bytes + `chunk[..p]` end with a
+    /// The largest `p` such that the known tail + `chunk[..p]` ends with a
     /// blank line.
     fn last_boundary(&self, chunk: &[u8]) -> Option<usize> {
         let mut window = self.tail.clone();
@@ -146,44 +150,154 @@ impl Cutter {
     }
 }
 
+/// A forwarded response's body, chunk by chunk.
+///
+/// Each look at a chunk is a host call every response would pay, so they
+/// are made lazily: the last chunk completes the stream (nothing to end
+/// early), other chunks of an event stream need to know whether a cut is
+/// due, and only then is the chunk read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Body {
+    /// Not a chunked event stream: passes untouched.
+    #[default]
+    Other,
+    /// A chunked event stream.
+    Events(Cutter),
+}
+
+impl Body {
+    /// For a response that is (`true`) a chunked event stream or not.
+    pub fn new(event_stream: bool) -> Body {
+        match event_stream {
+            true => Body::Events(Cutter::default()),
+            false => Body::Other,
+        }
+    }
+
+    /// Decides for the next chunk. `cut` says whether a cut is due and why;
+    /// `read` gives the chunk. Each is called only when needed.
+    pub fn on_chunk(
+        &mut self,
+        end_of_stream: bool,
+        cut: impl FnOnce() -> Option<Limit>,
+        read: impl FnOnce() -> Vec<u8>,
+    ) -> ChunkAction {
+        match self {
+            Body::Events(c) if c.ended() => ChunkAction::Drop,
+            Body::Other => ChunkAction::Forward,
+            _ if end_of_stream => ChunkAction::Forward,
+            Body::Events(c) => c.on_chunk(cut(), read),
+        }
+    }
+}
+
+/// Whether a stream's cut is due now, and why.
+///
+/// Two host calls are saved on most chunks:
+///
+/// - the clock: `seen.read_unix_ms` is refreshed with every request the
+///   worker admits and on every tick, so it trails the clock by at most
+///   `lag_ms`; while it is further than that from the earliest cut this
+///   stream can have, no cut is due and `now` is not called;
+/// - the shared drain state: `read` reads it afresh (at the time given) and is called only when
+///   `seen` cannot decide. A drain that starts after `seen` was read ends
+///   streams `grace_ms - margin_ms` after its start, so a reading younger
+///   than that cannot miss a due drain cut (older: read again); and a cut
+///   for the drain is confirmed by a fresh read, since the drain may have
+///   been cancelled after the reading.
+#[allow(clippy::too_many_arguments)]
+pub fn due(
+    now: impl FnOnce() -> u64,
+    deadline_unix_ms: u64,
+    seen: Seen,
+    windows: Windows,
+    margin_ms: u64,
+    lag_ms: u64,
+    read: impl FnOnce(u64) -> Drain,
+) -> Option<Limit> {
+    if seen.read_unix_ms.saturating_add(lag_ms)
+        < earliest_cut(deadline_unix_ms, seen, windows, margin_ms)
+    {
+        return None;
+    }
+    let now_unix_ms = now();
+    let max_age = windows.grace_ms.saturating_sub(margin_ms);
+    let fresh =
+        now_unix_ms < seen.read_unix_ms.saturating_add(max_age) && now_unix_ms >= seen.read_unix_ms;
+    // A fresh reading needs no confirmation; a kept one keeps `read` for it.
+    let (drain, confirm) = if fresh {
+        (seen.drain, Some(read))
+    } else {
+        (read(now_unix_ms), None)
+    };
+    let (at, limit) = cutoff(deadline_unix_ms, drain, windows, margin_ms);
+    if now_unix_ms < at {
+        return None;
+    }
+    match (limit, confirm) {
+        (Limit::Drain, Some(read)) => {
+            let (at, limit) = cutoff(deadline_unix_ms, read(now_unix_ms), windows, margin_ms);
+            (now_unix_ms >= at).then_some(limit)
+        }
+        _ => Some(limit),
+    }
+}
+
+/// The earliest instant a stream's cut can come, from what `seen` tells:
+/// its deadline's, the known drain's, or that of a drain starting just
+/// after the reading.
+pub fn earliest_cut(deadline_unix_ms: u64, seen: Seen, windows: Windows, margin_ms: u64) -> u64 {
+    let drain_start = seen.drain.started_unix_ms.unwrap_or(seen.read_unix_ms);
+    let drain_cut = drain_start
+        .saturating_add(windows.grace_ms)
+        .saturating_sub(margin_ms);
+    deadline_unix_ms.saturating_sub(margin_ms).min(drain_cut)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Without a cut, a chunk's tail stands for the whole chunk: the cutter
-    /// ends up in the same state and later cuts at the same place.
+    /// Feeds `chunk` with or without a cut.
+    fn feed(c: &mut Cutter, chunk: &[u8], cut: Option<Limit>) -> ChunkAction {
+        c.on_chunk(cut, || chunk.to_vec())
+    }
+
     #[test]
-    fn chunk_tails_are_enough_until_a_cut_is_due() {
-        let chunks: [&[u8]; 7] = [
-            b"data: a\n",
-            b"\n",
-            b"data: b\n\r",
-            b"\ndata: c",
-            b"",
-            b"\n\n",
-            b"x",
-        ];
-        for split in 0..chunks.len() {
-            let mut whole = Cutter::default();
-            let mut tails = Cutter::default();
-            for chunk in &chunks[..split] {
-                let (start, len) = tail_range(chunk.len());
-                assert_eq!(whole.on_chunk(chunk, None), ChunkAction::Forward);
-                assert_eq!(
-                    tails.on_chunk(&chunk[start..start + len], None),
-                    ChunkAction::Forward
-                );
-            }
-            assert_eq!(whole, tails, "after {split} chunks");
-            let next = b"data: d\n\ndata: e";
-            assert_eq!(
-                whole.on_chunk(next, Some(Limit::Drain)),
-                tails.on_chunk(next, Some(Limit::Drain))
-            );
-        }
-        assert_eq!(tail_range(0), (0, 0));
-        assert_eq!(tail_range(2), (0, 2));
-        assert_eq!(tail_range(10), (7, 3));
+    fn chunks_are_read_only_once_a_cut_is_due_and_not_after_the_end() {
+        let reads = std::cell::Cell::new(0);
+        let read = || {
+            reads.set(reads.get() + 1);
+            b"data: 1\n\n".to_vec()
+        };
+        let mut c = Cutter::default();
+        assert_eq!(c.on_chunk(None, read), ChunkAction::Forward);
+        assert_eq!(reads.get(), 0);
+        assert!(matches!(
+            c.on_chunk(Some(Limit::Drain), read),
+            ChunkAction::Replace(_)
+        ));
+        assert_eq!(reads.get(), 1);
+        assert_eq!(c.on_chunk(Some(Limit::Drain), read), ChunkAction::Drop);
+        assert_eq!(c.on_chunk(None, read), ChunkAction::Drop);
+        assert_eq!(reads.get(), 1);
+    }
+
+    #[test]
+    fn after_unread_chunks_only_boundaries_inside_read_bytes_count() {
+        // "}\n" passed unread: the "\n" that completes the blank line in the
+        // next chunk cannot be trusted, so the cut waits for a boundary it
+        // has seen whole.
+        let mut c = Cutter::default();
+        assert_eq!(feed(&mut c, b"data: {}\n", None), ChunkAction::Forward);
+        assert_eq!(
+            feed(&mut c, b"\ndata: x", Some(Limit::Drain)),
+            ChunkAction::Forward
+        );
+        let ChunkAction::Replace(out) = feed(&mut c, b"data: y\n\n", Some(Limit::Drain)) else {
+            panic!("expected the cut")
+        };
+        assert!(out.starts_with(b"data: y\n\ndata: {\"error\""));
     }
 
     const W: Windows = Windows {
@@ -228,17 +342,17 @@ mod tests {
     #[test]
     fn stream_ends_with_the_event_at_a_boundary_and_nothing_after() {
         let mut c = Cutter::default();
-        assert_eq!(c.on_chunk(b"data: 1\n\n", None), ChunkAction::Forward);
+        assert_eq!(feed(&mut c, b"data: 1\n\n", None), ChunkAction::Forward);
         let event = final_event(Limit::Drain);
         // The whole chunk is complete events: it is kept, the event follows.
         let mut want = b"data: 2\n\n".to_vec();
         want.extend_from_slice(&event);
         assert_eq!(
-            c.on_chunk(b"data: 2\n\n", Some(Limit::Drain)),
+            feed(&mut c, b"data: 2\n\n", Some(Limit::Drain)),
             ChunkAction::Replace(want)
         );
         assert!(c.ended());
-        assert_eq!(c.on_chunk(b"data: [DONE]\n\n", None), ChunkAction::Drop);
+        assert_eq!(feed(&mut c, b"data: [DONE]\n\n", None), ChunkAction::Drop);
     }
 
     #[test]
@@ -246,11 +360,11 @@ mod tests {
         let mut c = Cutter::default();
         // The previous chunk ended mid-event: the tail of this chunk that
         // finishes it is kept; a new partial event after it is dropped.
-        assert_eq!(c.on_chunk(b"data: {\"a\":", None), ChunkAction::Forward);
+        assert_eq!(feed(&mut c, b"data: {\"a\":", None), ChunkAction::Forward);
         let mut want = b"1}\n\n".to_vec();
         want.extend_from_slice(&final_event(Limit::Deadline));
         assert_eq!(
-            c.on_chunk(b"1}\n\ndata: {\"b\"", Some(Limit::Deadline)),
+            feed(&mut c, b"1}\n\ndata: {\"b\"", Some(Limit::Deadline)),
             ChunkAction::Replace(want)
         );
     }
@@ -258,15 +372,19 @@ mod tests {
     #[test]
     fn without_a_boundary_the_cut_waits_for_the_next_chunk() {
         let mut c = Cutter::default();
-        assert_eq!(c.on_chunk(b"data: {\"a\":", None), ChunkAction::Forward);
+        assert_eq!(feed(&mut c, b"data: {\"a\":", None), ChunkAction::Forward);
         assert_eq!(
-            c.on_chunk(b"\"still going\"", Some(Limit::Drain)),
+            feed(&mut c, b"\"still going\"", Some(Limit::Drain)),
             ChunkAction::Forward
         );
         assert!(!c.ended());
-        // A boundary split across chunks ("\n" then "\n") is found.
-        assert_eq!(c.on_chunk(b"}\n", None), ChunkAction::Forward);
-        let ChunkAction::Replace(out) = c.on_chunk(b"\ndata: x", Some(Limit::Drain)) else {
+        // Chunks read while the cut waits: a blank line split across them
+        // ("\n" then "\n") is found.
+        assert_eq!(
+            feed(&mut c, b"}\n", Some(Limit::Drain)),
+            ChunkAction::Forward
+        );
+        let ChunkAction::Replace(out) = feed(&mut c, b"\ndata: x", Some(Limit::Drain)) else {
             panic!("expected the cut")
         };
         assert!(out.starts_with(b"\ndata: {\"error\""));
@@ -276,10 +394,10 @@ mod tests {
     fn crlf_framing_counts_as_a_boundary() {
         let mut c = Cutter::default();
         assert_eq!(
-            c.on_chunk(b"data: 1\r\n\r\ndata: 2", None),
+            feed(&mut c, b"data: 1\r\n\r\ndata: 2", None),
             ChunkAction::Forward
         );
-        let ChunkAction::Replace(out) = c.on_chunk(b"\r\n\r\n", Some(Limit::Drain)) else {
+        let ChunkAction::Replace(out) = feed(&mut c, b"\r\n\r\n", Some(Limit::Drain)) else {
             panic!("expected the cut")
         };
         assert!(out.starts_with(b"\r\n\r\ndata: {"));
@@ -289,8 +407,293 @@ mod tests {
     fn cut_at_the_very_start_sends_only_the_event() {
         let mut c = Cutter::default();
         assert_eq!(
-            c.on_chunk(b"data: 1\n", Some(Limit::Drain)),
+            feed(&mut c, b"data: 1\n", Some(Limit::Drain)),
             ChunkAction::Replace(final_event(Limit::Drain))
         );
+    }
+
+    /// `due` with a counting fresh read.
+    fn due_counting(now: u64, deadline: u64, seen: Seen, current: Drain) -> (Option<Limit>, u32) {
+        let mut reads = 0;
+        let limit = due(
+            || now,
+            deadline,
+            seen,
+            W,
+            1_000,
+            u64::MAX,
+            |_| {
+                reads += 1;
+                current
+            },
+        );
+        (limit, reads)
+    }
+
+    #[test]
+    fn a_recent_reading_decides_without_a_fresh_read() {
+        let seen = Seen {
+            drain: Drain::SERVING,
+            read_unix_ms: 10_000,
+            changes: None,
+        };
+        // Grace 30 s, margin 1 s: a reading stays good for 29 s.
+        assert_eq!(
+            due_counting(38_999, 100_000, seen, Drain::SERVING),
+            (None, 0)
+        );
+        assert_eq!(
+            due_counting(39_000, 100_000, seen, Drain::SERVING),
+            (None, 1)
+        );
+        // A stale reading is replaced by a fresh one; the deadline's cut is due.
+        assert_eq!(
+            due_counting(99_000, 100_000, seen, Drain::SERVING),
+            (Some(Limit::Deadline), 1)
+        );
+        let recent = Seen {
+            drain: Drain::SERVING,
+            read_unix_ms: 98_000,
+            changes: None,
+        };
+        assert_eq!(
+            due_counting(99_000, 100_000, recent, Drain::SERVING),
+            (Some(Limit::Deadline), 0)
+        );
+    }
+
+    #[test]
+    fn a_drain_started_after_the_reading_is_never_cut_late() {
+        // Whenever the drain starts after the reading, while the reading is
+        // still used, its cut is not due yet.
+        let read_at = 10_000;
+        let seen = Seen {
+            drain: Drain::SERVING,
+            read_unix_ms: read_at,
+            changes: None,
+        };
+        for start in (read_at + 1..read_at + 40_000).step_by(997) {
+            let drain = Drain::started_at(start);
+            for now in (start..start + 40_000).step_by(331) {
+                let (at, limit) = cutoff(u64::MAX, drain, W, 1_000);
+                let want = (now >= at).then_some(limit);
+                assert_eq!(
+                    due_counting(now, u64::MAX, seen, drain).0,
+                    want,
+                    "start {start}, now {now}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_drain_cut_is_confirmed_by_a_fresh_read() {
+        let seen = Seen {
+            drain: Drain::started_at(10_000),
+            read_unix_ms: 30_000,
+            changes: None,
+        };
+        assert_eq!(
+            due_counting(39_000, u64::MAX, seen, Drain::started_at(10_000)),
+            (Some(Limit::Drain), 1)
+        );
+        // Cancelled since the reading: no cut.
+        assert_eq!(
+            due_counting(39_000, u64::MAX, seen, Drain::SERVING),
+            (None, 1)
+        );
+        // Before the cut no read is needed.
+        assert_eq!(
+            due_counting(38_999, u64::MAX, seen, Drain::SERVING),
+            (None, 0)
+        );
+    }
+
+    #[test]
+    fn a_reading_from_the_future_or_with_no_margin_is_not_trusted() {
+        let seen = Seen {
+            drain: Drain::SERVING,
+            read_unix_ms: 50_000,
+            changes: None,
+        };
+        assert_eq!(due_counting(40_000, 100_000, seen, Drain::SERVING).1, 1);
+        let no_room = Windows {
+            admit_window_ms: 0,
+            grace_ms: 1_000,
+        };
+        let mut reads = 0;
+        due(
+            || 50_000,
+            100_000,
+            seen,
+            no_room,
+            1_000,
+            u64::MAX,
+            |_| {
+                reads += 1;
+                Drain::SERVING
+            },
+        );
+        assert_eq!(reads, 1);
+    }
+
+    /// Runs `chunks` (bytes, end of stream, cut due) through a [`Body`] of
+    /// an event stream or not; returns the actions and how often each
+    /// lookup ran (cut, chunk).
+    fn run_body(
+        event_stream: bool,
+        chunks: &[(&[u8], bool, bool)],
+    ) -> (Vec<ChunkAction>, [u32; 2]) {
+        let mut body = Body::new(event_stream);
+        let calls = std::cell::Cell::new([0; 2]);
+        let bump = |i: usize| {
+            let mut c = calls.get();
+            c[i] += 1;
+            calls.set(c);
+        };
+        let actions = chunks
+            .iter()
+            .map(|&(bytes, eos, due)| {
+                body.on_chunk(
+                    eos,
+                    || {
+                        bump(0);
+                        due.then_some(Limit::Drain)
+                    },
+                    || {
+                        bump(1);
+                        bytes.to_vec()
+                    },
+                )
+            })
+            .collect();
+        (actions, calls.get())
+    }
+
+    #[test]
+    fn other_bodies_and_last_chunks_cost_no_lookup() {
+        let (actions, calls) = run_body(false, &[(b"{\"a\":", false, true), (b"1}", true, true)]);
+        assert_eq!(actions, vec![ChunkAction::Forward; 2]);
+        assert_eq!(calls, [0, 0]);
+        let (actions, calls) = run_body(true, &[(b"data: [DONE]\n\n", true, true)]);
+        assert_eq!(actions, [ChunkAction::Forward]);
+        assert_eq!(calls, [0, 0]);
+    }
+
+    #[test]
+    fn an_event_stream_is_ended_after_a_boundary_it_has_read() {
+        let event = final_event(Limit::Drain);
+        let (actions, calls) = run_body(
+            true,
+            &[
+                (b"data: 1\n", false, false),
+                // The blank line its first byte completes (after an unread
+                // "\n") is not seen; the one at its end is.
+                (b"\ndata: 2\n\n", false, true),
+                (b"data: 3\n\n", false, true),
+                (b"data: [DONE]\n\n", true, true),
+            ],
+        );
+        let mut kept = b"\ndata: 2\n\n".to_vec();
+        kept.extend_from_slice(&event);
+        assert_eq!(
+            actions,
+            [
+                ChunkAction::Forward,
+                ChunkAction::Replace(kept),
+                ChunkAction::Drop,
+                ChunkAction::Drop,
+            ]
+        );
+        assert_eq!(calls, [2, 1]);
+    }
+
+    #[test]
+    fn a_cut_due_at_the_first_chunk_uses_the_stream_start() {
+        let (actions, _) = run_body(true, &[(b"data: 1", false, true)]);
+        assert_eq!(actions, [ChunkAction::Replace(final_event(Limit::Drain))]);
+    }
+
+    #[test]
+    fn the_clock_is_not_read_while_the_last_reading_is_far_from_any_cut() {
+        let seen = Seen {
+            drain: Drain::SERVING,
+            read_unix_ms: 10_000,
+            changes: None,
+        };
+        let calls = std::cell::Cell::new(0);
+        let calls = &calls;
+        let clock = |now: u64| {
+            move || {
+                calls.set(calls.get() + 1);
+                now
+            }
+        };
+        // Deadline 60 s on: its cut (59 s) is far beyond the reading + 2 s.
+        assert_eq!(
+            due(clock(10_500), 70_000, seen, W, 1_000, 2_000, |_| {
+                Drain::SERVING
+            }),
+            None
+        );
+        assert_eq!(calls.get(), 0);
+        // Within the lag of the deadline's cut: the clock decides.
+        let near = Seen {
+            read_unix_ms: 67_500,
+            ..seen
+        };
+        assert_eq!(
+            due(clock(68_500), 70_000, near, W, 1_000, 2_000, |_| {
+                Drain::SERVING
+            }),
+            None
+        );
+        assert_eq!(
+            due(clock(69_000), 70_000, near, W, 1_000, 2_000, |_| {
+                Drain::SERVING
+            }),
+            Some(Limit::Deadline)
+        );
+        assert_eq!(calls.get(), 2);
+        // A known drain brings the earliest cut forward.
+        let draining = Seen {
+            drain: Drain::started_at(9_000),
+            ..seen
+        };
+        assert_eq!(earliest_cut(70_000, draining, W, 1_000), 38_000);
+        assert_eq!(earliest_cut(70_000, seen, W, 1_000), 39_000);
+    }
+
+    #[test]
+    fn a_cut_is_never_missed_while_the_reading_trails_the_clock_by_at_most_the_lag() {
+        // Against the exact rule (every lookup made), for readings up to
+        // `lag` behind the clock.
+        let lag = 2_000;
+        for deadline in [5_000, 31_000, 50_000, 90_000] {
+            for start in [None, Some(1_000), Some(20_000)] {
+                for now in (0..80_000).step_by(250) {
+                    let drain = Drain {
+                        started_unix_ms: start.filter(|&s| s <= now),
+                    };
+                    for behind in [0, 1_000, lag] {
+                        let read_at = now.saturating_sub(behind);
+                        let seen = Seen {
+                            drain: Drain {
+                                started_unix_ms: start.filter(|&s| s <= read_at),
+                            },
+                            read_unix_ms: read_at,
+                            changes: None,
+                        };
+                        let (at, limit) = cutoff(deadline, drain, W, 1_000);
+                        let exact = (now >= at).then_some(limit);
+                        assert_eq!(
+                            due(|| now, deadline, seen, W, 1_000, lag, |_| drain),
+                            exact,
+                            "deadline {deadline}, drain {start:?}, now {now}, reading {read_at}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -103,10 +103,14 @@ pub fn decide(
     };
 
     let deadline_unix_ms = now_unix_ms.saturating_add(budget);
+    let budget_text = deadline::decimal(budget);
     let mut set_headers = vec![
-        (deadline::REQUEST_DEADLINE, deadline_unix_ms.to_string()),
-        (deadline::REQUEST_TIMEOUT, budget.to_string()),
-        (deadline::ENVOY_UPSTREAM_TIMEOUT, budget.to_string()),
+        (
+            deadline::REQUEST_DEADLINE,
+            deadline::decimal(deadline_unix_ms),
+        ),
+        (deadline::REQUEST_TIMEOUT, budget_text.clone()),
+        (deadline::ENVOY_UPSTREAM_TIMEOUT, budget_text),
     ];
     if is_grpc(headers) {
         set_headers.push((

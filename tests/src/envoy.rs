@@ -45,6 +45,10 @@ pub fn plugin_wasm() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// How long after its last request a proxy's batched counters are all in
+/// its stats: one flush interval (a worker tick) and a margin.
+pub const COUNTS_SETTLE: Duration = Duration::from_millis(drainpipe::counts::FLUSH_EVERY_MS + 500);
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -460,6 +464,13 @@ impl Envoy {
 
     /// A plugin stat, read from Envoy's Prometheus endpoint under its
     /// documented name (`drainpipe_inflight`, ...).
+    /// Waits until the plugin's batched counters (`drainpipe_admitted`,
+    /// `drainpipe_completed`, and the status's `admitted`) have reached the
+    /// stats: each worker hands its counts over on its tick.
+    pub async fn counts_settled(&self) {
+        tokio::time::sleep(COUNTS_SETTLE).await;
+    }
+
     pub async fn stat(&self, name: &str) -> anyhow::Result<u64> {
         let text = reqwest::get(self.admin("/stats/prometheus"))
             .await?

@@ -153,5 +153,6 @@ async fn router_enforces_the_budget_with_504() {
     assert!(started.elapsed() < Duration::from_millis(2_500));
     // The stream ended by timeout still leaves the in-flight count.
     assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 0);
+    envoy.counts_settled().await;
     assert_eq!(envoy.stat("drainpipe_completed").await.unwrap(), 1);
 }

@@ -241,6 +241,8 @@ async fn inflight_is_exact_across_four_workers() {
     }
     let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
     assert_eq!(status["inflight"], 0);
+    envoy.counts_settled().await;
+    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
     assert_eq!(status["admitted"], STREAMS as u64);
     assert_eq!(
         envoy.stat("drainpipe_completed").await.unwrap(),
@@ -256,6 +258,7 @@ async fn client_abort_mid_stream_releases_the_inflight_count() {
     assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 1);
     drop(resp);
     let status = wait_status(&envoy, Duration::from_secs(5), |s| s["inflight"] == 0).await;
+    envoy.counts_settled().await;
     assert_eq!(status["state"], "serving");
     assert_eq!(envoy.stat("drainpipe_completed").await.unwrap(), 1);
 }

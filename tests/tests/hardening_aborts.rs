@@ -132,6 +132,7 @@ async fn ten_thousand_client_aborts_leave_inflight_at_zero_and_memory_flat() {
     let rss_after = rss_kib(envoy.pid()).expect("Envoy's RSS");
     let heap_after = heap_allocated(&envoy).await;
 
+    envoy.counts_settled().await;
     let admitted = envoy.stat("drainpipe_admitted").await.unwrap();
     let completed = envoy.stat("drainpipe_completed").await.unwrap();
     eprintln!(

@@ -19,6 +19,7 @@ async fn assert_counts_settle(envoy: &Envoy, admitted: u64) {
     wait_stat(envoy, "drainpipe_inflight", 0, Duration::from_secs(10))
         .await
         .unwrap_or_else(|e| panic!("{e}; log tail:\n{}", envoy.log_tail(20)));
+    envoy.counts_settled().await;
     assert_eq!(envoy.stat("drainpipe_admitted").await.unwrap(), admitted);
     assert_eq!(envoy.stat("drainpipe_completed").await.unwrap(), admitted);
 }

@@ -208,6 +208,7 @@ async fn hostile_headers_never_trap_the_vm_and_never_raise_the_budget() {
     wait_stat(&envoy, "drainpipe_inflight", 0, LIMIT)
         .await
         .unwrap();
+    envoy.counts_settled().await;
     let admitted = envoy.stat("drainpipe_admitted").await.unwrap();
     assert_eq!(envoy.stat("drainpipe_completed").await.unwrap(), admitted);
     assert_eq!(

@@ -262,6 +262,7 @@ async fn listener_reload_keeps_counts_exact_and_drain_state_per_vm_id() {
     wait_stat(&envoy, "drainpipe_inflight", 0, LIMIT)
         .await
         .unwrap();
+    envoy.counts_settled().await;
     let admitted = envoy.stat("drainpipe_admitted").await.unwrap();
     assert_eq!(admitted, 2);
     assert_eq!(envoy.stat("drainpipe_completed").await.unwrap(), admitted);

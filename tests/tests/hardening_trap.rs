@@ -80,6 +80,7 @@ async fn counts_exact(envoy: &Envoy) {
     wait_stat(envoy, "drainpipe_inflight", 0, LIMIT)
         .await
         .unwrap();
+    envoy.counts_settled().await;
     let admitted = envoy.stat("drainpipe_admitted").await.unwrap();
     assert_eq!(envoy.stat("drainpipe_completed").await.unwrap(), admitted);
 }

@@ -54,6 +54,7 @@ async fn sdk_plain_and_streamed_completions_pass_through() {
     let stream = sdk(&envoy, "stream").await;
     assert_eq!(stream["ok"], true, "{stream}");
     assert_eq!(stream["content"], plain["content"]);
+    envoy.counts_settled().await;
     assert_eq!(envoy.stat("drainpipe_admitted").await.unwrap(), 2);
 }
 

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{build, cargo, root, run, setup};
+use crate::{build, cargo, root, run, setup, wasm};
 
 /// The cargo profile for the native benchmark tools (see the root
 /// Cargo.toml): optimised like release, without the plugin's size settings.
@@ -14,9 +14,19 @@ const PROFILE: &str = "bench-tools";
 
 pub fn bench(args: &[&str]) -> anyhow::Result<()> {
     let help = args.iter().any(|a| matches!(*a, "--help" | "-h"));
+    let mut minimal = None;
     if !help {
         setup()?;
         build()?;
+        // The minimal filter built as the plugin is (profile and wasm-opt).
+        minimal = Some(
+            wasm::Module {
+                select: &["--manifest-path", "bench/minimal-filter/Cargo.toml"],
+                target_dir: Some("target/bench-filter"),
+                lib: "bench_minimal_filter",
+            }
+            .build()?,
+        );
     }
     run(cargo().args([
         "build",
@@ -35,7 +45,9 @@ pub fn bench(args: &[&str]) -> anyhow::Result<()> {
     if !help {
         let out = root().join("target/bench");
         std::fs::create_dir_all(&out)?;
-        cmd.arg("--shim")
+        cmd.arg("--minimal-wasm")
+            .args(minimal)
+            .arg("--shim")
             .arg(bin_dir.join("drainpipe-shim"))
             .arg("--out")
             .arg(out.join("report.md"));

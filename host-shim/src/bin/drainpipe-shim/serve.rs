@@ -113,12 +113,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         worker: workers[0].clone(),
         plugin: "admin".into(),
     });
+    // Streamed events are small writes: without TCP_NODELAY, Nagle's
+    // algorithm and the peer's delayed ACK hold each one back (~40 ms).
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
     let proxy = Arc::new(Proxy {
         workers,
         next: AtomicUsize::new(0),
         plugin: "traffic".into(),
         upstream,
-        client: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
+        client: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector),
     });
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
@@ -141,6 +145,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 },
                 _ = accept_phase.wait_for(|p| *p == Phase::Draining) => return,
             };
+            let _ = tcp.set_nodelay(true);
             let proxy = proxy.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| proxy.clone().handle(req));
