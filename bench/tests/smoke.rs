@@ -43,3 +43,40 @@ fn tiny_run_reports_all_three_envoy_variants_for_both_workloads() {
     // The ratio line itself needs measurable CPU deltas, which a run this
     // small may not have (clock ticks are 10 ms): not checked here.
 }
+
+#[test]
+fn a_candidate_build_is_measured_beside_drainpipe_in_the_same_rounds() {
+    let plugin = drainpipe_tests::envoy::plugin_wasm().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drainpipe-bench"))
+        .args([
+            "--requests",
+            "20",
+            "--stream-requests",
+            "0",
+            "--rounds",
+            "2",
+        ])
+        .args(["--warmup", "5", "--connections", "2"])
+        .arg("--candidate-wasm")
+        .arg(&plugin)
+        .output()
+        .expect("the benchmark binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "benchmark failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A row in the JSON table and one in the memory table; a column in the
+    // per-round table.
+    let rows = stdout
+        .lines()
+        .filter(|l| l.starts_with("| Envoy, drainpipe candidate |"))
+        .count();
+    assert_eq!(rows, 2, "candidate rows in:\n{stdout}");
+    assert!(
+        stdout.contains("| Envoy, drainpipe | Envoy, drainpipe candidate |"),
+        "no candidate column in:\n{stdout}"
+    );
+}
