@@ -193,19 +193,13 @@ impl Body {
 
 /// Whether a stream's cut is due now, and why.
 ///
-/// Two host calls are saved on most chunks:
-///
-/// - the clock: `seen.read_unix_ms` is refreshed with every request the
-///   worker admits and on every tick, so it trails the clock by at most
-///   `lag_ms`; while it is further than that from the earliest cut this
-///   stream can have, no cut is due and `now` is not called;
-/// - the shared drain state: `read` reads it afresh (at the time given) and is called only when
-///   `seen` cannot decide. A drain that starts after `seen` was read ends
-///   streams `grace_ms - margin_ms` after its start, so a reading younger
-///   than that cannot miss a due drain cut (older: read again); and a cut
-///   for the drain is confirmed by a fresh read, since the drain may have
-///   been cancelled after the reading.
-#[allow(clippy::too_many_arguments)]
+/// The clock is a host call, so it is read only near a possible cut:
+/// `seen.read_unix_ms` is refreshed with every request the worker admits and
+/// on every tick, so it trails the clock by at most `lag_ms`; while it is
+/// further than that from the earliest cut this stream can have, no cut is
+/// due and neither `now` nor `read` is called. Past that, `read` gives the
+/// drain state at the time given (the worker's copy, checked against the
+/// change counter: [`Seen::refresh`]).
 pub fn due(
     now: impl FnOnce() -> u64,
     deadline_unix_ms: u64,
@@ -221,26 +215,8 @@ pub fn due(
         return None;
     }
     let now_unix_ms = now();
-    let max_age = windows.grace_ms.saturating_sub(margin_ms);
-    let fresh =
-        now_unix_ms < seen.read_unix_ms.saturating_add(max_age) && now_unix_ms >= seen.read_unix_ms;
-    // A fresh reading needs no confirmation; a kept one keeps `read` for it.
-    let (drain, confirm) = if fresh {
-        (seen.drain, Some(read))
-    } else {
-        (read(now_unix_ms), None)
-    };
-    let (at, limit) = cutoff(deadline_unix_ms, drain, windows, margin_ms);
-    if now_unix_ms < at {
-        return None;
-    }
-    match (limit, confirm) {
-        (Limit::Drain, Some(read)) => {
-            let (at, limit) = cutoff(deadline_unix_ms, read(now_unix_ms), windows, margin_ms);
-            (now_unix_ms >= at).then_some(limit)
-        }
-        _ => Some(limit),
-    }
+    let (at, limit) = cutoff(deadline_unix_ms, read(now_unix_ms), windows, margin_ms);
+    (now_unix_ms >= at).then_some(limit)
 }
 
 /// The earliest instant a stream's cut can come, from what `seen` tells:
@@ -412,7 +388,7 @@ mod tests {
         );
     }
 
-    /// `due` with a counting fresh read.
+    /// `due` past the clock gate (no lag bound), counting the state reads.
     fn due_counting(now: u64, deadline: u64, seen: Seen, current: Drain) -> (Option<Limit>, u32) {
         let mut reads = 0;
         let limit = due(
@@ -431,34 +407,42 @@ mod tests {
     }
 
     #[test]
-    fn a_recent_reading_decides_without_a_fresh_read() {
+    fn past_the_clock_gate_the_current_drain_state_decides() {
         let seen = Seen {
             drain: Drain::SERVING,
             read_unix_ms: 10_000,
             changes: None,
         };
-        // Grace 30 s, margin 1 s: a reading stays good for 29 s.
         assert_eq!(
             due_counting(38_999, 100_000, seen, Drain::SERVING),
-            (None, 0)
-        );
-        assert_eq!(
-            due_counting(39_000, 100_000, seen, Drain::SERVING),
             (None, 1)
         );
-        // A stale reading is replaced by a fresh one; the deadline's cut is due.
         assert_eq!(
             due_counting(99_000, 100_000, seen, Drain::SERVING),
             (Some(Limit::Deadline), 1)
         );
-        let recent = Seen {
-            drain: Drain::SERVING,
-            read_unix_ms: 98_000,
+        // A drain the reading did not know of.
+        assert_eq!(
+            due_counting(39_000, 100_000, seen, Drain::started_at(10_000)),
+            (Some(Limit::Drain), 1)
+        );
+        // A drain the reading knew of, and since cancelled: no cut.
+        let draining = Seen {
+            drain: Drain::started_at(10_000),
+            read_unix_ms: 30_000,
             changes: None,
         };
         assert_eq!(
-            due_counting(99_000, 100_000, recent, Drain::SERVING),
-            (Some(Limit::Deadline), 0)
+            due_counting(39_000, u64::MAX, draining, Drain::started_at(10_000)),
+            (Some(Limit::Drain), 1)
+        );
+        assert_eq!(
+            due_counting(39_000, u64::MAX, draining, Drain::SERVING),
+            (None, 1)
+        );
+        assert_eq!(
+            due_counting(38_999, u64::MAX, draining, Drain::started_at(10_000)),
+            (None, 1)
         );
     }
 
@@ -484,57 +468,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn a_drain_cut_is_confirmed_by_a_fresh_read() {
-        let seen = Seen {
-            drain: Drain::started_at(10_000),
-            read_unix_ms: 30_000,
-            changes: None,
-        };
-        assert_eq!(
-            due_counting(39_000, u64::MAX, seen, Drain::started_at(10_000)),
-            (Some(Limit::Drain), 1)
-        );
-        // Cancelled since the reading: no cut.
-        assert_eq!(
-            due_counting(39_000, u64::MAX, seen, Drain::SERVING),
-            (None, 1)
-        );
-        // Before the cut no read is needed.
-        assert_eq!(
-            due_counting(38_999, u64::MAX, seen, Drain::SERVING),
-            (None, 0)
-        );
-    }
-
-    #[test]
-    fn a_reading_from_the_future_or_with_no_margin_is_not_trusted() {
-        let seen = Seen {
-            drain: Drain::SERVING,
-            read_unix_ms: 50_000,
-            changes: None,
-        };
-        assert_eq!(due_counting(40_000, 100_000, seen, Drain::SERVING).1, 1);
-        let no_room = Windows {
-            admit_window_ms: 0,
-            grace_ms: 1_000,
-        };
-        let mut reads = 0;
-        due(
-            || 50_000,
-            100_000,
-            seen,
-            no_room,
-            1_000,
-            u64::MAX,
-            |_| {
-                reads += 1;
-                Drain::SERVING
-            },
-        );
-        assert_eq!(reads, 1);
     }
 
     /// Runs `chunks` (bytes, end of stream, cut due) through a [`Body`] of
