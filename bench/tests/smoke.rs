@@ -4,27 +4,37 @@
 
 use std::process::Command;
 
-#[test]
-fn tiny_run_reports_all_three_envoy_variants_for_both_workloads() {
+/// Runs the benchmark binary with `args`; its report (stdout), once it has
+/// exited successfully.
+fn run_bench(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_drainpipe-bench"))
-        .args([
-            "--requests",
-            "40",
-            "--stream-requests",
-            "20",
-            "--rounds",
-            "2",
-        ])
-        .args(["--warmup", "10", "--connections", "2"])
+        .args(args)
         .output()
         .expect("the benchmark binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "benchmark failed ({}):\n{stdout}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn tiny_run_reports_all_three_envoy_variants_for_both_workloads() {
+    let stdout = run_bench(&[
+        "--requests",
+        "40",
+        "--stream-requests",
+        "20",
+        "--rounds",
+        "2",
+        "--warmup",
+        "10",
+        "--connections",
+        "2",
+    ]);
     for section in ["## unary", "## streamed", "## Memory"] {
         assert!(stdout.contains(section), "no {section:?} in:\n{stdout}");
     }
@@ -47,27 +57,20 @@ fn tiny_run_reports_all_three_envoy_variants_for_both_workloads() {
 #[test]
 fn a_candidate_build_is_measured_beside_drainpipe_in_the_same_rounds() {
     let plugin = drainpipe_tests::envoy::plugin_wasm().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_drainpipe-bench"))
-        .args([
-            "--requests",
-            "20",
-            "--stream-requests",
-            "0",
-            "--rounds",
-            "2",
-        ])
-        .args(["--warmup", "5", "--connections", "2"])
-        .arg("--candidate-wasm")
-        .arg(&plugin)
-        .output()
-        .expect("the benchmark binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "benchmark failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_bench(&[
+        "--requests",
+        "20",
+        "--stream-requests",
+        "0",
+        "--rounds",
+        "2",
+        "--warmup",
+        "5",
+        "--connections",
+        "2",
+        "--candidate-wasm",
+        plugin.to_str().unwrap(),
+    ]);
     // A row in the JSON table and one in the memory table; a column in the
     // per-round table.
     let rows = stdout

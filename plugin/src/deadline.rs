@@ -95,18 +95,9 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<u64> {
 /// `n` in decimal, as `n.to_string()` gives it, without going through
 /// `core::fmt` (three of these per forwarded request).
 pub fn decimal(n: u64) -> String {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    let mut rest = n;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    digits[start..].iter().map(|&d| char::from(d)).collect()
+    let mut out = String::with_capacity(20);
+    crate::json::push_u64(&mut out, n);
+    out
 }
 
 /// Formats a budget as a `grpc-timeout` value (at most 8 digits): the

@@ -515,7 +515,8 @@ fn write_value(out: &mut String, v: &Value) {
     }
 }
 
-fn push_u64(out: &mut String, mut n: u64) {
+/// Appends `n` in decimal (no `core::fmt`).
+pub(crate) fn push_u64(out: &mut String, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
