@@ -177,22 +177,14 @@ async fn controller_answers_unknown_paths_and_methods_with_json_errors() {
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "GET, POST, DELETE");
     // POST is idempotent: the first start time stays.
-    let c = reqwest::Client::new();
-    let a: Value = c
-        .post(format!("{base}/drain"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let b: Value = c
-        .post(format!("{base}/drain"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let start = || async {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/drain"))
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()
+    };
+    let (a, b) = (start().await, start().await);
     assert_eq!(a["drain_started_unix_ms"], b["drain_started_unix_ms"]);
 }
