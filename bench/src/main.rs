@@ -60,10 +60,10 @@ struct Args {
     #[arg(long)]
     drainpipe_wasm: Option<PathBuf>,
     /// Another build of the plugin, measured beside the current one in the
-    /// same rounds ("Envoy, drainpipe candidate"): how a change is judged on
-    /// a shared machine.
+    /// same rounds ("Envoy, drainpipe candidate N", N counting from 1 in the
+    /// order given): how a change is judged on a shared machine. Repeatable.
     #[arg(long)]
-    candidate_wasm: Option<PathBuf>,
+    candidate_wasm: Vec<PathBuf>,
     /// The minimal filter (default: built from bench/minimal-filter).
     #[arg(long)]
     minimal_wasm: Option<PathBuf>,
@@ -112,9 +112,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             &drainpipe_wasm,
         )?);
     }
-    if let Some(candidate) = &args.candidate_wasm {
+    for (i, candidate) in args.candidate_wasm.iter().enumerate() {
         targets.push(Target::envoy(
-            Variant::Candidate,
+            Variant::Candidate(i + 1),
             upstream.port(),
             args.concurrency,
             &minimal_wasm,
@@ -273,11 +273,25 @@ fn setup_lines(
         .map(str::trim)
         .unwrap_or("unknown");
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let candidates: String = args
+        .candidate_wasm
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "- drainpipe candidate {}: {} ({} bytes)\n",
+                i + 1,
+                p.display(),
+                size(p)
+            )
+        })
+        .collect();
     format!(
         "- machine: {nproc} CPUs ({cpu_model}), {mem_total} memory; load average before: {load_before}, after: {}\n\
          - Envoy: {envoy_version}, `--concurrency {}`\n\
          - load: {} keep-alive HTTP/1.1 connections, {} warm-up requests per proxy and set\n\
          - drainpipe.wasm: {} bytes; minimal filter: {} bytes\n\
+         {candidates}\
          - CPU is the proxy process's `utime + stime` (/proc/<pid>/stat) over the round, divided by its requests\n\n",
         loadavg(),
         args.concurrency,

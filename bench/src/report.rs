@@ -140,8 +140,15 @@ impl SetResult {
         if let Some(d) = self.added_cpu(Variant::Drainpipe) {
             let _ = writeln!(out, "- drainpipe: {d:.1} µs");
         }
-        if let Some(c) = self.added_cpu(Variant::Candidate) {
-            let _ = writeln!(out, "- drainpipe candidate: {c:.1} µs");
+        let candidates = self
+            .variants
+            .iter()
+            .copied()
+            .filter(|v| matches!(v, Variant::Candidate(_)));
+        for c in candidates.clone() {
+            if let Some(a) = self.added_cpu(c) {
+                let _ = writeln!(out, "- {}: {a:.1} µs", c.label());
+            }
         }
         if let Some(r) = self.over_minimal(Variant::Drainpipe) {
             let _ = writeln!(
@@ -149,11 +156,14 @@ impl SetResult {
                 "- drainpipe's added CPU / the minimal filter's: **{r:.2}** (target: at most 1.5)"
             );
         }
-        if let Some(r) = self.over_minimal(Variant::Candidate) {
-            let _ = writeln!(
-                out,
-                "- the candidate's added CPU / the minimal filter's: {r:.2}"
-            );
+        for c in candidates {
+            if let Some(r) = self.over_minimal(c) {
+                let _ = writeln!(
+                    out,
+                    "- {}: added CPU / the minimal filter's: {r:.2}",
+                    c.label()
+                );
+            }
         }
         let total = |v| self.median_of(v, |s| s.cpu_us_per_request);
         if let (Some(d), Some(n)) = (total(Variant::Drainpipe), total(Variant::NoFilter)) {

@@ -25,18 +25,18 @@ pub enum Variant {
     /// `drainpipe-shim serve` with drainpipe.
     Shim,
     /// Envoy, the shipped config with another build of drainpipe (to compare
-    /// a change with the current build in one run).
-    Candidate,
+    /// a change with the current build in one run): the n-th given, from 1.
+    Candidate(usize),
 }
 
 impl Variant {
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> String {
         match self {
-            Variant::NoFilter => "Envoy, no filter",
-            Variant::Minimal => "Envoy, minimal filter",
-            Variant::Drainpipe => "Envoy, drainpipe",
-            Variant::Shim => "shim, drainpipe",
-            Variant::Candidate => "Envoy, drainpipe candidate",
+            Variant::NoFilter => "Envoy, no filter".into(),
+            Variant::Minimal => "Envoy, minimal filter".into(),
+            Variant::Drainpipe => "Envoy, drainpipe".into(),
+            Variant::Shim => "shim, drainpipe".into(),
+            Variant::Candidate(n) => format!("Envoy, drainpipe candidate {n}"),
         }
     }
 }
@@ -77,7 +77,7 @@ pub fn envoy_config(
 ) -> anyhow::Result<EnvoyConfig> {
     let mut doc = EnvoyConfig::repo()?.doc().clone();
     let wasm = match variant {
-        Variant::Drainpipe | Variant::Candidate => drainpipe_wasm,
+        Variant::Drainpipe | Variant::Candidate(_) => drainpipe_wasm,
         Variant::NoFilter | Variant::Minimal => {
             drop_listener(&mut doc, "drain")?;
             let edited = edit_wasm_filters(&mut doc, &mut |filters| {

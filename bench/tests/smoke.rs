@@ -55,8 +55,9 @@ fn tiny_run_reports_all_three_envoy_variants_for_both_workloads() {
 }
 
 #[test]
-fn a_candidate_build_is_measured_beside_drainpipe_in_the_same_rounds() {
+fn candidate_builds_are_measured_beside_drainpipe_in_the_same_rounds() {
     let plugin = drainpipe_tests::envoy::plugin_wasm().unwrap();
+    let plugin = plugin.to_str().unwrap();
     let stdout = run_bench(&[
         "--requests",
         "20",
@@ -69,17 +70,28 @@ fn a_candidate_build_is_measured_beside_drainpipe_in_the_same_rounds() {
         "--connections",
         "2",
         "--candidate-wasm",
-        plugin.to_str().unwrap(),
+        plugin,
+        "--candidate-wasm",
+        plugin,
     ]);
-    // A row in the JSON table and one in the memory table; a column in the
-    // per-round table.
-    let rows = stdout
-        .lines()
-        .filter(|l| l.starts_with("| Envoy, drainpipe candidate |"))
-        .count();
-    assert_eq!(rows, 2, "candidate rows in:\n{stdout}");
+    // Each candidate: a row in the JSON table and one in the memory table,
+    // a column in the per-round table, and its file in the set-up lines.
+    for n in 1..=2 {
+        let label = format!("Envoy, drainpipe candidate {n}");
+        let rows = stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("| {label} |")))
+            .count();
+        assert_eq!(rows, 2, "{label:?} rows in:\n{stdout}");
+        assert!(
+            stdout.contains(&format!("- drainpipe candidate {n}: {plugin} (")),
+            "candidate {n} not named in:\n{stdout}"
+        );
+    }
     assert!(
-        stdout.contains("| Envoy, drainpipe | Envoy, drainpipe candidate |"),
-        "no candidate column in:\n{stdout}"
+        stdout.contains(
+            "| Envoy, drainpipe | Envoy, drainpipe candidate 1 | Envoy, drainpipe candidate 2 |"
+        ),
+        "no candidate columns in:\n{stdout}"
     );
 }

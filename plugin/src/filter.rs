@@ -417,15 +417,6 @@ struct Traffic {
     body: sse::Body,
 }
 
-impl Traffic {
-    fn release(&mut self) {
-        if std::mem::take(&mut self.counted) {
-            Metrics::add(self.shared.metrics.inflight, -1);
-            self.shared.count(None, counts::Pending::complete);
-        }
-    }
-}
-
 impl Context for Traffic {}
 
 impl HttpContext for Traffic {
@@ -522,18 +513,18 @@ impl HttpContext for Traffic {
         }
         Action::Continue
     }
-
-    /// Envoy logs a stream once it has ended for any reason (complete, reset,
-    /// aborted, timed out): the last byte has gone by then.
-    fn on_log(&mut self) {
-        self.release();
-    }
 }
 
 impl Drop for Traffic {
-    /// A context deleted without `on_log` still releases its count.
+    /// Envoy deletes a stream's context once the stream has ended for any
+    /// reason (complete, reset, aborted, timed out): the last byte has gone
+    /// by then. (Not in `on_log`: that export is left out of the release
+    /// build, see [`crate::CALLBACKS`].)
     fn drop(&mut self) {
-        self.release();
+        if self.counted {
+            Metrics::add(self.shared.metrics.inflight, -1);
+            self.shared.count(None, counts::Pending::complete);
+        }
     }
 }
 

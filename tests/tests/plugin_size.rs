@@ -1,6 +1,8 @@
 //! The release plugin as `cargo xtask build` leaves it (LTO, `opt-level =
-//! "z"`, then `wasm-opt -Oz`): one module loaded into every Envoy worker's
-//! VM, so its size is a target (BENCHMARKS.md).
+//! "z"`, the callbacks it does not handle out of its exports, then `wasm-opt
+//! -Oz`): one module loaded into every Envoy worker's VM, so its size is a
+//! target (BENCHMARKS.md), and each exported callback is a VM entry Envoy
+//! makes.
 
 use drainpipe_tests::envoy::plugin_wasm;
 
@@ -27,6 +29,37 @@ fn release_plugin_is_at_most_150_kb() {
         assert!(
             bytes.windows(export.len()).any(|w| w == export.as_bytes()),
             "{export} missing from {}",
+            path.display()
+        );
+    }
+}
+
+fn exports(bytes: &[u8], name: &str) -> bool {
+    bytes.windows(name.len()).any(|w| w == name.as_bytes())
+}
+
+#[test]
+fn release_plugin_exports_only_the_callbacks_it_handles() {
+    let path = plugin_wasm().unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    for name in drainpipe::CALLBACKS {
+        assert!(
+            exports(&bytes, name),
+            "{name} missing from {}",
+            path.display()
+        );
+    }
+    // Left to the ABI's defaults: Envoy does not enter the VM for these.
+    for name in [
+        "proxy_on_request_body",
+        "proxy_on_request_trailers",
+        "proxy_on_response_trailers",
+        "proxy_on_done",
+        "proxy_on_log",
+    ] {
+        assert!(
+            !exports(&bytes, name),
+            "{name} still in {}: build it with `cargo xtask build`",
             path.display()
         );
     }

@@ -24,6 +24,8 @@ pub fn bench(args: &[&str]) -> anyhow::Result<()> {
                 select: &["--manifest-path", "bench/minimal-filter/Cargo.toml"],
                 target_dir: Some("target/bench-filter"),
                 lib: "bench_minimal_filter",
+                // As written with the SDK: every callback exported.
+                callbacks: None,
             }
             .build()?,
         );

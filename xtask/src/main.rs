@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 mod bench;
+mod exports;
 mod wasm;
 
 const WASM_TARGET: &str = "wasm32-wasip1";
@@ -133,6 +134,7 @@ fn build() -> anyhow::Result<()> {
         select: &["--package", "drainpipe-plugin"],
         target_dir: None,
         lib: "drainpipe",
+        callbacks: Some(drainpipe::CALLBACKS),
     }
     .build()
     .map(drop)

@@ -1,4 +1,6 @@
-//! Release wasm modules: cargo's build, then binaryen's `wasm-opt -Oz`.
+//! Release wasm modules: cargo's build, the callbacks the module does not
+//! handle taken out of its exports ([`exports`]), then binaryen's `wasm-opt
+//! -Oz`.
 //!
 //! The plugin is one module loaded into every Envoy worker's VM. rustc with
 //! LTO and `opt-level = "z"` leaves it around 170 KB; a post-link `wasm-opt
@@ -11,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::{cargo, root, run, WASM_TARGET};
+use crate::{cargo, exports, root, run, WASM_TARGET};
 
 /// The WebAssembly features rustc enables by default for wasm32-wasip1.
 /// binaryen must be told, or it refuses the module (bulk memory, sign
@@ -33,6 +35,9 @@ pub struct Module<'a> {
     pub target_dir: Option<&'a str>,
     /// The library name cargo gives the `.wasm`.
     pub lib: &'a str,
+    /// The proxy-wasm callbacks the module handles: the others' exports are
+    /// removed before `wasm-opt` (see [`exports`]). `None` keeps the SDK's.
+    pub callbacks: Option<&'a [&'a str]>,
 }
 
 impl Module<'_> {
@@ -54,7 +59,23 @@ impl Module<'_> {
             .join("release");
         let linked = release.join("deps").join(format!("{}.wasm", self.lib));
         let out = release.join(format!("{}.wasm", self.lib));
-        optimize(&linked, &out)?;
+        match self.callbacks {
+            Some(keep) => {
+                let module = std::fs::read(&linked)
+                    .with_context(|| format!("reading {}", linked.display()))?;
+                let pruned = exports::keep_callbacks(&module, keep)
+                    .with_context(|| format!("pruning the exports of {}", linked.display()))?;
+                let input = release.join(format!("{}.callbacks.wasm", self.lib));
+                std::fs::write(&input, &pruned.module)?;
+                eprintln!(
+                    "xtask: {}: callbacks left to the SDK, not exported: {}",
+                    self.lib,
+                    pruned.dropped.join(", ")
+                );
+                optimize(&input, &out)?;
+            }
+            None => optimize(&linked, &out)?,
+        }
         eprintln!(
             "xtask: {}: {} bytes (linked: {} bytes)",
             out.display(),
