@@ -8,8 +8,10 @@
 //! drainpipe. It drives the same fixed number of requests through each in
 //! alternation, round after round, and reports per proxy the CPU time per
 //! request (the process's own `utime + stime`), throughput and latency
-//! percentiles, medians over rounds, the ratios between them, and resident
-//! memory at checkpoints. Once with JSON responses, once with SSE streams.
+//! percentiles, medians over rounds, and the ratios between them. Every
+//! round starts the proxies afresh; with `--keep-processes` they live for the
+//! whole run and their resident memory is reported at checkpoints. Once
+//! with JSON responses, once with SSE streams.
 //!
 //! `cargo xtask bench [ARGS]` builds everything and runs it; see `--help`.
 
@@ -67,6 +69,18 @@ struct Args {
     /// The minimal filter (default: built from bench/minimal-filter).
     #[arg(long)]
     minimal_wasm: Option<PathBuf>,
+    /// Keep one process per proxy for the whole run, and report its memory
+    /// at checkpoints (the memory run). Without it, every round starts the
+    /// proxies afresh, so no one process's luck (code placement, when V8
+    /// optimises the plugin) weighs on every round.
+    #[arg(long)]
+    keep_processes: bool,
+    /// Do not pin. By default, on a machine with two CPUs or more, the
+    /// benchmark's own threads (load generator and upstream) run on the
+    /// first CPU it may use and the proxies on the others, so the proxies'
+    /// CPU time is not spent sharing caches and cores with the load.
+    #[arg(long)]
+    no_pin: bool,
     /// Also write the report (Markdown) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -87,6 +101,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         bail!("--requests must be at least --rounds, and --rounds at least 1");
     }
     let stream_requests = args.stream_requests.unwrap_or(args.requests / 5);
+    // Before the runtime's threads exist, so they inherit it.
+    let cpus = procfs::allowed_cpus()?;
+    let pinning = match (args.no_pin, cpus.split_first()) {
+        (false, Some((&first, rest))) if !rest.is_empty() => {
+            procfs::pin(0, &[first])?;
+            Some((first, rest.to_vec()))
+        }
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -101,50 +124,36 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let load_before = loadavg();
     let upstream = rt.block_on(Upstream::start())?;
-
-    let mut targets = Vec::new();
-    for v in [Variant::NoFilter, Variant::Minimal, Variant::Drainpipe] {
-        targets.push(Target::envoy(
-            v,
-            upstream.port(),
-            args.concurrency,
-            &minimal_wasm,
-            &drainpipe_wasm,
-        )?);
-    }
-    for (i, candidate) in args.candidate_wasm.iter().enumerate() {
-        targets.push(Target::envoy(
-            Variant::Candidate(i + 1),
-            upstream.port(),
-            args.concurrency,
-            &minimal_wasm,
-            candidate,
-        )?);
-    }
+    let mut proxies = Proxies {
+        args: &args,
+        upstream_port: upstream.port(),
+        minimal_wasm: &minimal_wasm,
+        drainpipe_wasm: &drainpipe_wasm,
+        shim: args.shim.clone(),
+        cpus: pinning.as_ref().map(|(_, proxies)| proxies.clone()),
+    };
     let mut notes = Vec::new();
-    match &args.shim {
-        Some(bin) => match Target::shim(bin, upstream.port(), args.concurrency, &drainpipe_wasm) {
-            Ok(t) => targets.push(t),
-            Err(e) => notes.push(format!("The shim was not measured: {e:#}")),
-        },
-        None => notes.push("The shim was not measured (no --shim given).".to_string()),
+    if args.shim.is_none() {
+        notes.push("The shim was not measured (no --shim given).".to_string());
     }
 
     let mut workloads = vec![Workload::Unary];
     if stream_requests >= args.rounds {
         workloads.push(Workload::Streamed);
     }
-    for t in &targets {
-        for &w in &workloads {
-            let out = rt.block_on(load::drive(t.addr, w, args.warmup, args.connections))?;
-            check(t, &out)?;
-        }
-    }
-    let mut memory = Memory {
+    // With --keep-processes, one process per proxy for the whole run (the
+    // memory table follows it); otherwise every round starts them afresh.
+    let kept = match args.keep_processes {
+        true => Some(proxies.start(&rt, &workloads, &mut notes)?),
+        false => None,
+    };
+    let mut memory = kept.as_ref().map(|targets| Memory {
         checkpoints: vec!["after warm-up".into()],
         rows: targets.iter().map(|t| (t.variant, Vec::new())).collect(),
-    };
-    record_rss(&targets, &mut memory)?;
+    });
+    if let (Some(targets), Some(memory)) = (&kept, &mut memory) {
+        record_rss(targets, memory)?;
+    }
 
     let mut sets = Vec::new();
     for &workload in &workloads {
@@ -153,8 +162,23 @@ fn run(args: Args) -> anyhow::Result<()> {
             Workload::Streamed => stream_requests,
         };
         let per_round = total / args.rounds;
-        let mut samples = vec![Vec::new(); targets.len()];
+        let mut samples: Vec<Vec<Sample>> = Vec::new();
+        let mut variants = Vec::new();
         for round in 0..args.rounds {
+            let fresh;
+            let targets = match &kept {
+                Some(targets) => targets,
+                None => {
+                    fresh = proxies.start(&rt, &[workload], &mut notes)?;
+                    &fresh
+                }
+            };
+            if round == 0 {
+                variants = targets.iter().map(|t| t.variant).collect();
+                samples = vec![Vec::new(); targets.len()];
+            } else if variants.len() != targets.len() {
+                bail!("a proxy failed to start in round {}", round + 1);
+            }
             for (i, t) in targets.iter().enumerate() {
                 let cpu_before = procfs::cpu_us(t.pid())?;
                 let out =
@@ -176,15 +200,17 @@ fn run(args: Args) -> anyhow::Result<()> {
                 cpu.join(", ")
             );
         }
-        memory.checkpoints.push(format!(
-            "after {}",
-            workload.title().split(' ').next().unwrap_or("")
-        ));
-        record_rss(&targets, &mut memory)?;
+        if let (Some(targets), Some(memory)) = (&kept, &mut memory) {
+            memory.checkpoints.push(format!(
+                "after {}",
+                workload.title().split(' ').next().unwrap_or("")
+            ));
+            record_rss(targets, memory)?;
+        }
         sets.push(SetResult {
             workload,
             requests_per_round: per_round,
-            variants: targets.iter().map(|t| t.variant).collect(),
+            variants,
             samples,
         });
     }
@@ -199,6 +225,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut md = String::from("# drainpipe benchmark report\n\n");
     md.push_str(&setup_lines(
         &args,
+        pinning.as_ref(),
         &drainpipe_wasm,
         &minimal_wasm,
         &load_before,
@@ -206,7 +233,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     for set in &sets {
         set.markdown(&mut md);
     }
-    memory.markdown(per_proxy, &mut md);
+    match &memory {
+        Some(memory) => memory.markdown(per_proxy, &mut md),
+        None => md.push_str(
+            "## Memory\n\nNot measured: every round started the proxies afresh \
+             (`--keep-processes` keeps one process per proxy for the whole run and \
+             reports its memory).\n\n",
+        ),
+    }
     for n in &notes {
         md.push_str(n);
         md.push('\n');
@@ -215,9 +249,78 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(out) = &args.out {
         std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
     }
-    drop(targets);
+    drop(kept);
     drop(upstream);
     Ok(())
+}
+
+/// What it takes to start the proxies under test.
+struct Proxies<'a> {
+    args: &'a Args,
+    upstream_port: u16,
+    minimal_wasm: &'a std::path::Path,
+    drainpipe_wasm: &'a std::path::Path,
+    /// The shim's binary, until it fails to start (then it is left out).
+    shim: Option<PathBuf>,
+    /// The CPUs the proxies are pinned to (`None`: not pinned).
+    cpus: Option<Vec<usize>>,
+}
+
+impl Proxies<'_> {
+    /// Starts every proxy, in round order, and warms each up with
+    /// `workloads`.
+    fn start(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        workloads: &[Workload],
+        notes: &mut Vec<String>,
+    ) -> anyhow::Result<Vec<Target>> {
+        let args = self.args;
+        let mut variants = vec![
+            (Variant::NoFilter, self.drainpipe_wasm),
+            (Variant::Minimal, self.drainpipe_wasm),
+            (Variant::Drainpipe, self.drainpipe_wasm),
+        ];
+        for (i, candidate) in args.candidate_wasm.iter().enumerate() {
+            variants.push((Variant::Candidate(i + 1), candidate.as_path()));
+        }
+        let mut targets = Vec::new();
+        for (variant, wasm) in variants {
+            targets.push(Target::envoy(
+                variant,
+                self.upstream_port,
+                args.concurrency,
+                self.minimal_wasm,
+                wasm,
+            )?);
+        }
+        if let Some(bin) = &self.shim {
+            match Target::shim(
+                bin,
+                self.upstream_port,
+                args.concurrency,
+                self.drainpipe_wasm,
+            ) {
+                Ok(t) => targets.push(t),
+                Err(e) => {
+                    notes.push(format!("The shim was not measured: {e:#}"));
+                    self.shim = None;
+                }
+            }
+        }
+        if let Some(cpus) = &self.cpus {
+            for t in &targets {
+                procfs::pin(t.pid(), cpus)?;
+            }
+        }
+        for t in &targets {
+            for &w in workloads {
+                let out = rt.block_on(load::drive(t.addr, w, args.warmup, args.connections))?;
+                check(t, &out)?;
+            }
+        }
+        Ok(targets)
+    }
 }
 
 /// Every request must have succeeded: a benchmark with failures measures
@@ -245,6 +348,7 @@ fn record_rss(targets: &[Target], memory: &mut Memory) -> anyhow::Result<()> {
 
 fn setup_lines(
     args: &Args,
+    pinning: Option<&(usize, Vec<usize>)>,
     drainpipe_wasm: &std::path::Path,
     minimal_wasm: &std::path::Path,
     load_before: &str,
@@ -273,6 +377,12 @@ fn setup_lines(
         .map(str::trim)
         .unwrap_or("unknown");
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let pinning = match pinning {
+        Some((own, proxies)) => format!(
+            "load generator and upstream pinned to CPU {own}, the proxies to CPUs {proxies:?}"
+        ),
+        None => "not pinned".to_string(),
+    };
     let candidates: String = args
         .candidate_wasm
         .iter()
@@ -289,7 +399,8 @@ fn setup_lines(
     format!(
         "- machine: {nproc} CPUs ({cpu_model}), {mem_total} memory; load average before: {load_before}, after: {}\n\
          - Envoy: {envoy_version}, `--concurrency {}`\n\
-         - load: {} keep-alive HTTP/1.1 connections, {} warm-up requests per proxy and set\n\
+         - CPUs: {pinning}\n\
+         - load: {} keep-alive HTTP/1.1 connections, {} warm-up requests per proxy and set{}\n\
          - drainpipe.wasm: {} bytes; minimal filter: {} bytes\n\
          {candidates}\
          - CPU is the proxy process's `utime + stime` (/proc/<pid>/stat) over the round, divided by its requests\n\n",
@@ -297,6 +408,10 @@ fn setup_lines(
         args.concurrency,
         args.connections,
         args.warmup,
+        match args.keep_processes {
+            true => "; one process per proxy for the whole run",
+            false => ", after starting every proxy afresh for each round",
+        },
         size(drainpipe_wasm),
         size(minimal_wasm),
     )

@@ -1,5 +1,5 @@
 //! A process's own accounting, from `/proc`: CPU time (user + system, all
-//! threads) and resident memory.
+//! threads) and resident memory; and which CPUs its threads may run on.
 
 use anyhow::{bail, Context as _};
 
@@ -55,9 +55,69 @@ pub fn parse_vm_rss(status: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// The CPUs this process may run on, in order.
+pub fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is a valid, empty set, and
+    // sched_getaffinity writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+    }
+    // SAFETY: CPU_ISSET reads the set within its bounds.
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Restricts every thread of process `pid` (0: this one) to `cpus`. Threads
+/// created later inherit it from their creator.
+pub fn pin(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
+    // SAFETY: as above; CPU_SET stays within the set for cpu < CPU_SETSIZE.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    let dir = match pid {
+        0 => "/proc/self/task".to_string(),
+        pid => format!("/proc/{pid}/task"),
+    };
+    let tasks = std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))?;
+    for task in tasks {
+        let Some(tid) = task?
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: the set is initialised and sized as passed.
+        let rc =
+            unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        // A thread may have ended since the directory was read.
+        if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("pinning thread {tid} of {dir} to CPUs {cpus:?}"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinning_this_process_shows_in_its_allowed_cpus() {
+        let all = allowed_cpus().unwrap();
+        assert!(!all.is_empty());
+        pin(0, &all[..1]).unwrap();
+        let pinned = allowed_cpus();
+        pin(0, &all).unwrap();
+        assert_eq!(pinned.unwrap(), all[..1]);
+        assert_eq!(allowed_cpus().unwrap(), all);
+    }
 
     #[test]
     fn stat_times_are_fields_14_and_15_even_with_spaces_in_the_name() {

@@ -22,7 +22,7 @@ fn run_bench(args: &[&str]) -> String {
 }
 
 #[test]
-fn tiny_run_reports_all_three_envoy_variants_for_both_workloads() {
+fn tiny_run_with_kept_processes_reports_all_three_envoy_variants_and_their_memory() {
     let stdout = run_bench(&[
         "--requests",
         "40",
@@ -34,6 +34,7 @@ fn tiny_run_reports_all_three_envoy_variants_for_both_workloads() {
         "10",
         "--connections",
         "2",
+        "--keep-processes",
     ]);
     for section in ["## unary", "## streamed", "## Memory"] {
         assert!(stdout.contains(section), "no {section:?} in:\n{stdout}");
@@ -74,15 +75,16 @@ fn candidate_builds_are_measured_beside_drainpipe_in_the_same_rounds() {
         "--candidate-wasm",
         plugin,
     ]);
-    // Each candidate: a row in the JSON table and one in the memory table,
-    // a column in the per-round table, and its file in the set-up lines.
+    // Each candidate: a row in the JSON table, a column in the per-round
+    // table, and its file in the set-up lines. The proxies start afresh
+    // every round, so there is no memory table.
     for n in 1..=2 {
         let label = format!("Envoy, drainpipe candidate {n}");
         let rows = stdout
             .lines()
             .filter(|l| l.starts_with(&format!("| {label} |")))
             .count();
-        assert_eq!(rows, 2, "{label:?} rows in:\n{stdout}");
+        assert_eq!(rows, 1, "{label:?} rows in:\n{stdout}");
         assert!(
             stdout.contains(&format!("- drainpipe candidate {n}: {plugin} (")),
             "candidate {n} not named in:\n{stdout}"
@@ -93,5 +95,10 @@ fn candidate_builds_are_measured_beside_drainpipe_in_the_same_rounds() {
             "| Envoy, drainpipe | Envoy, drainpipe candidate 1 | Envoy, drainpipe candidate 2 |"
         ),
         "no candidate columns in:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("after starting every proxy afresh for each round")
+            && stdout.contains("## Memory\n\nNot measured"),
+        "no word of fresh processes in:\n{stdout}"
     );
 }
