@@ -412,8 +412,8 @@ struct Traffic {
     counted: bool,
     /// The deadline given to the forwarded request.
     deadline_unix_ms: u64,
-    /// The response body: an SSE stream is ended with a final event before
-    /// a limit.
+    /// The response body: an event stream is ended with a final event
+    /// before a limit.
     body: sse::Body,
 }
 
@@ -452,25 +452,11 @@ impl HttpContext for Traffic {
                 shared.count(Some(now), counts::Pending::admit);
                 self.counted = true;
                 self.deadline_unix_ms = forward.deadline_unix_ms;
+                self.body = sse::Body::forwarded();
                 return Action::Continue;
             }
         }
         Action::Pause
-    }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // Only a chunked event stream can take an extra event. (Envoy lets
-        // the response headers be read here, not from the body callbacks.)
-        if self.counted {
-            self.body = sse::Body::new(
-                self.get_http_response_header_bytes("content-type")
-                    .is_some_and(|ct| ct.starts_with(b"text/event-stream"))
-                    && self
-                        .get_http_response_header_bytes("content-length")
-                        .is_none(),
-            );
-        }
-        Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -488,6 +474,12 @@ impl HttpContext for Traffic {
                     shared.clock_lag_ms,
                     |now| shared.drain(now),
                 )
+            },
+            || match body_size {
+                0 => Vec::new(),
+                n => self
+                    .get_http_response_body(0, n.min(sse::HEAD_LEN))
+                    .unwrap_or_default(),
             },
             || {
                 self.get_http_response_body(0, body_size)

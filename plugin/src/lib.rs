@@ -34,8 +34,9 @@ pub use drain::{Drain, Phase};
 /// The proxy-wasm callbacks the plugin handles. The release build (`cargo
 /// xtask build`) removes the SDK's exports of every other `proxy_on_*`
 /// callback, so Envoy does not enter the VM for events the plugin ignores:
-/// request bodies and trailers, response trailers, `proxy_on_done` (the
-/// SDK's answer is the ABI's default, done) and `proxy_on_log` (a stream's
+/// request bodies and trailers, response headers (an event stream is told
+/// by its body, see [`sse::Body`]) and trailers, `proxy_on_done` (the SDK's
+/// answer is the ABI's default, done) and `proxy_on_log` (a stream's
 /// in-flight count is released when its context is deleted). A callback
 /// added to the filter must be added here, or the release build never runs
 /// it.
@@ -46,7 +47,6 @@ pub const CALLBACKS: &[&str] = &[
     "proxy_on_tick",
     "proxy_on_http_call_response",
     "proxy_on_request_headers",
-    "proxy_on_response_headers",
     "proxy_on_response_body",
     "proxy_on_delete",
 ];

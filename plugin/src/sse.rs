@@ -152,43 +152,96 @@ impl Cutter {
 
 /// A forwarded response's body, chunk by chunk.
 ///
-/// Each look at a chunk is a host call every response would pay, so they
-/// are made lazily: the last chunk completes the stream (nothing to end
-/// early), other chunks of an event stream need to know whether a cut is
-/// due, and only then is the chunk read.
+/// Each look at a chunk is a host call (and the host calling back into the
+/// VM for memory), so they are made lazily. A body that arrives in one
+/// piece is never looked at: its only chunk completes it, there is nothing
+/// to end early. A body in several pieces is classified once, from the
+/// first bytes of its first chunk ([`looks_like_events`]), rather than from
+/// its `content-type`: reading a response header would cost every response
+/// a callback and a host call, and a body in one piece needs none. Past
+/// that, the chunks of an event stream need to know whether a cut is due,
+/// and only then is a chunk read.
+///
+/// The classification only matters once a cut is due, that is when the
+/// response is about to be cut by the router's timeout or Envoy's exit
+/// anyway: a response taken for an event stream wrongly would get the final
+/// event before being cut; an event stream not recognised is cut as before.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Body {
-    /// Not a chunked event stream: passes untouched.
+    /// Not a forwarded response (a local reply): passes untouched.
     #[default]
     Other,
-    /// A chunked event stream.
+    /// A forwarded response whose first chunk has not been seen (or had no
+    /// bytes to tell).
+    Unknown,
+    /// An event stream.
     Events(Cutter),
 }
 
+/// How many bytes of a body's first chunk [`looks_like_events`] needs.
+pub const HEAD_LEN: usize = 16;
+
 impl Body {
-    /// For a response that is (`true`) a chunked event stream or not.
-    pub fn new(event_stream: bool) -> Body {
-        match event_stream {
-            true => Body::Events(Cutter::default()),
-            false => Body::Other,
-        }
+    /// The body of a response to a forwarded request.
+    pub fn forwarded() -> Body {
+        Body::Unknown
     }
 
     /// Decides for the next chunk. `cut` says whether a cut is due and why;
-    /// `read` gives the chunk. Each is called only when needed.
+    /// `head` gives the chunk's first [`HEAD_LEN`] bytes (or fewer), `read`
+    /// the whole chunk. Each is called only when needed.
     pub fn on_chunk(
         &mut self,
         end_of_stream: bool,
         cut: impl FnOnce() -> Option<Limit>,
+        head: impl FnOnce() -> Vec<u8>,
         read: impl FnOnce() -> Vec<u8>,
     ) -> ChunkAction {
+        if let Body::Events(c) = self {
+            if c.ended() {
+                return ChunkAction::Drop;
+            }
+        }
+        if end_of_stream {
+            return ChunkAction::Forward;
+        }
+        if *self == Body::Unknown {
+            match looks_like_events(&head()) {
+                Some(true) => *self = Body::Events(Cutter::default()),
+                Some(false) => *self = Body::Other,
+                None => {}
+            }
+        }
         match self {
-            Body::Events(c) if c.ended() => ChunkAction::Drop,
-            Body::Other => ChunkAction::Forward,
-            _ if end_of_stream => ChunkAction::Forward,
             Body::Events(c) => c.on_chunk(cut(), read),
+            // Still unknown: nothing read, so the first event framed is
+            // after this chunk (a later cut must see a boundary itself).
+            Body::Unknown | Body::Other => ChunkAction::Forward,
         }
     }
+}
+
+/// Whether a body starting with `head` is an event stream: after an
+/// optional byte order mark and blank lines, a comment (`:`) or one of the
+/// fields `data`, `event`, `id`, `retry` ended by `:` or a line end (the
+/// framing of the WHATWG server-sent events format). A head cut short
+/// inside a field name counts as one. `None` when there is nothing to tell
+/// yet (no bytes, or only the mark and line ends).
+pub fn looks_like_events(head: &[u8]) -> Option<bool> {
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    let start = head.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    let line = &head[start..];
+    if line[0] == b':' {
+        return Some(true);
+    }
+    Some(
+        [&b"data"[..], b"event", b"id", b"retry"]
+            .iter()
+            .any(|field| match line.strip_prefix(*field) {
+                Some(rest) => matches!(rest.first(), None | Some(b':' | b'\r' | b'\n')),
+                None => field.starts_with(line),
+            }),
+    )
 }
 
 /// Whether a stream's cut is due now, and why.
@@ -470,15 +523,12 @@ mod tests {
         }
     }
 
-    /// Runs `chunks` (bytes, end of stream, cut due) through a [`Body`] of
-    /// an event stream or not; returns the actions and how often each
-    /// lookup ran (cut, chunk).
-    fn run_body(
-        event_stream: bool,
-        chunks: &[(&[u8], bool, bool)],
-    ) -> (Vec<ChunkAction>, [u32; 2]) {
-        let mut body = Body::new(event_stream);
-        let calls = std::cell::Cell::new([0; 2]);
+    /// Runs `chunks` (bytes, end of stream, cut due) through the [`Body`] of
+    /// a forwarded response; returns the actions and how often each lookup
+    /// ran (cut, head, chunk).
+    fn run_body(chunks: &[(&[u8], bool, bool)]) -> (Vec<ChunkAction>, [u32; 3]) {
+        let mut body = Body::forwarded();
+        let calls = std::cell::Cell::new([0; 3]);
         let bump = |i: usize| {
             let mut c = calls.get();
             c[i] += 1;
@@ -495,6 +545,10 @@ mod tests {
                     },
                     || {
                         bump(1);
+                        bytes[..bytes.len().min(HEAD_LEN)].to_vec()
+                    },
+                    || {
+                        bump(2);
                         bytes.to_vec()
                     },
                 )
@@ -504,29 +558,88 @@ mod tests {
     }
 
     #[test]
-    fn other_bodies_and_last_chunks_cost_no_lookup() {
-        let (actions, calls) = run_body(false, &[(b"{\"a\":", false, true), (b"1}", true, true)]);
-        assert_eq!(actions, vec![ChunkAction::Forward; 2]);
-        assert_eq!(calls, [0, 0]);
-        let (actions, calls) = run_body(true, &[(b"data: [DONE]\n\n", true, true)]);
-        assert_eq!(actions, [ChunkAction::Forward]);
-        assert_eq!(calls, [0, 0]);
+    fn a_body_in_one_piece_is_never_looked_at() {
+        for body in [&b"{\"id\":1}"[..], b"data: [DONE]\n\n"] {
+            let (actions, calls) = run_body(&[(body, true, true)]);
+            assert_eq!(actions, [ChunkAction::Forward]);
+            assert_eq!(calls, [0, 0, 0]);
+        }
+    }
+
+    #[test]
+    fn other_bodies_cost_one_look_at_their_first_bytes() {
+        let (actions, calls) = run_body(&[
+            (b"{\"a\":", false, true),
+            (b"\n\ndata: 1\n\n", false, true),
+            (b"1}", true, true),
+        ]);
+        assert_eq!(actions, vec![ChunkAction::Forward; 3]);
+        assert_eq!(calls, [0, 1, 0]);
+    }
+
+    #[test]
+    fn event_streams_are_told_by_their_framing() {
+        for head in [
+            &b"data: {\"id\":1}"[..],
+            b"data:x",
+            b"data\n\n",
+            b"event: message\n",
+            b"id: 7\r\n",
+            b"retry: 100\n",
+            b": keep-alive\n\n",
+            b"\xEF\xBB\xBFdata: 1",
+            b"\r\n\ndata: 1",
+            b"da",
+        ] {
+            assert_eq!(looks_like_events(head), Some(true), "{head:?}");
+        }
+        for head in [
+            &b"{\"id\":1}"[..],
+            b"[1,2]",
+            b"  {}",
+            b"database",
+            b"identity: x",
+            b"ID3\x04",
+            b"hello",
+        ] {
+            assert_eq!(looks_like_events(head), Some(false), "{head:?}");
+        }
+        for head in [&b""[..], b"\n\r\n", b"\xEF\xBB\xBF"] {
+            assert_eq!(looks_like_events(head), None, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn a_first_chunk_with_nothing_to_tell_leaves_it_to_the_next() {
+        let (actions, calls) = run_body(&[
+            (b"", false, false),
+            (b"data: 1\n\n", false, true),
+            (b"data: 2\n\n", false, true),
+        ]);
+        let mut kept = b"data: 1\n\n".to_vec();
+        kept.extend_from_slice(&final_event(Limit::Drain));
+        assert_eq!(
+            actions,
+            [
+                ChunkAction::Forward,
+                ChunkAction::Replace(kept),
+                ChunkAction::Drop
+            ]
+        );
+        assert_eq!(calls, [1, 2, 1]);
     }
 
     #[test]
     fn an_event_stream_is_ended_after_a_boundary_it_has_read() {
         let event = final_event(Limit::Drain);
-        let (actions, calls) = run_body(
-            true,
-            &[
-                (b"data: 1\n", false, false),
-                // The blank line its first byte completes (after an unread
-                // "\n") is not seen; the one at its end is.
-                (b"\ndata: 2\n\n", false, true),
-                (b"data: 3\n\n", false, true),
-                (b"data: [DONE]\n\n", true, true),
-            ],
-        );
+        let (actions, calls) = run_body(&[
+            (b"data: 1\n", false, false),
+            // The blank line its first byte completes (after an unread
+            // "\n") is not seen; the one at its end is.
+            (b"\ndata: 2\n\n", false, true),
+            (b"data: 3\n\n", false, true),
+            (b"data: [DONE]\n\n", true, true),
+        ]);
         let mut kept = b"\ndata: 2\n\n".to_vec();
         kept.extend_from_slice(&event);
         assert_eq!(
@@ -538,12 +651,12 @@ mod tests {
                 ChunkAction::Drop,
             ]
         );
-        assert_eq!(calls, [2, 1]);
+        assert_eq!(calls, [2, 1, 1]);
     }
 
     #[test]
     fn a_cut_due_at_the_first_chunk_uses_the_stream_start() {
-        let (actions, _) = run_body(true, &[(b"data: 1", false, true)]);
+        let (actions, _) = run_body(&[(b"data: 1", false, true)]);
         assert_eq!(actions, [ChunkAction::Replace(final_event(Limit::Drain))]);
     }
 

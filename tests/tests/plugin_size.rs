@@ -53,6 +53,7 @@ fn release_plugin_exports_only_the_callbacks_it_handles() {
     for name in [
         "proxy_on_request_body",
         "proxy_on_request_trailers",
+        "proxy_on_response_headers",
         "proxy_on_response_trailers",
         "proxy_on_done",
         "proxy_on_log",
