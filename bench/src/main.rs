@@ -376,7 +376,11 @@ fn setup_lines(
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .map(str::trim)
         .unwrap_or("unknown");
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Counted from /proc/cpuinfo: this process's own CPU set is pinned.
+    let nproc = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     let pinning = match pinning {
         Some((own, proxies)) => format!(
             "load generator and upstream pinned to CPU {own}, the proxies to CPUs {proxies:?}"
