@@ -38,13 +38,13 @@ use variants::{Target, Variant};
 #[command(name = "drainpipe-bench")]
 struct Args {
     /// Requests per proxy in the JSON-response set, split evenly over the rounds.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 160_000)]
     requests: usize,
-    /// Requests per proxy in the SSE set (default: a fifth of --requests; 0 skips the set).
+    /// Requests per proxy in the SSE set (default: three tenths of --requests; 0 skips the set).
     #[arg(long)]
     stream_requests: Option<usize>,
     /// Rounds per set; each round drives every proxy once, in turn.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 8)]
     rounds: usize,
     /// Concurrent keep-alive connections of the load generator.
     #[arg(long, default_value_t = 16)]
@@ -100,7 +100,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.rounds == 0 || args.requests < args.rounds {
         bail!("--requests must be at least --rounds, and --rounds at least 1");
     }
-    let stream_requests = args.stream_requests.unwrap_or(args.requests / 5);
+    let stream_requests = args.stream_requests.unwrap_or(args.requests * 3 / 10);
     // Before the runtime's threads exist, so they inherit it.
     let cpus = procfs::allowed_cpus()?;
     let pinning = match (args.no_pin, cpus.split_first()) {
