@@ -131,6 +131,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         drainpipe_wasm: &drainpipe_wasm,
         shim: args.shim.clone(),
         cpus: pinning.as_ref().map(|(_, proxies)| proxies.clone()),
+        shim_started: false,
     };
     let mut notes = Vec::new();
     if args.shim.is_none() {
@@ -264,6 +265,18 @@ struct Proxies<'a> {
     shim: Option<PathBuf>,
     /// The CPUs the proxies are pinned to (`None`: not pinned).
     cpus: Option<Vec<usize>>,
+    /// Whether the shim has been started once (it is then in every round).
+    shim_started: bool,
+}
+
+/// Starts a proxy, and once more (on fresh ports) if that fails: with a new
+/// process per round, a port taken between choosing and binding it must not
+/// end the run. The second failure is the error.
+fn start_twice(start: impl Fn() -> anyhow::Result<Target>) -> anyhow::Result<Target> {
+    start().or_else(|first| {
+        eprintln!("drainpipe-bench: start failed, trying once more: {first:#}");
+        start()
+    })
 }
 
 impl Proxies<'_> {
@@ -286,22 +299,32 @@ impl Proxies<'_> {
         }
         let mut targets = Vec::new();
         for (variant, wasm) in variants {
-            targets.push(Target::envoy(
-                variant,
-                self.upstream_port,
-                args.concurrency,
-                self.minimal_wasm,
-                wasm,
-            )?);
+            targets.push(start_twice(|| {
+                Target::envoy(
+                    variant,
+                    self.upstream_port,
+                    args.concurrency,
+                    self.minimal_wasm,
+                    wasm,
+                )
+            })?);
         }
         if let Some(bin) = &self.shim {
-            match Target::shim(
-                bin,
-                self.upstream_port,
-                args.concurrency,
-                self.drainpipe_wasm,
-            ) {
-                Ok(t) => targets.push(t),
+            let started = start_twice(|| {
+                Target::shim(
+                    bin,
+                    self.upstream_port,
+                    args.concurrency,
+                    self.drainpipe_wasm,
+                )
+            });
+            match started {
+                Ok(t) => {
+                    targets.push(t);
+                    self.shim_started = true;
+                }
+                // Once measured, the shim stays in every round.
+                Err(e) if self.shim_started => return Err(e),
                 Err(e) => {
                     notes.push(format!("The shim was not measured: {e:#}"));
                     self.shim = None;

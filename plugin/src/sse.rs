@@ -579,33 +579,34 @@ mod tests {
 
     #[test]
     fn event_streams_are_told_by_their_framing() {
-        for head in [
-            &b"data: {\"id\":1}"[..],
-            b"data:x",
-            b"data\n\n",
-            b"event: message\n",
-            b"id: 7\r\n",
-            b"retry: 100\n",
-            b": keep-alive\n\n",
-            b"\xEF\xBB\xBFdata: 1",
-            b"\r\n\ndata: 1",
-            b"da",
-        ] {
-            assert_eq!(looks_like_events(head), Some(true), "{head:?}");
-        }
-        for head in [
-            &b"{\"id\":1}"[..],
-            b"[1,2]",
-            b"  {}",
-            b"database",
-            b"identity: x",
-            b"ID3\x04",
-            b"hello",
-        ] {
-            assert_eq!(looks_like_events(head), Some(false), "{head:?}");
-        }
-        for head in [&b""[..], b"\n\r\n", b"\xEF\xBB\xBF"] {
-            assert_eq!(looks_like_events(head), None, "{head:?}");
+        let yes = Some(true);
+        let no = Some(false);
+        let cases: [(&[u8], Option<bool>); 20] = [
+            (b"data: {\"id\":1}", yes),
+            (b"data:x", yes),
+            (b"data\n\n", yes),
+            (b"event: message\n", yes),
+            (b"id: 7\r\n", yes),
+            (b"retry: 100\n", yes),
+            (b": keep-alive\n\n", yes),
+            (b"\xEF\xBB\xBFdata: 1", yes),
+            (b"\r\n\ndata: 1", yes),
+            // Cut short inside a field name.
+            (b"da", yes),
+            (b"{\"id\":1}", no),
+            (b"[1,2]", no),
+            (b"  {}", no),
+            (b"database", no),
+            (b"identity: x", no),
+            (b"ID3\x04", no),
+            (b"hello", no),
+            // Nothing to tell yet.
+            (b"", None),
+            (b"\n\r\n", None),
+            (b"\xEF\xBB\xBF", None),
+        ];
+        for (head, want) in cases {
+            assert_eq!(looks_like_events(head), want, "{head:?}");
         }
     }
 
