@@ -77,6 +77,8 @@ pub(crate) struct HttpContext {
     pub(crate) request_trailers: Option<Headers>,
     pub(crate) response_headers: Option<Headers>,
     pub(crate) response_trailers: Option<Headers>,
+    /// How the guest may reach each of the four maps above now.
+    pub(crate) reach: [Reach; 4],
     pub(crate) request_body: Option<Vec<u8>>,
     pub(crate) response_body: Option<Vec<u8>>,
     pub(crate) local_response: Option<LocalResponse>,
@@ -90,6 +92,45 @@ pub(crate) struct HttpContext {
     pub(crate) downstream: Option<std::net::SocketAddr>,
     /// Values the guest stored with `proxy_set_property`.
     pub(crate) properties: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// A stream's own header maps, in the order of [`HttpContext::reach`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamMap {
+    RequestHeaders,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseTrailers,
+}
+
+/// How the guest may reach one of its stream's header maps. Envoy hands a
+/// filter each map for the callback that delivers it and takes it back when
+/// that callback lets iteration continue (a paused request keeps its maps
+/// until `proxy_continue_stream`); `proxy_on_log` sees the access log's
+/// read-only view of the request headers and the response headers and
+/// trailers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reach {
+    /// Not there: a read or an edit is a bad argument, a read of all pairs
+    /// gives an empty map.
+    #[default]
+    Gone,
+    /// Readable and editable.
+    Open,
+    /// Readable only.
+    ReadOnly,
+}
+
+impl HttpContext {
+    /// Sets how the guest may reach `map` from now on.
+    pub(crate) fn set_reach(&mut self, map: StreamMap, reach: Reach) {
+        self.reach[map as usize] = reach;
+    }
+
+    /// How the guest may reach `map` now.
+    pub(crate) fn reach(&self, map: StreamMap) -> Reach {
+        self.reach[map as usize]
+    }
 }
 
 /// An http call waiting for its response.

@@ -16,7 +16,7 @@
 use crate::abi::Action;
 use crate::headers::Headers;
 use crate::host::FailurePolicy;
-use crate::state::{Context, HttpContext};
+use crate::state::{Context, HttpContext, Reach, StreamMap};
 use crate::worker::{StreamError, Worker, WorkerInner};
 
 /// A response the filter (or the host, for a failed VM) sent locally.
@@ -160,6 +160,17 @@ impl Part {
             Part::ResponseHeaders => "proxy_on_response_headers",
             Part::ResponseBody => "proxy_on_response_body",
             Part::ResponseTrailers => "proxy_on_response_trailers",
+        }
+    }
+
+    /// The header map this part delivers.
+    fn map(self) -> Option<StreamMap> {
+        match self {
+            Part::RequestHeaders => Some(StreamMap::RequestHeaders),
+            Part::RequestTrailers => Some(StreamMap::RequestTrailers),
+            Part::ResponseHeaders => Some(StreamMap::ResponseHeaders),
+            Part::ResponseTrailers => Some(StreamMap::ResponseTrailers),
+            Part::RequestBody | Part::ResponseBody => None,
         }
     }
 
@@ -360,8 +371,22 @@ impl HttpStream {
         }
         let mut inner = self.worker.lock();
         let id = self.context_id;
+        if let Some(Context::Http(http)) = inner.vm.store.data_mut().contexts.get_mut(&id) {
+            // The access log's view: what the stream carried, read-only.
+            http.reach = [Reach::Gone; 4];
+            for map in [
+                StreamMap::RequestHeaders,
+                StreamMap::ResponseHeaders,
+                StreamMap::ResponseTrailers,
+            ] {
+                http.set_reach(map, Reach::ReadOnly);
+            }
+        }
         if inner.vm.store.data().contexts.contains_key(&id) {
             let _ = inner.call::<i32, ()>(id, "proxy_on_log", id as i32);
+            if let Some(Context::Http(http)) = inner.vm.store.data_mut().contexts.get_mut(&id) {
+                http.reach = [Reach::Gone; 4];
+            }
             let _ = inner.call::<i32, i32>(id, "proxy_on_done", id as i32);
             let _ = inner.call::<i32, ()>(id, "proxy_on_delete", id as i32);
             let state = inner.vm.store.data_mut();
@@ -464,6 +489,10 @@ impl HttpStream {
             Some(Context::Http(h)) => h,
             _ => return outcome,
         };
+        if let (Some(map), Action::Continue) = (part.map(), action) {
+            // The map went on: the guest cannot reach it any more.
+            http.set_reach(map, Reach::Gone);
+        }
         match part {
             Part::RequestHeaders => outcome.headers = http.request_headers.clone(),
             Part::RequestTrailers => outcome.headers = http.request_trailers.clone(),
@@ -505,21 +534,25 @@ fn feed(http: &mut HttpContext, part: Part, data: Data, end_of_stream: bool) -> 
         (Part::RequestHeaders, Data::Headers(h)) => {
             let n = h.len() as i32;
             http.request_headers = Some(h);
+            http.set_reach(StreamMap::RequestHeaders, Reach::Open);
             Args::Two(n, eos)
         }
         (Part::ResponseHeaders, Data::Headers(h)) => {
             let n = h.len() as i32;
             http.response_headers = Some(h);
+            http.set_reach(StreamMap::ResponseHeaders, Reach::Open);
             Args::Two(n, eos)
         }
         (Part::RequestTrailers, Data::Headers(h)) => {
             let n = h.len() as i32;
             http.request_trailers = Some(h);
+            http.set_reach(StreamMap::RequestTrailers, Reach::Open);
             Args::One(n)
         }
         (Part::ResponseTrailers, Data::Headers(h)) => {
             let n = h.len() as i32;
             http.response_trailers = Some(h);
+            http.set_reach(StreamMap::ResponseTrailers, Reach::Open);
             Args::One(n)
         }
         (Part::RequestBody, Data::Body(b)) => {
@@ -590,6 +623,7 @@ fn send_local_response(inner: &mut WorkerInner, id: u32, local: LocalResponse) -
         };
         http.local_sent = true;
         http.response_headers = Some(headers);
+        http.set_reach(StreamMap::ResponseHeaders, Reach::Open);
         http.response_body = None;
         http.plugin
     };
@@ -597,6 +631,10 @@ fn send_local_response(inner: &mut WorkerInner, id: u32, local: LocalResponse) -
     let mut trapped = inner
         .call::<(i32, i32, i32), i32>(id, "proxy_on_response_headers", (id as i32, n, eos))
         .is_err();
+    if let Some(Context::Http(http)) = inner.vm.store.data_mut().contexts.get_mut(&id) {
+        // A local reply's headers go on whatever the callback answers.
+        http.set_reach(StreamMap::ResponseHeaders, Reach::Gone);
+    }
     if !trapped && body_len > 0 {
         if let Some(Context::Http(http)) = inner.vm.store.data_mut().contexts.get_mut(&id) {
             http.response_body = Some(local.body.clone());

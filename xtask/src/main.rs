@@ -7,7 +7,7 @@
 //! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C stops it |
 //! | `demo --check` | the same, then a smoke check of the main job, then stop |
 //! | `test` | setup + build, every test (native, Envoy end to end, the demo check) |
-//! | `lint` | rustfmt and clippy, native and wasm32-wasip1 |
+//! | `lint` | rustfmt and clippy, native and wasm32-wasip1 (the plugin, and the test and benchmark filters) |
 //! | `rollout [ARGS]` | the rollout harness: drain Envoy under load (`--help` for its options) |
 //! | `bench [ARGS]` | what the plugin costs Envoy: CPU per request, latency, memory (`--help` for its options; see BENCHMARKS.md) |
 
@@ -175,8 +175,37 @@ fn lint() -> anyhow::Result<()> {
         "--",
         "-D",
         "warnings",
-    ]))
+    ]))?;
+    // The filters outside the workspace: the shim's test filter and the
+    // benchmark's two (the probe filter is built for one kind of call).
+    for manifest in FILTERS {
+        run(cargo().args(["fmt", "--check", "--manifest-path", manifest]))?;
+        run(cargo()
+            .args([
+                "clippy",
+                "--manifest-path",
+                manifest,
+                "--target",
+                WASM_TARGET,
+            ])
+            .args([
+                "--target-dir",
+                "target/lint-filters",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env("PROBE_OP", "none"))?;
+    }
+    Ok(())
 }
+
+/// The proxy-wasm filters that are crates of their own.
+const FILTERS: [&str; 3] = [
+    "host-shim/test-filter/Cargo.toml",
+    "bench/minimal-filter/Cargo.toml",
+    "bench/probe-filter/Cargo.toml",
+];
 
 /// Kills and reaps a child on drop.
 struct Guard(Child, &'static str);

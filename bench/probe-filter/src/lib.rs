@@ -57,7 +57,10 @@ impl RootContext for Root {
             return false;
         }
         let stored = hostcalls::set_shared_data(KEY, Some(b"1764000000000"), None);
-        match (stored, hostcalls::define_metric(MetricType::Counter, "bench_probe")) {
+        match (
+            stored,
+            hostcalls::define_metric(MetricType::Counter, "bench_probe"),
+        ) {
             (Ok(()), Ok(id)) => {
                 self.metric = id;
                 true
@@ -100,7 +103,11 @@ impl Stream {
             "get_metric" => hostcalls::get_metric(self.metric).unwrap_or(0),
             "increment_metric" => hostcalls::increment_metric(self.metric, 1).map_or(0, |()| 1),
             "set_header" => {
-                let value = if i % 2 == 0 { "12345" } else { "67890" };
+                let value = if i.is_multiple_of(2) {
+                    "12345"
+                } else {
+                    "67890"
+                };
                 self.set_http_request_header("x-bench-probe", Some(value));
                 1
             }

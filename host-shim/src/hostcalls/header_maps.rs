@@ -1,17 +1,19 @@
 //! Header maps: request and response headers and trailers of the current
 //! stream, and the headers and trailers of an http call's response.
 //!
-//! As in Envoy, a map that does not exist yet in this callback (response
-//! headers while the request is decoded, or any stream map in a root
-//! context) is a bad argument; a missing key is NOT_FOUND; keys are
-//! lowercased.
+//! As in Envoy, a stream's map is there only for the callback that delivers
+//! it (and while that direction is paused), read-only in `proxy_on_log`
+//! ([`Reach`]); a map that is not there (response headers while the request
+//! is decoded, request headers once they went upstream, any stream map in a
+//! root context) is a bad argument, but a read of all its pairs gives an
+//! empty map; a missing key is NOT_FOUND; keys are lowercased.
 
 use wasmtime::{Caller, Linker};
 
 use crate::abi::{self, MapType, Status};
 use crate::headers::Headers;
-use crate::memory::{self, status, HostResult};
-use crate::state::HostState;
+use crate::memory::{self, status, HostError, HostResult};
+use crate::state::{HostState, Reach, StreamMap};
 
 pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
@@ -76,51 +78,72 @@ enum Edit {
     Remove,
 }
 
-/// The map `raw` names, for reading or editing.
-fn map_mut(state: &mut HostState, raw: i32) -> HostResult<&mut Headers> {
+/// What a host call does with a map.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Read,
+    Edit,
+}
+
+/// The map `raw` names, for reading or editing: a bad argument when it is
+/// not there in this callback (see [`Reach`]).
+fn map_mut(state: &mut HostState, raw: i32, usage: Use) -> HostResult<&mut Headers> {
     let map = MapType::from_raw(raw).ok_or(Status::BadArgument)?;
-    match map {
+    let stream_map = match map {
         MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers => {
             let response = state.call_response.as_mut().ok_or(Status::BadArgument)?;
-            Ok(if map == MapType::HttpCallResponseHeaders {
+            return Ok(if map == MapType::HttpCallResponseHeaders {
                 &mut response.headers
             } else {
                 &mut response.trailers
-            })
+            });
         }
         MapType::GrpcInitialMetadata | MapType::GrpcTrailingMetadata => {
-            Err(Status::BadArgument.into())
+            return Err(Status::BadArgument.into())
         }
-        MapType::RequestHeaders
-        | MapType::RequestTrailers
-        | MapType::ResponseHeaders
-        | MapType::ResponseTrailers => {
-            let http = state.http()?;
-            let slot = match map {
-                MapType::RequestHeaders => &mut http.request_headers,
-                MapType::RequestTrailers => &mut http.request_trailers,
-                MapType::ResponseHeaders => &mut http.response_headers,
-                _ => &mut http.response_trailers,
-            };
-            slot.as_mut().ok_or_else(|| Status::BadArgument.into())
-        }
+        MapType::RequestHeaders => StreamMap::RequestHeaders,
+        MapType::RequestTrailers => StreamMap::RequestTrailers,
+        MapType::ResponseHeaders => StreamMap::ResponseHeaders,
+        MapType::ResponseTrailers => StreamMap::ResponseTrailers,
+    };
+    let http = state.http()?;
+    match (http.reach(stream_map), usage) {
+        (Reach::Open, _) | (Reach::ReadOnly, Use::Read) => {}
+        _ => return Err(Status::BadArgument.into()),
     }
+    let slot = match stream_map {
+        StreamMap::RequestHeaders => &mut http.request_headers,
+        StreamMap::RequestTrailers => &mut http.request_trailers,
+        StreamMap::ResponseHeaders => &mut http.response_headers,
+        StreamMap::ResponseTrailers => &mut http.response_trailers,
+    };
+    slot.as_mut().ok_or_else(|| Status::BadArgument.into())
 }
 
 fn get_pairs(c: &mut Caller<'_, HostState>, map: i32, ptr_ptr: i32, size_ptr: i32) -> HostResult {
-    let data = map_mut(c.data_mut(), map)?.serialize();
+    // Envoy answers a read of all pairs of a map that is not there (of a
+    // known type) with an empty map, and an empty map with no bytes at all.
+    let data = match map_mut(c.data_mut(), map, Use::Read) {
+        Ok(headers) if !headers.is_empty() => headers.serialize(),
+        Ok(_) => Vec::new(),
+        Err(HostError::Status(Status::BadArgument)) if MapType::from_raw(map).is_some() => {
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
     memory::return_bytes(c, &data, ptr_ptr, size_ptr)
 }
 
 fn set_pairs(c: &mut Caller<'_, HostState>, map: i32, ptr: i32, size: i32) -> HostResult {
     let data = memory::read(c, ptr, size)?;
     let pairs = abi::deserialize_pairs(&data).ok_or(Status::BadArgument)?;
-    *map_mut(c.data_mut(), map)? = Headers::from_raw_pairs(pairs);
+    *map_mut(c.data_mut(), map, Use::Edit)? = Headers::from_raw_pairs(pairs);
     Ok(())
 }
 
 fn get_size(c: &mut Caller<'_, HostState>, map: i32, ret: i32) -> HostResult {
-    let size = map_mut(c.data_mut(), map)?.serialize().len();
+    // Envoy looks the map up as for an edit here.
+    let size = map_mut(c.data_mut(), map, Use::Edit)?.serialize().len();
     memory::write_u32(c, ret, size as u32)
 }
 
@@ -134,7 +157,7 @@ fn get_value(
 ) -> HostResult {
     let key = memory::read(c, key_ptr, key_size)?;
     let key = String::from_utf8_lossy(&key);
-    let value = map_mut(c.data_mut(), map)?
+    let value = map_mut(c.data_mut(), map, Use::Read)?
         .get_bytes(&key)
         .map(<[u8]>::to_vec)
         .ok_or(Status::NotFound)?;
@@ -155,7 +178,7 @@ fn edit(
         Some((ptr, size)) => memory::read(c, ptr, size)?,
         None => Vec::new(),
     };
-    let headers = map_mut(c.data_mut(), map)?;
+    let headers = map_mut(c.data_mut(), map, Use::Edit)?;
     match op {
         Edit::Add => headers.add(&key, value),
         Edit::Replace => headers.replace(&key, value),

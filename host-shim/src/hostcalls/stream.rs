@@ -11,7 +11,7 @@ use wasmtime::{Caller, Linker};
 use crate::abi::{self, Status, StreamType};
 use crate::headers::Headers;
 use crate::memory::{self, status, HostResult};
-use crate::state::HostState;
+use crate::state::{HostState, Reach, StreamMap};
 use crate::stream::LocalResponse;
 
 pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -100,6 +100,10 @@ fn continue_stream(c: &mut Caller<'_, HostState>, ty: i32) -> HostResult {
         StreamType::Response => http.response_resumed = true,
         StreamType::Downstream | StreamType::Upstream => return Err(Status::BadArgument.into()),
     }
+    // Envoy takes the request's maps back on either resumption (the request
+    // goes on upstream); the response's stay.
+    http.set_reach(StreamMap::RequestHeaders, Reach::Gone);
+    http.set_reach(StreamMap::RequestTrailers, Reach::Gone);
     Ok(())
 }
 

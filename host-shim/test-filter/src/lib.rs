@@ -6,6 +6,11 @@
 //! - on `/panic`, panics (the VM traps);
 //! - on `/cas`, reads shared data `hits` in the request and writes it back
 //!   with that CAS in the response, reporting `x-cas: ok|mismatch`;
+//! - with `x-probe-maps` on the request, reports in the response body which
+//!   header maps it can still reach from the later callbacks (the request
+//!   headers from the response headers callback; both header maps from the
+//!   response body callback), as the host's status codes, and logs what
+//!   `on_log` can reach;
 //! - counts requests and ticks in metrics.
 
 use std::time::Duration;
@@ -38,10 +43,15 @@ impl RootContext for Root {
             log::error!("test filter: configuration rejected");
             return false;
         }
-        self.greeting = if config.is_empty() { "hello".into() } else { config };
-        self.requests = hostcalls::define_metric(MetricType::Counter, "test_filter_requests")
-            .unwrap_or(0);
-        self.ticks = hostcalls::define_metric(MetricType::Counter, "test_filter_ticks").unwrap_or(0);
+        self.greeting = if config.is_empty() {
+            "hello".into()
+        } else {
+            config
+        };
+        self.requests =
+            hostcalls::define_metric(MetricType::Counter, "test_filter_requests").unwrap_or(0);
+        self.ticks =
+            hostcalls::define_metric(MetricType::Counter, "test_filter_ticks").unwrap_or(0);
         self.set_tick_period(Duration::from_secs(1));
         true
     }
@@ -57,6 +67,8 @@ impl RootContext for Root {
             id: context_id,
             greeting: self.greeting.clone(),
             cas: None,
+            probe: None,
+            probing: false,
         }))
     }
 
@@ -69,10 +81,85 @@ struct Stream {
     id: u32,
     greeting: String,
     cas: Option<Option<u32>>,
+    /// With `x-probe-maps`: what the later callbacks found, in order.
+    probe: Option<Vec<String>>,
+    /// The request asked for the probe (`on_log` reports to the log).
+    probing: bool,
+}
+
+/// The raw imports, for their status codes: the SDK's wrappers panic on a
+/// status they do not expect.
+mod raw {
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_get_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
+        fn proxy_replace_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+    }
+
+    pub const REQUEST_HEADERS: u32 = 0;
+    pub const RESPONSE_HEADERS: u32 = 2;
+
+    fn name(status: u32) -> String {
+        match status {
+            0 => "ok".into(),
+            1 => "not_found".into(),
+            2 => "bad_argument".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The status of reading `key` from `map`.
+    pub fn get(map: u32, key: &str) -> String {
+        let mut data = std::ptr::null_mut();
+        let mut size = 0;
+        // SAFETY: the host writes a pointer it allocated with the module's
+        // allocator (or null) and its size into the two slots.
+        let status = unsafe {
+            proxy_get_header_map_value(map, key.as_ptr(), key.len(), &mut data, &mut size)
+        };
+        if !data.is_null() {
+            // SAFETY: allocated by `proxy_on_memory_allocate` for `size` bytes.
+            drop(unsafe { Vec::from_raw_parts(data, size, size) });
+        }
+        name(status)
+    }
+
+    /// The status of replacing `key` in `map` with `value`.
+    pub fn replace(map: u32, key: &str, value: &str) -> String {
+        // SAFETY: both slices outlive the call.
+        let status = unsafe {
+            proxy_replace_header_map_value(
+                map,
+                key.as_ptr(),
+                key.len(),
+                value.as_ptr(),
+                value.len(),
+            )
+        };
+        name(status)
+    }
 }
 
 impl Context for Stream {
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
         let status = self
             .get_http_call_response_header(":status")
             .unwrap_or_else(|| "none".into());
@@ -103,7 +190,11 @@ impl HttpContext for Stream {
             "/call" => {
                 let dispatched = self.dispatch_http_call(
                     "auth",
-                    vec![(":method", "GET"), (":path", "/check"), (":authority", "auth")],
+                    vec![
+                        (":method", "GET"),
+                        (":path", "/check"),
+                        (":authority", "auth"),
+                    ],
                     None,
                     vec![],
                     Duration::from_secs(2),
@@ -123,6 +214,10 @@ impl HttpContext for Stream {
             }
             _ => {}
         }
+        if self.get_http_request_header("x-probe-maps").is_some() {
+            self.probe = Some(Vec::new());
+            self.probing = true;
+        }
         if let Some(name) = self.get_http_request_header("x-name") {
             let hello = format!("{} {name}", self.greeting);
             self.add_http_request_header("x-hello", &hello);
@@ -132,6 +227,15 @@ impl HttpContext for Stream {
 
     fn on_http_response_headers(&mut self, _headers: usize, _eos: bool) -> Action {
         self.set_http_response_header("x-served-by", Some("test-filter"));
+        if self.probe.is_some() {
+            let line = format!(
+                "response headers: request header {}",
+                raw::get(raw::REQUEST_HEADERS, ":path")
+            );
+            self.probe.get_or_insert_with(Vec::new).push(line);
+            // The body is replaced by the report: its length changes.
+            self.set_http_response_header("content-length", None);
+        }
         if let Some(cas) = self.cas.take() {
             let result = match self.set_shared_data("hits", Some(b"1"), cas) {
                 Ok(()) => "ok",
@@ -143,7 +247,38 @@ impl HttpContext for Stream {
         Action::Continue
     }
 
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.probe.is_none() {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let pairs = self.get_http_response_headers().len();
+        let line = format!(
+            "response body: request header {}, response header {}, response header pairs {pairs}, \
+             response header replace {}",
+            raw::get(raw::REQUEST_HEADERS, ":path"),
+            raw::get(raw::RESPONSE_HEADERS, ":status"),
+            raw::replace(raw::RESPONSE_HEADERS, "x-late", "1"),
+        );
+        let mut lines = self.probe.take().unwrap_or_default();
+        lines.push(line);
+        let report = lines.join("\n") + "\n";
+        self.set_http_response_body(0, body_size, report.as_bytes());
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
         log::info!("test filter: on_log {}", self.id);
+        if self.probing {
+            log::info!(
+                "test filter: on_log maps: request header {}, response header {}, \
+                 request header replace {}",
+                raw::get(raw::REQUEST_HEADERS, ":path"),
+                raw::get(raw::RESPONSE_HEADERS, ":status"),
+                raw::replace(raw::REQUEST_HEADERS, "x-late", "1"),
+            );
+        }
     }
 }

@@ -17,7 +17,14 @@ pub const T0_MS: u64 = 1_700_000_000_000;
 /// binary. Cargo builds it into this package's test scratch directory.
 pub fn test_filter() -> Wasm {
     static WASM: OnceLock<Wasm> = OnceLock::new();
-    WASM.get_or_init(|| {
+    WASM.get_or_init(|| Wasm::from_file(test_filter_path()).expect("load the test filter"))
+        .clone()
+}
+
+/// Where [`test_filter`]'s module is, built on first use (for Envoy).
+pub fn test_filter_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
         let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-filter/Cargo.toml");
         let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-filter");
         let output = Command::new(env!("CARGO"))
@@ -41,8 +48,7 @@ pub fn test_filter() -> Wasm {
              `rustup target add wasm32-wasip1`):\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let path = target_dir.join("wasm32-wasip1/release/shim_test_filter.wasm");
-        Wasm::from_file(&path).expect("load the test filter")
+        target_dir.join("wasm32-wasip1/release/shim_test_filter.wasm")
     })
     .clone()
 }
