@@ -64,6 +64,20 @@ impl HttpCallResponse {
             trailers: Headers::new(),
         }
     }
+
+    /// What Envoy's router answers a call that reached its timeout with.
+    pub fn timed_out() -> Self {
+        const BODY: &str = "upstream request timeout";
+        HttpCallResponse {
+            headers: Headers::from_pairs([
+                (":status", "504".to_owned()),
+                ("content-length", BODY.len().to_string()),
+                ("content-type", "text/plain".to_owned()),
+            ]),
+            body: BODY.into(),
+            trailers: Headers::new(),
+        }
+    }
 }
 
 /// A guest trap, with what the guest printed before it (a Rust panic
@@ -150,7 +164,8 @@ impl Worker {
 
     /// Runs what is due on the clock: ticks whose period has elapsed (once
     /// each, as Envoy's timers do not catch up) and http calls past their
-    /// timeout, which fail. Returns how many callbacks were delivered.
+    /// timeout, which get Envoy's 504. Returns how many callbacks were
+    /// delivered.
     pub fn run_timers(&self) -> usize {
         let mut inner = self.lock();
         let roots = inner.roots_with_ticks(true);
@@ -166,7 +181,7 @@ impl Worker {
             .map(|(&t, _)| t)
             .collect();
         for token in expired {
-            if inner.deliver_http_call(token, None) {
+            if inner.deliver_http_call(token, Some(HttpCallResponse::timed_out())) {
                 delivered += 1;
             }
         }
@@ -205,8 +220,11 @@ impl Worker {
         self.lock().deliver_http_call(token, Some(response))
     }
 
-    /// Fails the http call `token` (no response: reset, timeout, or no
-    /// healthy upstream); false if no such call is pending.
+    /// Fails the http call `token`: no answer at all, as Envoy delivers a
+    /// call whose stream was reset (its answer broke off). An upstream that
+    /// cannot be reached is an answer in Envoy (its own 503: respond with
+    /// that), and so is a timeout (504, which [`Worker::run_timers`]
+    /// delivers). False if no such call is pending.
     pub fn fail_http_call(&self, token: u32) -> bool {
         self.lock().deliver_http_call(token, None)
     }
@@ -470,8 +488,9 @@ impl WorkerInner {
         delivered
     }
 
-    /// Delivers an http call's response (`None`: failure) to the context
-    /// that made the call.
+    /// Delivers an http call's response to the context that made the call;
+    /// `None`, a failure: as in Envoy, no headers, body or trailers are
+    /// counted and none of the response's maps or buffers is there.
     pub(crate) fn deliver_http_call(
         &mut self,
         token: u32,
@@ -483,18 +502,24 @@ impl WorkerInner {
         if !self.vm.store.data().contexts.contains_key(&call.context_id) {
             return false;
         }
-        let response = response.unwrap_or_default();
+        let counts = response.as_ref().map_or((0, 0, 0), |r| {
+            (
+                r.headers.len() as i32,
+                r.body.len() as i32,
+                r.trailers.len() as i32,
+            )
+        });
         let args = (
             call.context_id as i32,
             token as i32,
-            response.headers.len() as i32,
-            response.body.len() as i32,
-            response.trailers.len() as i32,
+            counts.0,
+            counts.1,
+            counts.2,
         );
-        self.vm.store.data_mut().call_response = Some(CallResponse {
-            headers: response.headers,
-            body: response.body,
-            trailers: response.trailers,
+        self.vm.store.data_mut().call_response = response.map(|r| CallResponse {
+            headers: r.headers,
+            body: r.body,
+            trailers: r.trailers,
         });
         let result = self.call::<(i32, i32, i32, i32, i32), ()>(
             call.context_id,

@@ -149,6 +149,92 @@ async fn controller_unreachable_keeps_the_current_state_and_says_so_once() {
     );
 }
 
+/// A controller on `port` that misbehaves: it reads each request, writes
+/// `answer` (if any), then breaks the connection off after `hold`.
+fn broken_controller(
+    listener: std::net::TcpListener,
+    answer: &'static [u8],
+    hold: Duration,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request).await;
+                let _ = conn.write_all(answer).await;
+                tokio::time::sleep(hold).await;
+            });
+        }
+    })
+}
+
+/// Envoy, polling a broken controller every 200 ms; waits until the plugin
+/// logged `warning`, checks every worker's VM still serves, and returns
+/// Envoy's log.
+async fn poll_a_broken_controller(answer: &'static [u8], hold: Duration, warning: &str) -> String {
+    let upstream = FakeLlm::start().await.unwrap();
+    let ports = Ports::fresh(upstream.port());
+    let listener = std::net::TcpListener::bind(("127.0.0.1", ports.controller)).unwrap();
+    let broken = broken_controller(listener, answer, hold);
+    let cfg = EnvoyConfig::repo_controller()
+        .unwrap()
+        .localize(ports, &plugin_wasm().unwrap())
+        .patch_plugin("drainpipe", json!({"drain_controller": {"poll_ms": 200}}));
+    let envoy = Envoy::start(&cfg, ports, EnvoyOptions::default()).expect("Envoy starts");
+    let started = Instant::now();
+    while !envoy.log().contains(warning) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no warning {warning:?}; log tail:\n{}",
+            envoy.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // More polls go by; every worker's VM still serves.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    until_state(&envoy, "serving", Duration::from_secs(3)).await;
+    let r = reqwest::get(envoy.traffic("/v1/models")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let log = envoy.log();
+    assert!(
+        !log.contains("panicked") && !log.contains("unexpected status"),
+        "the plugin trapped:\n{}",
+        envoy.log_tail(30)
+    );
+    broken.abort();
+    log
+}
+
+/// A controller that sends its answer's head and breaks off the body: Envoy
+/// then fails the call (no answer at all, not a 5xx of its own) and
+/// refuses a header read in that callback. The plugin must log it and go
+/// on, not trap and take the worker's VM with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_that_breaks_off_its_answer_is_logged_not_a_trap() {
+    poll_a_broken_controller(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+          content-length: 4096\r\n\r\n{\"state\"",
+        Duration::ZERO,
+        "the drain controller did not answer",
+    )
+    .await;
+}
+
+/// A controller that never answers: Envoy ends the call at its timeout
+/// (the poll interval) with a 504 of its own, as the shim does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_controller_is_a_504_from_envoy_at_the_poll_timeout() {
+    poll_a_broken_controller(
+        b"",
+        Duration::from_secs(10),
+        "the drain controller answered 504",
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_makes_the_controller_drain_by_itself() {
     let (_up, ctl, envoy) = setup().await;

@@ -291,3 +291,60 @@ fn unknown_configuration_key_is_refused_with_a_log_line_naming_it() {
     );
     assert!(host.log().contains("grace"), "{}", host.log().dump());
 }
+
+/// A host whose traffic plugin polls a drain controller through cluster
+/// `ctl` every 200 ms; the first poll is out.
+fn polling_host() -> (Host, Clock, Worker, u32) {
+    let clock = Clock::manual(T0_MS);
+    let host = Host::builder(drainpipe())
+        .vm_id("drainpipe")
+        .clock(clock.clone())
+        .cluster("ctl", None)
+        .plugin(PluginConfig::new(
+            "traffic",
+            r#"{"role":"traffic","drain_controller":{"cluster":"ctl","poll_ms":200}}"#,
+        ))
+        .build()
+        .expect("build the host");
+    let w = host.worker().unwrap();
+    clock.advance(Duration::from_millis(200));
+    w.run_timers();
+    let calls = w.http_calls();
+    assert_eq!(calls.len(), 1, "one poll out: {calls:?}");
+    assert_eq!(calls[0].cluster, "ctl");
+    (host, clock, w, calls[0].token)
+}
+
+fn still_serving(w: &Worker) {
+    let mut s = w.http_stream("traffic").unwrap();
+    let reply = s
+        .request_headers(get("/healthz/ready"), true)
+        .expect_local_response(200)
+        .clone();
+    assert_eq!(json(&reply)["status"], "serving");
+}
+
+#[test]
+fn a_failed_controller_poll_is_a_warning_and_the_vm_keeps_serving() {
+    let (host, _, w, token) = polling_host();
+    assert!(w.fail_http_call(token));
+    assert!(
+        host.log().contains("the drain controller did not answer"),
+        "{}",
+        host.log().dump()
+    );
+    still_serving(&w);
+}
+
+#[test]
+fn a_controller_poll_past_its_timeout_gets_envoys_504() {
+    let (host, clock, w, _) = polling_host();
+    clock.advance(Duration::from_millis(200));
+    w.run_timers();
+    assert!(
+        host.log().contains("the drain controller answered 504"),
+        "{}",
+        host.log().dump()
+    );
+    still_serving(&w);
+}

@@ -92,7 +92,7 @@ fn local_reply_from_an_http_call_callback_ends_the_stream() {
 }
 
 #[test]
-fn http_call_past_its_timeout_fails_with_an_empty_response() {
+fn http_call_past_its_timeout_gets_envoys_504() {
     let (host, clock) = test_filter_host("");
     let worker = host.worker().unwrap();
     let mut s = worker.http_stream("test").unwrap();
@@ -104,10 +104,10 @@ fn http_call_past_its_timeout_fails_with_an_empty_response() {
     clock.advance(Duration::from_millis(1));
     worker.run_timers();
     assert!(s.request_resumed());
-    assert_eq!(
-        s.request_headers_sent().unwrap().get("x-auth-status"),
-        Some("none")
-    );
+    let sent = s.request_headers_sent().unwrap();
+    assert_eq!(sent.get("x-auth-status"), Some("504"));
+    // "upstream request timeout"
+    assert_eq!(sent.get("x-auth-body-size"), Some("24"));
 }
 
 #[test]

@@ -244,6 +244,17 @@ fn now_unix_ms(ctx: &dyn Context) -> u64 {
         .unwrap_or(0)
 }
 
+/// The `:status` of the http call answer being delivered, `None` when the
+/// call failed. Envoy delivers a failed call (the answer broke off, the
+/// stream was reset) with no headers and refuses a header read then, on
+/// which the SDK panics: so no read is made without headers.
+fn call_status(ctx: &dyn Context, num_headers: usize) -> Option<String> {
+    if num_headers == 0 {
+        return None;
+    }
+    ctx.get_http_call_response_header(":status")
+}
+
 fn send(ctx: &dyn HttpContext, reply: &LocalReply) {
     let headers: Vec<(&str, &str)> = reply
         .headers
@@ -313,7 +324,7 @@ impl Context for Root {
     fn on_http_call_response(
         &mut self,
         _token: u32,
-        _headers: usize,
+        num_headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
@@ -321,7 +332,7 @@ impl Context for Root {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let status = self.get_http_call_response_header(":status");
+        let status = call_status(self, num_headers);
         let result = match status.as_deref() {
             Some("200") => {
                 let body = self
@@ -549,14 +560,14 @@ impl Context for Admin {
     fn on_http_call_response(
         &mut self,
         _token: u32,
-        _headers: usize,
+        num_headers: usize,
         _body: usize,
         _trailers: usize,
     ) {
         let Some(action) = self.pending.take() else {
             return;
         };
-        let answer = self.get_http_call_response_header(":status");
+        let answer = call_status(self, num_headers);
         let warning = match answer.as_deref() {
             Some("200") => None,
             Some(code) => Some(format!("Envoy's admin answered {code}")),
