@@ -6,7 +6,8 @@
 //! filter (`bench/minimal-filter`: reads one header, adds one), and with
 //! drainpipe; and, when given its binary, the shim's reverse proxy with
 //! drainpipe. It drives the same fixed number of requests through each in
-//! alternation, round after round, and reports per proxy the CPU time per
+//! alternation, round after round (the order turning by one each round),
+//! and reports per proxy the CPU time per
 //! request (the process's own `utime + stime`), throughput and latency
 //! percentiles, medians over rounds, and the ratios between them. Every
 //! round starts the proxies afresh; with `--keep-processes` they live for the
@@ -43,7 +44,8 @@ struct Args {
     /// Requests per proxy in the SSE set (default: three tenths of --requests; 0 skips the set).
     #[arg(long)]
     stream_requests: Option<usize>,
-    /// Rounds per set; each round drives every proxy once, in turn.
+    /// Rounds per set; each round drives every proxy once, in turn (the
+    /// order turning by one each round).
     #[arg(long, default_value_t = 8)]
     rounds: usize,
     /// Concurrent keep-alive connections of the load generator.
@@ -180,7 +182,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 variants = targets.iter().map(|t| t.variant).collect();
                 samples = vec![Vec::new(); targets.len()];
             }
-            for (i, t) in targets.iter().enumerate() {
+            // The order turns by one each round (A B C, B C A, C A B, ...),
+            // so no proxy always follows the same one.
+            for k in 0..targets.len() {
+                let i = (k + round) % targets.len();
+                let t = &targets[i];
                 let cpu_before = procfs::cpu_us(t.pid())?;
                 let out =
                     rt.block_on(load::drive(t.addr, workload, per_round, args.connections))?;

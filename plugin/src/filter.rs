@@ -474,6 +474,7 @@ impl HttpContext for Traffic {
         let shared = Rc::clone(&self.shared);
         let mut body = std::mem::take(&mut self.body);
         let action = body.on_chunk(
+            body_size,
             end_of_stream,
             || {
                 sse::due(
@@ -488,13 +489,7 @@ impl HttpContext for Traffic {
             },
             || match body_size {
                 0 => Vec::new(),
-                n => self
-                    .get_http_response_body(0, n.min(sse::HEAD_LEN))
-                    .unwrap_or_default(),
-            },
-            || {
-                self.get_http_response_body(0, body_size)
-                    .unwrap_or_default()
+                n => self.get_http_response_body(0, n).unwrap_or_default(),
             },
         );
         self.body = body;

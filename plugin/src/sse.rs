@@ -102,6 +102,15 @@ impl Default for Cutter {
 }
 
 impl Cutter {
+    /// A cutter taking over a stream whose earlier chunks passed unread:
+    /// whether they ended at a boundary is unknown.
+    pub fn mid_stream() -> Cutter {
+        Cutter {
+            tail: Vec::new(),
+            ended: false,
+        }
+    }
+
     /// Whether the final event has been sent.
     pub fn ended(&self) -> bool {
         self.ended
@@ -153,49 +162,45 @@ impl Cutter {
 /// A forwarded response's body, chunk by chunk.
 ///
 /// Each look at a chunk is a host call (and the host calling back into the
-/// VM for memory), so they are made lazily. A body that arrives in one
-/// piece is never looked at: its only chunk completes it, there is nothing
-/// to end early. A body in several pieces is classified once, from the
-/// first bytes of its first chunk ([`looks_like_events`]), rather than from
-/// its `content-type`: reading a response header would cost every response
-/// a callback and a host call, and a body in one piece needs none. Past
-/// that, the chunks of an event stream need to know whether a cut is due,
-/// and only then is a chunk read.
+/// VM for memory), so a chunk is looked at only once a cut is due, when the
+/// stream must end anyway: a body that arrives in one piece never is (its
+/// only chunk completes it, there is nothing to end early), and until its
+/// cut neither is any chunk of a longer body. Whether a body is an event
+/// stream is told then, from the chunk read ([`shows_events`]), rather than
+/// from its `content-type`: reading a response header would cost every
+/// response a callback and a host call.
 ///
-/// The classification only matters once a cut is due, that is when the
-/// response is about to be cut by the router's timeout or Envoy's exit
-/// anyway: a response taken for an event stream wrongly would get the final
-/// event before being cut; an event stream not recognised is cut as before.
+/// A response taken for an event stream wrongly would get the final event
+/// before being cut by the router's timeout or Envoy's exit anyway; an event
+/// stream not recognised (no framing in the chunks read before it ends) is
+/// cut as before.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Body {
     /// Not an event stream (a local reply, or a forwarded body whose first
     /// bytes are not SSE framing): passes untouched.
     #[default]
     Other,
-    /// A forwarded response whose first chunk has not been seen (or had no
-    /// bytes to tell).
-    Unknown,
+    /// A forwarded response not told yet; `started` once a chunk with bytes
+    /// passed unread (the next chunk may then start inside an event).
+    Unknown { started: bool },
     /// An event stream.
     Events(Cutter),
 }
 
-/// How many bytes of a body's first chunk [`looks_like_events`] needs.
-pub const HEAD_LEN: usize = 16;
-
 impl Body {
     /// The body of a response to a forwarded request.
     pub fn forwarded() -> Body {
-        Body::Unknown
+        Body::Unknown { started: false }
     }
 
-    /// Decides for the next chunk. `cut` says whether a cut is due and why;
-    /// `head` gives the chunk's first [`HEAD_LEN`] bytes (or fewer), `read`
-    /// the whole chunk. Each is called only when needed.
+    /// Decides for the next chunk of `len` bytes. `cut` says whether a cut
+    /// is due and why, `read` gives the chunk; each is called only when
+    /// needed.
     pub fn on_chunk(
         &mut self,
+        len: usize,
         end_of_stream: bool,
         cut: impl FnOnce() -> Option<Limit>,
-        head: impl FnOnce() -> Vec<u8>,
         read: impl FnOnce() -> Vec<u8>,
     ) -> ChunkAction {
         if let Body::Events(c) = self {
@@ -206,20 +211,64 @@ impl Body {
         if end_of_stream {
             return ChunkAction::Forward;
         }
-        if *self == Body::Unknown {
-            match looks_like_events(&head()) {
-                Some(true) => *self = Body::Events(Cutter::default()),
-                Some(false) => *self = Body::Other,
-                None => {}
+        match self {
+            Body::Other => ChunkAction::Forward,
+            Body::Events(c) => c.on_chunk(cut(), read),
+            Body::Unknown { started } => {
+                let Some(limit) = cut() else {
+                    *started |= len > 0;
+                    return ChunkAction::Forward;
+                };
+                let chunk = read();
+                let from_start = !*started;
+                let events = match from_start {
+                    // The body's first bytes.
+                    true => looks_like_events(&chunk),
+                    false => Some(shows_events(&chunk)),
+                };
+                match events {
+                    Some(true) => {
+                        let mut cutter = match from_start {
+                            true => Cutter::default(),
+                            false => Cutter::mid_stream(),
+                        };
+                        let action = cutter.on_chunk(Some(limit), || chunk);
+                        *self = Body::Events(cutter);
+                        action
+                    }
+                    Some(false) if from_start => {
+                        *self = Body::Other;
+                        ChunkAction::Forward
+                    }
+                    // Nothing to tell yet, or a chunk from inside the body
+                    // with no framing in it: the next chunk may tell.
+                    _ => {
+                        *started |= !chunk.is_empty();
+                        ChunkAction::Forward
+                    }
+                }
             }
         }
-        match self {
-            Body::Events(c) => c.on_chunk(cut(), read),
-            // Still unknown: nothing read, so the first event framed is
-            // after this chunk (a later cut must see a boundary itself).
-            Body::Unknown | Body::Other => ChunkAction::Forward,
-        }
     }
+}
+
+/// Whether a chunk from inside a body shows SSE framing: it starts like an
+/// event ([`looks_like_events`]), or a blank line in it is followed by one.
+pub fn shows_events(chunk: &[u8]) -> bool {
+    if looks_like_events(chunk) == Some(true) {
+        return true;
+    }
+    (0..chunk.len()).any(|i| {
+        let rest = &chunk[i..];
+        let after = if rest.starts_with(b"\n\n") {
+            &rest[2..]
+        } else if rest.starts_with(b"\n\r\n") {
+            &rest[3..]
+        } else {
+            return false;
+        };
+        looks_like_events(after) == Some(true)
+    })
 }
 
 /// Whether a body starting with `head` is an event stream: after an
@@ -526,10 +575,10 @@ mod tests {
 
     /// Runs `chunks` (bytes, end of stream, cut due) through the [`Body`] of
     /// a forwarded response; returns the actions and how often each lookup
-    /// ran (cut, head, chunk).
-    fn run_body(chunks: &[(&[u8], bool, bool)]) -> (Vec<ChunkAction>, [u32; 3]) {
+    /// ran (cut, chunk).
+    fn run_body(chunks: &[(&[u8], bool, bool)]) -> (Vec<ChunkAction>, [u32; 2]) {
         let mut body = Body::forwarded();
-        let calls = std::cell::Cell::new([0; 3]);
+        let calls = std::cell::Cell::new([0; 2]);
         let bump = |i: usize| {
             let mut c = calls.get();
             c[i] += 1;
@@ -539,6 +588,7 @@ mod tests {
             .iter()
             .map(|&(bytes, eos, due)| {
                 body.on_chunk(
+                    bytes.len(),
                     eos,
                     || {
                         bump(0);
@@ -546,10 +596,6 @@ mod tests {
                     },
                     || {
                         bump(1);
-                        bytes[..bytes.len().min(HEAD_LEN)].to_vec()
-                    },
-                    || {
-                        bump(2);
                         bytes.to_vec()
                     },
                 )
@@ -558,24 +604,60 @@ mod tests {
         (actions, calls.get())
     }
 
+    fn kept_then_final(kept: &[u8]) -> ChunkAction {
+        let mut out = kept.to_vec();
+        out.extend_from_slice(&final_event(Limit::Drain));
+        ChunkAction::Replace(out)
+    }
+
     #[test]
     fn a_body_in_one_piece_is_never_looked_at() {
         for body in [&b"{\"id\":1}"[..], b"data: [DONE]\n\n"] {
             let (actions, calls) = run_body(&[(body, true, true)]);
             assert_eq!(actions, [ChunkAction::Forward]);
-            assert_eq!(calls, [0, 0, 0]);
+            assert_eq!(calls, [0, 0]);
         }
     }
 
     #[test]
-    fn other_bodies_cost_one_look_at_their_first_bytes() {
+    fn no_chunk_is_read_until_a_cut_is_due() {
+        let (actions, calls) = run_body(&[
+            (b"data: 1\n\n", false, false),
+            (b"data: 2\n\n", false, false),
+            (b"data: [DONE]\n\n", true, false),
+        ]);
+        assert_eq!(actions, vec![ChunkAction::Forward; 3]);
+        assert_eq!(calls, [2, 0]);
+    }
+
+    #[test]
+    fn a_body_whose_first_bytes_are_not_events_passes_untouched() {
         let (actions, calls) = run_body(&[
             (b"{\"a\":", false, true),
             (b"\n\ndata: 1\n\n", false, true),
             (b"1}", true, true),
         ]);
         assert_eq!(actions, vec![ChunkAction::Forward; 3]);
-        assert_eq!(calls, [0, 1, 0]);
+        // Told once, from its first chunk.
+        assert_eq!(calls, [1, 1]);
+    }
+
+    #[test]
+    fn chunks_from_inside_a_body_are_told_by_a_framing_they_show() {
+        let cases: [(&[u8], bool); 9] = [
+            (b"data: 1\n\n", true),
+            (b"\ndata: 2\n\n", true),
+            (b"ta: 1\n\ndata: 2\n\n", true),
+            (b"x\n\r\n: ping\n\n", true),
+            (b"ng one\n\n", false),
+            (b"}\n\n", false),
+            (b"{\"a\":1}", false),
+            (b"a\n\nb", false),
+            (b"", false),
+        ];
+        for (chunk, want) in cases {
+            assert_eq!(shows_events(chunk), want, "{chunk:?}");
+        }
     }
 
     #[test]
@@ -618,22 +700,19 @@ mod tests {
             (b"data: 1\n\n", false, true),
             (b"data: 2\n\n", false, true),
         ]);
-        let mut kept = b"data: 1\n\n".to_vec();
-        kept.extend_from_slice(&final_event(Limit::Drain));
         assert_eq!(
             actions,
             [
                 ChunkAction::Forward,
-                ChunkAction::Replace(kept),
+                kept_then_final(b"data: 1\n\n"),
                 ChunkAction::Drop
             ]
         );
-        assert_eq!(calls, [1, 2, 1]);
+        assert_eq!(calls, [2, 1]);
     }
 
     #[test]
     fn an_event_stream_is_ended_after_a_boundary_it_has_read() {
-        let event = final_event(Limit::Drain);
         let (actions, calls) = run_body(&[
             (b"data: 1\n", false, false),
             // The blank line its first byte completes (after an unread
@@ -642,18 +721,40 @@ mod tests {
             (b"data: 3\n\n", false, true),
             (b"data: [DONE]\n\n", true, true),
         ]);
-        let mut kept = b"\ndata: 2\n\n".to_vec();
-        kept.extend_from_slice(&event);
         assert_eq!(
             actions,
             [
                 ChunkAction::Forward,
-                ChunkAction::Replace(kept),
+                kept_then_final(b"\ndata: 2\n\n"),
                 ChunkAction::Drop,
                 ChunkAction::Drop,
             ]
         );
-        assert_eq!(calls, [2, 1, 1]);
+        assert_eq!(calls, [2, 1]);
+    }
+
+    #[test]
+    fn a_chunk_inside_an_event_waits_for_one_that_shows_the_framing() {
+        let (actions, calls) = run_body(&[
+            (b"data: 1\n\ndata: lo", false, false),
+            // Due, but no framing to tell by: passes, read.
+            (b"ng one\n\n", false, true),
+            (b"data: 3\n", false, true),
+            (b"\n", false, true),
+            (b"data: 4\n\n", false, true),
+        ]);
+        assert_eq!(
+            actions,
+            [
+                ChunkAction::Forward,
+                ChunkAction::Forward,
+                // An event stream, but no boundary read yet.
+                ChunkAction::Forward,
+                kept_then_final(b"\n"),
+                ChunkAction::Drop,
+            ]
+        );
+        assert_eq!(calls, [4, 3]);
     }
 
     #[test]
