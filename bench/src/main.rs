@@ -39,14 +39,14 @@ use variants::{Target, Variant};
 #[command(name = "drainpipe-bench")]
 struct Args {
     /// Requests per proxy in the JSON-response set, split evenly over the rounds.
-    #[arg(long, default_value_t = 160_000)]
+    #[arg(long, default_value_t = 480_000)]
     requests: usize,
     /// Requests per proxy in the SSE set (default: three tenths of --requests; 0 skips the set).
     #[arg(long)]
     stream_requests: Option<usize>,
     /// Rounds per set; each round drives every proxy once, in turn (the
     /// order turning by one each round).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 12)]
     rounds: usize,
     /// Concurrent keep-alive connections of the load generator.
     #[arg(long, default_value_t = 16)]
