@@ -181,8 +181,9 @@ pub enum Body {
     #[default]
     Other,
     /// A forwarded response not told yet; `started` once a chunk with bytes
-    /// passed unread (the next chunk may then start inside an event).
-    Unknown { started: bool },
+    /// passed (the next chunk may then start inside an event); `looked`:
+    /// chunks read that showed no framing.
+    Unknown { started: bool, looked: u8 },
     /// An event stream.
     Events(Cutter),
 }
@@ -190,7 +191,10 @@ pub enum Body {
 impl Body {
     /// The body of a response to a forwarded request.
     pub fn forwarded() -> Body {
-        Body::Unknown { started: false }
+        Body::Unknown {
+            started: false,
+            looked: 0,
+        }
     }
 
     /// Decides for the next chunk of `len` bytes. `cut` says whether a cut
@@ -214,7 +218,7 @@ impl Body {
         match self {
             Body::Other => ChunkAction::Forward,
             Body::Events(c) => c.on_chunk(cut(), read),
-            Body::Unknown { started } => {
+            Body::Unknown { started, looked } => {
                 let Some(limit) = cut() else {
                     *started |= len > 0;
                     return ChunkAction::Forward;
@@ -241,9 +245,15 @@ impl Body {
                         ChunkAction::Forward
                     }
                     // Nothing to tell yet, or a chunk from inside the body
-                    // with no framing in it: the next chunk may tell.
+                    // with no framing in it: the next chunk may tell, up to
+                    // a few (a body past its cut is not copied chunk after
+                    // chunk for as long as it lasts).
                     _ => {
                         *started |= !chunk.is_empty();
+                        *looked += u8::from(!chunk.is_empty());
+                        if *looked >= UNTOLD_CHUNKS {
+                            *self = Body::Other;
+                        }
                         ChunkAction::Forward
                     }
                 }
@@ -251,6 +261,11 @@ impl Body {
         }
     }
 }
+
+/// How many chunks read from inside a body may show no SSE framing before
+/// it is taken for something else (an event that long is then cut as
+/// before, without the final event).
+pub const UNTOLD_CHUNKS: u8 = 8;
 
 /// Whether a chunk from inside a body shows SSE framing: it starts like an
 /// event ([`looks_like_events`]), or a blank line in it is followed by one.
@@ -755,6 +770,19 @@ mod tests {
             ]
         );
         assert_eq!(calls, [4, 3]);
+    }
+
+    #[test]
+    fn a_body_that_shows_no_framing_is_given_up_after_a_few_chunks() {
+        let mut chunks: Vec<(&[u8], bool, bool)> = vec![(b"{\"a\":[", false, false)];
+        chunks.extend(std::iter::repeat_n(
+            (&b"1,2,3,"[..], false, true),
+            usize::from(UNTOLD_CHUNKS) + 3,
+        ));
+        let (actions, calls) = run_body(&chunks);
+        assert!(actions.iter().all(|a| *a == ChunkAction::Forward));
+        let n = u32::from(UNTOLD_CHUNKS);
+        assert_eq!(calls, [n + 1, n], "read {n} chunks, then no more");
     }
 
     #[test]
