@@ -116,6 +116,11 @@ fn sse_cutter_never_tears_an_event_nor_forwards_after_the_end_on_seeds_and_sweep
 }
 
 #[test]
+fn sse_body_is_told_at_its_cut_and_never_torn_on_seeds_and_sweep() {
+    sweep("sse_body", 0x5eed_0006, invariants::sse_body);
+}
+
+#[test]
 fn sse_boundary_oracle_follows_the_specification() {
     for (stream, boundary) in [
         (&b""[..], true),

@@ -549,3 +549,90 @@ pub fn sse_cutter(data: &[u8]) {
     }
     assert!(events <= 1);
 }
+
+/// `sse::Body`, a forwarded response's body, over arbitrary chunk
+/// sequences: whether it is an event stream is told only at a cut, from the
+/// chunk read then. Input: repeated (flag, chunk); the flag's low bits ask
+/// for a cut (deadline, drain) or not, bit 2 marks the chunk that ends the
+/// stream (the input stops there).
+///
+/// - a chunk is read only when a cut is due, never the last one, never
+///   after the end;
+/// - the last chunk, and every chunk while no cut is due and the stream has
+///   not ended, passes untouched;
+/// - what reaches the client is a prefix of the upstream bytes, then the
+///   final event at most once, after which every chunk is dropped; the
+///   bytes before the final event end at an event boundary, the stream's
+///   start counting as one (never a torn event).
+pub fn sse_body(data: &[u8]) {
+    let mut r = Reader::new(data);
+    let mut body = sse::Body::forwarded();
+    let mut upstream = Vec::new();
+    let mut client = Vec::new();
+    let mut ended = false;
+    while !r.is_empty() {
+        let flag = r.u8();
+        let chunk = r.bytes();
+        let end_of_stream = flag & 4 != 0;
+        let cut = match flag % 4 {
+            0 => Some(Limit::Deadline),
+            1 => Some(Limit::Drain),
+            _ => None,
+        };
+        let asked = std::cell::Cell::new(false);
+        let read = std::cell::Cell::new(false);
+        let action = body.on_chunk(
+            chunk.len(),
+            end_of_stream,
+            || {
+                asked.set(true);
+                cut
+            },
+            || {
+                read.set(true);
+                chunk.to_vec()
+            },
+        );
+        if read.get() {
+            assert!(asked.get() && cut.is_some(), "read without a due cut");
+            assert!(
+                !end_of_stream && !ended,
+                "read the last chunk, or after the end"
+            );
+        }
+        if ended {
+            assert_eq!(action, ChunkAction::Drop, "forwarded after the end");
+        } else {
+            if cut.is_none() || end_of_stream {
+                assert_eq!(action, ChunkAction::Forward, "touched without a due cut");
+            }
+            match action {
+                ChunkAction::Forward => client.extend_from_slice(chunk),
+                ChunkAction::Replace(bytes) => {
+                    let limit = cut.expect("a cut only when asked");
+                    assert!(!end_of_stream, "the last chunk replaced");
+                    let event = sse::final_event(limit);
+                    let kept = bytes
+                        .strip_suffix(event.as_slice())
+                        .expect("the replacement ends with the final event");
+                    assert!(chunk.starts_with(kept), "replacement is not a prefix");
+                    client.extend_from_slice(kept);
+                    assert!(
+                        stream_blank_line_end(&client, b""),
+                        "torn event: {client:?}"
+                    );
+                    assert!(at_event_boundary(&client), "torn event: {client:?}");
+                    ended = true;
+                }
+                ChunkAction::Drop => panic!("dropped before the end"),
+            }
+        }
+        upstream.extend_from_slice(chunk);
+        if !ended {
+            assert_eq!(client, upstream);
+        }
+        if end_of_stream {
+            break;
+        }
+    }
+}
