@@ -460,6 +460,27 @@ fn stream_blank_line_end(stream: &[u8], more: &[u8]) -> bool {
     blank_line_end(&known, more)
 }
 
+/// Checks a chunk's replacement by the final event for `limit`: a prefix of
+/// `chunk`, then the event; with that prefix the client's bytes end at an
+/// event boundary, the stream's start counting as one (never a torn event).
+/// Appends the prefix to `client` and returns its length.
+fn keep_before_final_event(
+    client: &mut Vec<u8>,
+    chunk: &[u8],
+    replacement: &[u8],
+    limit: Limit,
+) -> usize {
+    let event = sse::final_event(limit);
+    let kept = replacement
+        .strip_suffix(event.as_slice())
+        .expect("the replacement ends with the final event");
+    assert!(chunk.starts_with(kept), "replacement is not a prefix");
+    client.extend_from_slice(kept);
+    assert!(stream_blank_line_end(client, b""), "torn event: {client:?}");
+    assert!(at_event_boundary(client), "torn event: {client:?}");
+    kept.len()
+}
+
 /// `sse::Cutter` over arbitrary chunk sequences. Input: repeated
 /// (flag, chunk); the flag's low bits ask for a cut (deadline, drain) or not.
 ///
@@ -519,24 +540,14 @@ pub fn sse_cutter(data: &[u8]) {
             }
             ChunkAction::Replace(bytes) => {
                 let limit = cut.expect("a cut only when asked");
-                let event = sse::final_event(limit);
-                let kept = bytes
-                    .strip_suffix(event.as_slice())
-                    .expect("the replacement ends with the final event");
-                assert!(chunk.starts_with(kept), "replacement is not a prefix");
-                client.extend_from_slice(kept);
-                assert!(
-                    stream_blank_line_end(&client, b""),
-                    "torn event: {client:?}"
-                );
-                assert!(at_event_boundary(&client), "torn event: {client:?}");
-                for p in kept.len() + 1..=chunk.len() {
+                let kept = keep_before_final_event(&mut client, chunk, &bytes, limit);
+                for p in kept + 1..=chunk.len() {
                     assert!(
                         !blank_line_end(&read, &chunk[..p]),
                         "a later boundary at {p} was skipped"
                     );
                 }
-                client.extend_from_slice(&event);
+                client.extend_from_slice(&sse::final_event(limit));
                 events += 1;
             }
             ChunkAction::Drop => panic!("dropped before the end"),
@@ -611,17 +622,7 @@ pub fn sse_body(data: &[u8]) {
                 ChunkAction::Replace(bytes) => {
                     let limit = cut.expect("a cut only when asked");
                     assert!(!end_of_stream, "the last chunk replaced");
-                    let event = sse::final_event(limit);
-                    let kept = bytes
-                        .strip_suffix(event.as_slice())
-                        .expect("the replacement ends with the final event");
-                    assert!(chunk.starts_with(kept), "replacement is not a prefix");
-                    client.extend_from_slice(kept);
-                    assert!(
-                        stream_blank_line_end(&client, b""),
-                        "torn event: {client:?}"
-                    );
-                    assert!(at_event_boundary(&client), "torn event: {client:?}");
+                    keep_before_final_event(&mut client, chunk, &bytes, limit);
                     ended = true;
                 }
                 ChunkAction::Drop => panic!("dropped before the end"),
