@@ -16,6 +16,7 @@
 //!
 //! `cargo xtask bench [ARGS]` builds everything and runs it; see `--help`.
 
+mod instructions;
 mod load;
 mod procfs;
 mod report;
@@ -27,6 +28,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
+use drainpipe_tests::EnvoyOptions;
 
 use load::Workload;
 use report::{Memory, Sample, SetResult};
@@ -83,6 +85,13 @@ struct Args {
     /// CPU time is not spent sharing caches and cores with the load.
     #[arg(long)]
     no_pin: bool,
+    /// Count instructions instead of timing: every Envoy variant under
+    /// callgrind (valgrind), REQUESTS JSON requests per batch and proxy
+    /// (streams: --stream-requests, default three tenths as many), two
+    /// batches each after the warm-up. The same count for the same work
+    /// whatever else the machine does; the shim is not run.
+    #[arg(long, value_name = "REQUESTS")]
+    instructions: Option<usize>,
     /// Also write the report (Markdown) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -135,6 +144,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         cpus: pinning.as_ref().map(|(_, proxies)| proxies.clone()),
         shim_started: false,
     };
+    if let Some(requests) = args.instructions {
+        let md = count_instructions(&args, requests, &rt, &proxies)?;
+        print!("{md}");
+        if let Some(out) = &args.out {
+            std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
+        }
+        return Ok(());
+    }
     let mut notes = Vec::new();
     if args.shim.is_none() {
         notes.push("The shim was not measured (no --shim given).".to_string());
@@ -286,6 +303,19 @@ fn start_twice(start: impl Fn() -> anyhow::Result<Target>) -> anyhow::Result<Tar
 }
 
 impl Proxies<'_> {
+    /// The Envoy variants, in round order, each with the plugin it runs.
+    fn envoy_variants(&self) -> Vec<(Variant, &std::path::Path)> {
+        let mut variants = vec![
+            (Variant::NoFilter, self.drainpipe_wasm),
+            (Variant::Minimal, self.drainpipe_wasm),
+            (Variant::Drainpipe, self.drainpipe_wasm),
+        ];
+        for (i, candidate) in self.args.candidate_wasm.iter().enumerate() {
+            variants.push((Variant::Candidate(i + 1), candidate.as_path()));
+        }
+        variants
+    }
+
     /// Starts every proxy, in round order, and warms each up with
     /// `workloads`.
     fn start(
@@ -295,24 +325,14 @@ impl Proxies<'_> {
         notes: &mut Vec<String>,
     ) -> anyhow::Result<Vec<Target>> {
         let args = self.args;
-        let mut variants = vec![
-            (Variant::NoFilter, self.drainpipe_wasm),
-            (Variant::Minimal, self.drainpipe_wasm),
-            (Variant::Drainpipe, self.drainpipe_wasm),
-        ];
-        for (i, candidate) in args.candidate_wasm.iter().enumerate() {
-            variants.push((Variant::Candidate(i + 1), candidate.as_path()));
-        }
         let mut targets = Vec::new();
-        for (variant, wasm) in variants {
+        for (variant, wasm) in self.envoy_variants() {
             targets.push(start_twice(|| {
-                Target::envoy(
-                    variant,
-                    self.upstream_port,
-                    args.concurrency,
-                    self.minimal_wasm,
-                    wasm,
-                )
+                let opts = EnvoyOptions {
+                    concurrency: args.concurrency,
+                    ..EnvoyOptions::default()
+                };
+                Target::envoy(variant, self.upstream_port, self.minimal_wasm, wasm, opts)
             })?);
         }
         if let Some(bin) = &self.shim {
@@ -352,6 +372,46 @@ impl Proxies<'_> {
     }
 }
 
+/// `--instructions`: every Envoy variant under callgrind; the report.
+fn count_instructions(
+    args: &Args,
+    requests: usize,
+    rt: &tokio::runtime::Runtime,
+    proxies: &Proxies,
+) -> anyhow::Result<String> {
+    if requests == 0 {
+        bail!("--instructions must be at least 1");
+    }
+    let streams = args.stream_requests.unwrap_or(requests * 3 / 10);
+    let mut workloads = vec![(Workload::Unary, requests)];
+    if streams > 0 {
+        workloads.push((Workload::Streamed, streams));
+    }
+    let plan = instructions::Plan {
+        workloads,
+        batches: 2,
+        warmup: args.warmup,
+        connections: args.connections,
+        concurrency: args.concurrency,
+    };
+    let counted = instructions::run(
+        rt,
+        &plan,
+        &proxies.envoy_variants(),
+        proxies.upstream_port,
+        proxies.minimal_wasm,
+    )?;
+    let mut md = String::from("# drainpipe benchmark report: instructions\n\n");
+    md.push_str(&machine_lines(
+        args,
+        proxies.drainpipe_wasm,
+        proxies.minimal_wasm,
+    ));
+    md.push('\n');
+    instructions::markdown(&counted, &plan, &mut md);
+    Ok(md)
+}
+
 /// Every request must have succeeded: a benchmark with failures measures
 /// something else.
 fn check(t: &Target, out: &load::Outcome) -> anyhow::Result<()> {
@@ -382,6 +442,35 @@ fn setup_lines(
     minimal_wasm: &std::path::Path,
     load_before: &str,
 ) -> String {
+    let pinning = match pinning {
+        Some((own, proxies)) => format!(
+            "load generator and upstream pinned to CPU {own}, the proxies to CPUs {proxies:?}"
+        ),
+        None => "not pinned".to_string(),
+    };
+    format!(
+        "{}\
+         - load average before: {load_before}, after: {}\n\
+         - CPUs: {pinning}\n\
+         - load: {} keep-alive HTTP/1.1 connections, {} warm-up requests per proxy and set{}\n\
+         - CPU is the proxy process's `utime + stime` (/proc/<pid>/stat) over the round, divided by its requests\n\n",
+        machine_lines(args, drainpipe_wasm, minimal_wasm),
+        loadavg(),
+        args.connections,
+        args.warmup,
+        match args.keep_processes {
+            true => "; one process per proxy for the whole run",
+            false => ", after starting every proxy afresh for each round",
+        },
+    )
+}
+
+/// The machine, Envoy's version and the filters' sizes.
+fn machine_lines(
+    args: &Args,
+    drainpipe_wasm: &std::path::Path,
+    minimal_wasm: &std::path::Path,
+) -> String {
     let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let envoy_version = drainpipe_tests::envoy::envoy_bin()
         .ok()
@@ -410,12 +499,6 @@ fn setup_lines(
         .lines()
         .filter(|l| l.starts_with("processor"))
         .count();
-    let pinning = match pinning {
-        Some((own, proxies)) => format!(
-            "load generator and upstream pinned to CPU {own}, the proxies to CPUs {proxies:?}"
-        ),
-        None => "not pinned".to_string(),
-    };
     let candidates: String = args
         .candidate_wasm
         .iter()
@@ -430,21 +513,11 @@ fn setup_lines(
         })
         .collect();
     format!(
-        "- machine: {nproc} CPUs ({cpu_model}), {mem_total} memory; load average before: {load_before}, after: {}\n\
+        "- machine: {nproc} CPUs ({cpu_model}), {mem_total} memory\n\
          - Envoy: {envoy_version}, `--concurrency {}`\n\
-         - CPUs: {pinning}\n\
-         - load: {} keep-alive HTTP/1.1 connections, {} warm-up requests per proxy and set{}\n\
          - drainpipe.wasm: {} bytes; minimal filter: {} bytes\n\
-         {candidates}\
-         - CPU is the proxy process's `utime + stime` (/proc/<pid>/stat) over the round, divided by its requests\n\n",
-        loadavg(),
+         {candidates}",
         args.concurrency,
-        args.connections,
-        args.warmup,
-        match args.keep_processes {
-            true => "; one process per proxy for the whole run",
-            false => ", after starting every proxy afresh for each round",
-        },
         size(drainpipe_wasm),
         size(minimal_wasm),
     )

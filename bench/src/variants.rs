@@ -177,16 +177,12 @@ impl Target {
     pub fn envoy(
         variant: Variant,
         upstream_port: u16,
-        concurrency: u32,
         minimal_wasm: &Path,
         drainpipe_wasm: &Path,
+        opts: EnvoyOptions,
     ) -> anyhow::Result<Target> {
         let ports = Ports::fresh(upstream_port);
         let cfg = envoy_config(variant, ports, minimal_wasm, drainpipe_wasm)?;
-        let opts = EnvoyOptions {
-            concurrency,
-            extra_args: Vec::new(),
-        };
         let envoy = Envoy::start(&cfg, ports, opts)
             .with_context(|| format!("starting {}", variant.label()))?;
         Ok(Target {

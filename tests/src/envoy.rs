@@ -324,6 +324,11 @@ pub struct Envoy {
 pub struct EnvoyOptions {
     pub concurrency: u32,
     pub extra_args: Vec<String>,
+    /// A program (and its arguments) that runs Envoy, e.g. valgrind;
+    /// empty: Envoy is started directly. The child's pid is the wrapper's.
+    pub wrapper: Vec<std::ffi::OsString>,
+    /// How long Envoy may take to be live.
+    pub start_timeout: Duration,
 }
 
 impl Default for EnvoyOptions {
@@ -331,6 +336,8 @@ impl Default for EnvoyOptions {
         EnvoyOptions {
             concurrency: 2,
             extra_args: Vec::new(),
+            wrapper: Vec::new(),
+            start_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -374,11 +381,12 @@ impl Envoy {
             if http_get_status(&admin) == Some(200) {
                 break;
             }
-            if started.elapsed() > Duration::from_secs(30) {
+            if started.elapsed() > opts.start_timeout {
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!(
-                    "Envoy was not live within 30 s (admin {admin}); log tail:\n{}",
+                    "Envoy was not live within {} s (admin {admin}); log tail:\n{}",
+                    opts.start_timeout.as_secs(),
                     tail(&log, 40)
                 );
             }
@@ -500,8 +508,15 @@ pub async fn upstream_and_envoy(patch: Value, opts: EnvoyOptions) -> (crate::Fak
 fn spawn_envoy(config: &Path, log: &Path, opts: &EnvoyOptions) -> anyhow::Result<Child> {
     let bin = envoy_bin()?;
     let out = std::fs::File::create(log)?;
-    Command::new(&bin)
-        .arg("-c")
+    let mut cmd = match opts.wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(&bin);
+            cmd
+        }
+        None => Command::new(&bin),
+    };
+    cmd.arg("-c")
         .arg(config)
         .args(["--concurrency", &opts.concurrency.to_string()])
         .args(["--drain-strategy", "immediate", "--disable-hot-restart"])
@@ -512,7 +527,10 @@ fn spawn_envoy(config: &Path, log: &Path, opts: &EnvoyOptions) -> anyhow::Result
         .stdout(out.try_clone()?)
         .stderr(out)
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))
+        .with_context(|| match opts.wrapper.first() {
+            Some(w) => format!("starting {} under {}", bin.display(), w.to_string_lossy()),
+            None => format!("starting {}", bin.display()),
+        })
 }
 
 /// Reads `name`'s value from Prometheus text.

@@ -1,7 +1,9 @@
 //! `cargo xtask bench [ARGS]`: builds the plugin, the benchmark and the shim
 //! (optimised), then runs the benchmark with the shim included. ARGS go to the
 //! benchmark (`cargo xtask bench --help` lists them); the report is printed
-//! and written to `target/bench/report.md`.
+//! and written to `target/bench/report.md`. With `--instructions` (Envoy
+//! under callgrind) the shim is neither built nor run, and the report goes
+//! to `target/bench/instructions.md`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -30,15 +32,15 @@ pub fn bench(args: &[&str]) -> anyhow::Result<()> {
             .build()?,
         );
     }
-    run(cargo().args([
-        "build",
-        "--profile",
-        PROFILE,
-        "--package",
-        "drainpipe-bench",
-        "--package",
-        "drainpipe-shim",
-    ]))?;
+    // Counting instructions runs Envoy only: the shim is not built.
+    let instructions = args
+        .iter()
+        .any(|a| *a == "--instructions" || a.starts_with("--instructions="));
+    let mut packages = vec!["--package", "drainpipe-bench"];
+    if !instructions {
+        packages.extend(["--package", "drainpipe-shim"]);
+    }
+    run(cargo().args(["build", "--profile", PROFILE]).args(packages))?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
@@ -47,12 +49,16 @@ pub fn bench(args: &[&str]) -> anyhow::Result<()> {
     if !help {
         let out = root().join("target/bench");
         std::fs::create_dir_all(&out)?;
-        cmd.arg("--minimal-wasm")
-            .args(minimal)
-            .arg("--shim")
-            .arg(bin_dir.join("drainpipe-shim"))
-            .arg("--out")
-            .arg(out.join("report.md"));
+        cmd.arg("--minimal-wasm").args(minimal);
+        if !instructions {
+            cmd.arg("--shim").arg(bin_dir.join("drainpipe-shim"));
+        }
+        let report = if instructions {
+            "instructions.md"
+        } else {
+            "report.md"
+        };
+        cmd.arg("--out").arg(out.join(report));
     }
     run(cmd.args(args))
 }
