@@ -170,27 +170,36 @@ pub fn run(
     minimal_wasm: &Path,
 ) -> anyhow::Result<Vec<Counted>> {
     let callgrind = Callgrind::new()?;
-    let targets: Vec<Target> = std::thread::scope(|s| {
-        let started: Vec<_> = variants
-            .iter()
-            .map(|&(variant, wasm)| {
-                let callgrind = &callgrind;
-                s.spawn(move || {
-                    Target::envoy(
-                        variant,
-                        upstream_port,
-                        minimal_wasm,
-                        wasm,
-                        callgrind.envoy_options(plan.concurrency),
-                    )
+    // As many starts at a time as there are CPUs: more only share them, and
+    // each start is long.
+    let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut targets: Vec<Target> = Vec::new();
+    for chunk in variants.chunks(at_once) {
+        let started = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|&(variant, wasm)| {
+                    let callgrind = &callgrind;
+                    s.spawn(move || {
+                        crate::start_twice(|| {
+                            Target::envoy(
+                                variant,
+                                upstream_port,
+                                minimal_wasm,
+                                wasm,
+                                callgrind.envoy_options(plan.concurrency),
+                            )
+                        })
+                    })
                 })
-            })
-            .collect();
-        started
-            .into_iter()
-            .map(|h| h.join().expect("a start thread panicked"))
-            .collect::<anyhow::Result<Vec<_>>>()
-    })?;
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a start thread panicked"))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?;
+        targets.extend(started);
+    }
     eprintln!(
         "drainpipe-bench: {} Envoys live under callgrind",
         targets.len()

@@ -114,8 +114,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     let stream_requests = args.stream_requests.unwrap_or(args.requests * 3 / 10);
     // Before the runtime's threads exist, so they inherit it.
     let cpus = procfs::allowed_cpus()?;
-    let pinning = match (args.no_pin, cpus.split_first()) {
-        (false, Some((&first, rest))) if !rest.is_empty() => {
+    // Counted instructions do not depend on scheduling: no pinning then
+    // (the Envoys would inherit the load generator's CPU).
+    let pin = !args.no_pin && args.instructions.is_none();
+    let pinning = match (pin, cpus.split_first()) {
+        (true, Some((&first, rest))) if !rest.is_empty() => {
             procfs::pin(0, &[first])?;
             Some((first, rest.to_vec()))
         }

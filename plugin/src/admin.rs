@@ -26,7 +26,7 @@ pub enum Action {
 }
 
 /// Routes an admin request, or answers it with an error reply.
-pub fn route(cfg: &Config, headers: &Headers) -> Result<Action, LocalReply> {
+pub fn route(cfg: &Config, headers: &dyn Headers) -> Result<Action, LocalReply> {
     if let Some(token) = &cfg.admin_token {
         let presented = header(headers, "authorization").and_then(bearer_token);
         if !presented.is_some_and(|p| constant_time_eq(p, token.as_bytes())) {

@@ -13,12 +13,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::admin::{self, Action as AdminAction};
 use crate::config::{Config, Role};
 use crate::counts;
 use crate::drain::{self, Drain, Phase, Windows, SHARED_KEY, WINDOWS_KEY};
+use crate::headers::Wire;
 use crate::metrics;
 use crate::reply::LocalReply;
 use crate::sse::{self, ChunkAction};
@@ -237,6 +238,45 @@ impl Drop for Shared {
     }
 }
 
+/// The request headers in the host's wire form: one copy into the VM, no
+/// allocation per header (the SDK's `get_http_request_headers_bytes`
+/// decodes every pair into owned strings). Read with [`request_headers`].
+fn request_header_bytes() -> Vec<u8> {
+    // The SDK's own import, with its signature.
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_get_header_map_pairs(
+            map_type: MapType,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> Status;
+    }
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size = 0usize;
+    // SAFETY: the host writes a pointer it got from this module's allocator
+    // (the SDK's `proxy_on_memory_allocate`, a `Vec<u8>` of capacity `size`
+    // forgotten) and its size; the buffer is ours to free, as the SDK does.
+    unsafe {
+        match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+            Status::Ok => Vec::new(),
+            status => {
+                log::warn!("request headers unreadable: {status:?}");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// `bytes` (from [`request_header_bytes`]) as a header map; a malformed
+/// buffer, which no host should hand over, reads as no headers.
+fn request_headers(bytes: &[u8]) -> Wire<'_> {
+    Wire::parse(bytes).unwrap_or_else(|e| {
+        log::warn!("request headers malformed ({e}): read as none");
+        Wire::EMPTY
+    })
+}
+
 fn now_unix_ms(ctx: &dyn Context) -> u64 {
     ctx.get_current_time()
         .duration_since(UNIX_EPOCH)
@@ -435,7 +475,8 @@ impl HttpContext for Traffic {
         let shared = Rc::clone(&self.shared);
         let m = &shared.metrics;
         let now = now_unix_ms(self);
-        let headers = self.get_http_request_headers_bytes();
+        let bytes = request_header_bytes();
+        let headers = request_headers(&bytes);
         let decision = traffic::decide(&shared.cfg, shared.drain(now), now, &headers, || {
             Metrics::get(m.inflight)
         });
@@ -577,7 +618,8 @@ impl Context for Admin {
 
 impl HttpContext for Admin {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let headers = self.get_http_request_headers_bytes();
+        let bytes = request_header_bytes();
+        let headers = request_headers(&bytes);
         let action = match admin::route(&self.shared.cfg, &headers) {
             Ok(action) => action,
             Err(reply) => {

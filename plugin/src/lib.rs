@@ -6,6 +6,8 @@
 //! - [`counts`]: the admitted/completed counters, batched per worker;
 //! - [`drain`]: the drain state machine (serving, draining, rejecting, drained);
 //! - [`deadline`]: deadline header parsing and formatting;
+//! - [`headers`]: request headers as the decisions read them, and the
+//!   host's wire form of a header map, read in place;
 //! - [`traffic`]: readiness, admission and deadline decisions;
 //! - [`admin`]: the drain API;
 //! - [`reply`]: local replies;
@@ -20,6 +22,7 @@ pub mod config;
 pub mod counts;
 pub mod deadline;
 pub mod drain;
+pub mod headers;
 pub mod json;
 pub mod reply;
 pub mod sse;

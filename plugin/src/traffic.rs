@@ -6,19 +6,15 @@ use crate::deadline::{self, Incoming};
 use crate::drain::{Admit, Drain};
 use crate::reply::{self, LocalReply};
 
-/// The request headers as the host gives them (lowercase names).
-pub type Headers = [(String, Vec<u8>)];
+pub use crate::headers::Headers;
 
 /// Finds a header's value by lowercase name.
-pub fn header<'h>(headers: &'h Headers, name: &str) -> Option<&'h [u8]> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_slice())
+pub fn header<'h>(headers: &'h dyn Headers, name: &str) -> Option<&'h [u8]> {
+    headers.get(name)
 }
 
 /// `:path` without its query string.
-pub fn path_of(headers: &Headers) -> &[u8] {
+pub fn path_of(headers: &dyn Headers) -> &[u8] {
     let full = header(headers, ":path").unwrap_or_default();
     full.split(|&b| b == b'?').next().unwrap_or_default()
 }
@@ -59,7 +55,7 @@ pub fn decide(
     cfg: &Config,
     drain: Drain,
     now_unix_ms: u64,
-    headers: &Headers,
+    headers: &dyn Headers,
     inflight: impl FnOnce() -> u64,
 ) -> Decision {
     let method = header(headers, ":method").unwrap_or_default();
@@ -125,7 +121,7 @@ pub fn decide(
     }))
 }
 
-fn is_grpc(headers: &Headers) -> bool {
+fn is_grpc(headers: &dyn Headers) -> bool {
     header(headers, "content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"))
 }
 

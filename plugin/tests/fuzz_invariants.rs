@@ -121,6 +121,11 @@ fn sse_body_is_told_at_its_cut_and_never_torn_on_seeds_and_sweep() {
 }
 
 #[test]
+fn header_wire_form_reads_as_its_pairs_on_seeds_and_sweep() {
+    sweep("header_wire", 0x5eed_0007, invariants::header_wire);
+}
+
+#[test]
 fn sse_boundary_oracle_follows_the_specification() {
     for (stream, boundary) in [
         (&b""[..], true),

@@ -11,6 +11,7 @@ use drainpipe::admin::{self, Action};
 use drainpipe::config::MAX_DURATION_MS;
 use drainpipe::deadline::{self, Incoming};
 use drainpipe::drain::{Drain, Windows};
+use drainpipe::headers::{self as wire_headers, Headers, Wire};
 use drainpipe::sse::{self, ChunkAction, Cutter, Limit};
 use drainpipe::traffic::{self, Verdict};
 use drainpipe::{Config, Role};
@@ -162,6 +163,43 @@ pub fn deadline(data: &[u8]) {
     }
 }
 
+/// The host's wire form of a header map (`headers::Wire`), on arbitrary
+/// bytes and on generated headers:
+///
+/// - `Wire::parse` never panics; what it accepts is exactly the wire form
+///   of the pairs it yields (or the empty buffer), so nothing is read out
+///   of bounds and nothing is skipped;
+/// - a lookup gives the first value of that name, as the decoded pairs do;
+/// - generated pairs survive the round trip, lookups and all.
+pub fn header_wire(data: &[u8]) {
+    if let Ok(wire) = Wire::parse(data) {
+        let pairs: Vec<(&[u8], &[u8])> = wire.iter().collect();
+        if data.is_empty() {
+            assert!(pairs.is_empty());
+        } else {
+            assert_eq!(wire_headers::to_wire(&pairs), data, "{pairs:?}");
+        }
+        for (name, _) in &pairs {
+            if let Ok(name) = std::str::from_utf8(name) {
+                let first = pairs.iter().find(|(n, _)| *n == name.as_bytes());
+                assert_eq!(wire.get(name), first.map(|(_, v)| *v));
+            }
+        }
+    }
+    let mut r = Reader::new(data);
+    let h = headers(&mut r);
+    let bytes = wire_headers::to_wire(&h);
+    let wire = Wire::parse(&bytes).expect("the wire form of pairs parses");
+    assert_eq!(wire.iter().count(), h.len());
+    for name in NAMES
+        .iter()
+        .copied()
+        .chain(h.iter().map(|(n, _)| n.as_str()))
+    {
+        assert_eq!(wire.get(name), Headers::get(&h, name), "{name} in {h:?}");
+    }
+}
+
 /// `Config::parse` on arbitrary bytes: never panics; whatever it accepts
 /// satisfies the documented relations.
 pub fn config(data: &[u8]) {
@@ -251,6 +289,9 @@ pub fn admin_route(data: &[u8]) {
 
     let h = headers(&mut r);
     let got = admin::route(&cfg, &h);
+    let bytes = wire_headers::to_wire(&h);
+    let wire = Wire::parse(&bytes).expect("the wire form of pairs parses");
+    assert_eq!(admin::route(&cfg, &wire), got, "wire form of {h:?}");
 
     let authorized = match &cfg.admin_token {
         None => true,
@@ -331,6 +372,14 @@ pub fn traffic_decide(data: &[u8]) {
         read.set(true);
         inflight
     });
+    // The filter reads the host's wire form in place: the same decision.
+    let bytes = wire_headers::to_wire(&h);
+    let wire = Wire::parse(&bytes).expect("the wire form of pairs parses");
+    assert_eq!(
+        traffic::decide(&cfg, drain, now, &wire, || inflight),
+        decision,
+        "wire form of {h:?}"
+    );
 
     let method = traffic::header(&h, ":method").unwrap_or_default();
     let health =
