@@ -19,7 +19,7 @@ use crate::admin::{self, Action as AdminAction};
 use crate::config::{Config, Role};
 use crate::counts;
 use crate::drain::{self, Drain, Phase, Windows, SHARED_KEY, WINDOWS_KEY};
-use crate::headers::Wire;
+use crate::headers::{Headers as _, Wire};
 use crate::metrics;
 use crate::reply::LocalReply;
 use crate::sse::{self, ChunkAction};
@@ -498,7 +498,14 @@ impl HttpContext for Traffic {
             }
             Verdict::Forward(forward) => {
                 for (name, value) in &forward.set_headers {
-                    self.set_http_request_header(name, Some(value));
+                    // Adding costs Envoy less than replacing (no lookup, no
+                    // removal); the request's own headers were all read
+                    // above, so a header absent there is absent now.
+                    if headers.get(name).is_some() {
+                        self.set_http_request_header(name, Some(value));
+                    } else {
+                        self.add_http_request_header(name, value);
+                    }
                 }
                 Metrics::add(m.inflight, 1);
                 shared.count(Some(now), counts::Pending::admit);

@@ -9,7 +9,8 @@
 //!   model server would; absent by default).
 //! - `GET /v1/models`: one model.
 //! - any method on `/echo/...`: the request as JSON (`method`, `path`,
-//!   `headers`), after `x-fake-delay-ms`.
+//!   `headers`, a repeated header's values joined with ", "), after
+//!   `x-fake-delay-ms`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -88,16 +89,18 @@ async fn models() -> Json<Value> {
 async fn echo(req: Request) -> Json<Value> {
     let delay = knob(req.headers(), "x-fake-delay-ms", 0);
     tokio::time::sleep(Duration::from_millis(delay)).await;
-    let headers: BTreeMap<String, String> = req
-        .headers()
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    // A repeated header shows all its values, joined with ", ".
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (n, v) in req.headers() {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        headers
+            .entry(n.to_string())
+            .and_modify(|all| {
+                all.push_str(", ");
+                all.push_str(&v);
+            })
+            .or_insert_with(|| v.into_owned());
+    }
     Json(json!({
         "method": req.method().as_str(),
         "path": req.uri().path(),

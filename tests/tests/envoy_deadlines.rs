@@ -85,6 +85,46 @@ async fn budget_defaults_without_header_and_is_capped_by_max() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn deadline_headers_the_client_sent_are_replaced_not_repeated() {
+    let (_up, envoy) = setup(None).await;
+    // Each header the plugin sets, sent by the client too: the upstream sees
+    // one value, the plugin's (the echo joins a repeated header's values).
+    let deadline = (now_ms() + 20_000).to_string();
+    let (status, got) = echo(
+        &envoy,
+        &[
+            ("x-request-deadline-ms", &deadline),
+            ("x-request-timeout-ms", "15000"),
+            ("content-type", "application/grpc"),
+            ("grpc-timeout", "15S"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{got}");
+    let budget: u64 = seen(&got, "x-request-timeout-ms")
+        .unwrap_or_else(|| panic!("no x-request-timeout-ms upstream: {got}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("x-request-timeout-ms not one number ({e}): {got}"));
+    assert!((19_000..=20_000).contains(&budget), "{budget}");
+    let sent_deadline: u64 = seen(&got, "x-request-deadline-ms")
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|e| panic!("x-request-deadline-ms not one number ({e}): {got}"));
+    assert!(sent_deadline <= deadline.parse::<u64>().unwrap(), "{got}");
+    assert_eq!(
+        seen(&got, "grpc-timeout"),
+        Some(format!("{budget}m").as_str()),
+        "{got}"
+    );
+    let (_, got) = echo(&envoy, &[("x-envoy-upstream-rq-timeout-ms", "86400000")]).await;
+    assert_eq!(
+        seen(&got, "x-envoy-expected-rq-timeout-ms"),
+        Some("60000"),
+        "{got}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn absolute_deadline_and_grpc_timeout_are_honoured() {
     let (_up, envoy) = setup(None).await;
     let deadline = (now_ms() + 20_000).to_string();
