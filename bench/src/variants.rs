@@ -41,10 +41,15 @@ impl Variant {
     }
 }
 
-/// Where the minimal filter's build goes, under the repository's `target/`.
-const MINIMAL_TARGET_DIR: &str = "target/bench-filter";
+/// Where this binary's own build of the minimal filter goes, under the
+/// repository's `target/`: not `target/bench-filter`, where `cargo xtask
+/// bench` leaves the optimised module it passes with `--minimal-wasm` (a
+/// plain cargo build there would put cargo's unoptimised module in its
+/// place).
+const MINIMAL_TARGET_DIR: &str = "target/bench-filter-plain";
 
-/// Builds the minimal filter (release, wasm32-wasip1) and returns its path.
+/// Builds the minimal filter (release, wasm32-wasip1, without `wasm-opt`)
+/// and returns its path: for runs without `--minimal-wasm` (the smoke test).
 pub fn build_minimal_filter() -> anyhow::Result<PathBuf> {
     let root = repo_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -21,6 +21,21 @@ fn run_bench(args: &[&str]) -> String {
     stdout
 }
 
+/// Each of the three Envoy variants has `rows` table rows in the report.
+fn assert_rows_per_envoy_variant(stdout: &str, rows: usize) {
+    for variant in [
+        "| Envoy, no filter |",
+        "| Envoy, minimal filter |",
+        "| Envoy, drainpipe |",
+    ] {
+        assert_eq!(
+            stdout.lines().filter(|l| l.starts_with(variant)).count(),
+            rows,
+            "{variant:?} rows in:\n{stdout}"
+        );
+    }
+}
+
 #[test]
 fn tiny_run_with_kept_processes_reports_all_three_envoy_variants_and_their_memory() {
     let stdout = run_bench(&[
@@ -39,18 +54,8 @@ fn tiny_run_with_kept_processes_reports_all_three_envoy_variants_and_their_memor
     for section in ["## unary", "## streamed", "## Memory"] {
         assert!(stdout.contains(section), "no {section:?} in:\n{stdout}");
     }
-    for variant in [
-        "| Envoy, no filter |",
-        "| Envoy, minimal filter |",
-        "| Envoy, drainpipe |",
-    ] {
-        // Each variant has a row in both workload tables and in the memory table.
-        assert_eq!(
-            stdout.lines().filter(|l| l.starts_with(variant)).count(),
-            3,
-            "{variant:?} rows in:\n{stdout}"
-        );
-    }
+    // Each variant has a row in both workload tables and in the memory table.
+    assert_rows_per_envoy_variant(&stdout, 3);
     // The ratio line itself needs measurable CPU deltas, which a run this
     // small may not have (clock ticks are 10 ms): not checked here.
 }
@@ -101,4 +106,38 @@ fn candidate_builds_are_measured_beside_drainpipe_in_the_same_rounds() {
             && stdout.contains("## Memory\n\nNot measured"),
         "no word of fresh processes in:\n{stdout}"
     );
+}
+
+#[test]
+fn instruction_count_reports_every_envoy_variant_in_both_sets_with_its_ratio() {
+    let stdout = run_bench(&[
+        "--instructions",
+        "20",
+        "--stream-requests",
+        "6",
+        "--warmup",
+        "10",
+        "--connections",
+        "2",
+    ]);
+    for section in [
+        "## Instructions per request (callgrind)",
+        "### unary (JSON response) (20 requests per batch)",
+        "### streamed (SSE response) (6 requests per batch)",
+    ] {
+        assert!(stdout.contains(section), "no {section:?} in:\n{stdout}");
+    }
+    assert_rows_per_envoy_variant(&stdout, 2);
+    // Counted instructions always give a ratio (no clock ticks to wait
+    // for): the drainpipe rows end with one. Its value is not checked.
+    for row in stdout
+        .lines()
+        .filter(|l| l.starts_with("| Envoy, drainpipe |"))
+    {
+        let ratio = row.trim_end_matches([' ', '|']).rsplit('|').next().unwrap();
+        assert!(
+            ratio.trim().parse::<f64>().is_ok(),
+            "no ratio in {row:?}:\n{stdout}"
+        );
+    }
 }

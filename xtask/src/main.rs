@@ -21,6 +21,7 @@ use anyhow::{bail, Context};
 
 mod bench;
 mod exports;
+mod system;
 mod wasm;
 
 const WASM_TARGET: &str = "wasm32-wasip1";
@@ -102,7 +103,15 @@ fn setup() -> anyhow::Result<()> {
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
             .context("cannot install the wasm32-wasip1 target")?;
     }
-    wasm::ensure_wasm_opt()?;
+    wasm::WASM_OPT.ensure()?;
+    // The benchmark counts instructions under callgrind (its smoke test too).
+    system::Tool {
+        program: "valgrind",
+        package: "valgrind",
+        needed_for: "to count instructions (`cargo xtask bench --instructions`)",
+        elsewhere: "macOS: not available",
+    }
+    .ensure()?;
     let python = venv().join("bin/python");
     if !python.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(venv()))

@@ -11,8 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
+use crate::system::Tool;
 use crate::{cargo, exports, root, run, WASM_TARGET};
 
 /// The WebAssembly features rustc enables by default for wasm32-wasip1.
@@ -108,47 +109,10 @@ fn optimize(input: &Path, output: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot move {} into place", tmp.display()))
 }
 
-/// Makes sure binaryen's `wasm-opt` is on PATH: on Debian or Ubuntu as root,
-/// installs the `binaryen` package; elsewhere says what to install.
-pub fn ensure_wasm_opt() -> anyhow::Result<()> {
-    if let Some(version) = wasm_opt_version() {
-        eprintln!("xtask: {version}");
-        return Ok(());
-    }
-    let root_user = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    let apt = Path::new("/usr/bin/apt-get").exists();
-    if !(root_user && apt) {
-        bail!(
-            "wasm-opt (binaryen) is needed to build the plugin and is not on PATH: \
-             install binaryen (Debian/Ubuntu: `apt-get install binaryen`, macOS: \
-             `brew install binaryen`) and rerun"
-        );
-    }
-    let install = || {
-        run(Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "binaryen"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    // A fresh machine may have no package lists yet.
-    if install().is_err() {
-        run(Command::new("apt-get").args(["update", "-q"])).context("apt-get update failed")?;
-        install().context("cannot install binaryen (wasm-opt) with apt-get")?;
-    }
-    match wasm_opt_version() {
-        Some(version) => {
-            eprintln!("xtask: {version}");
-            Ok(())
-        }
-        None => bail!("binaryen was installed but wasm-opt does not run"),
-    }
-}
-
-fn wasm_opt_version() -> Option<String> {
-    let out = Command::new("wasm-opt").arg("--version").output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
+/// binaryen's `wasm-opt`, which every release module goes through.
+pub const WASM_OPT: Tool = Tool {
+    program: "wasm-opt",
+    package: "binaryen",
+    needed_for: "to build the plugin",
+    elsewhere: "macOS: `brew install binaryen`",
+};
