@@ -71,12 +71,18 @@ pub struct Ports {
 impl Ports {
     /// Fresh ports for Envoy, in front of an upstream on `upstream`.
     pub fn fresh(upstream: u16) -> Ports {
+        // All bound at once, then released: four distinct ports (one at a
+        // time, the kernel may hand the same port out twice).
+        let held: Vec<TcpListener> = (0..4)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+            .collect();
+        let port = |i: usize| held[i].local_addr().expect("a bound port").port();
         Ports {
-            traffic: free_port(),
-            drain: free_port(),
-            admin: free_port(),
+            traffic: port(0),
+            drain: port(1),
+            admin: port(2),
             upstream,
-            controller: free_port(),
+            controller: port(3),
         }
     }
 }
@@ -568,4 +574,22 @@ fn http_get_status(url: &str) -> Option<u16> {
     let n = s.read(&mut buf).ok()?;
     let head = std::str::from_utf8(&buf[..n]).ok()?;
     head.split(' ').nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_ports_are_distinct_and_not_the_upstream() {
+        let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+        let up = upstream.local_addr().unwrap().port();
+        for _ in 0..200 {
+            let p = Ports::fresh(up);
+            let mut all = vec![p.traffic, p.drain, p.admin, p.controller, p.upstream];
+            all.sort_unstable();
+            all.dedup();
+            assert_eq!(all.len(), 5, "{p:?}");
+        }
+    }
 }
