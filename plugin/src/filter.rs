@@ -241,7 +241,8 @@ impl Drop for Shared {
 /// The request headers in the host's wire form: one copy into the VM, no
 /// allocation per header (the SDK's `get_http_request_headers_bytes`
 /// decodes every pair into owned strings). Read with [`request_headers`].
-fn request_header_bytes() -> Vec<u8> {
+/// `None` when the host refuses the read.
+fn request_header_bytes() -> Option<Vec<u8>> {
     // The SDK's own import, with its signature.
     #[link(wasm_import_module = "env")]
     extern "C" {
@@ -258,23 +259,23 @@ fn request_header_bytes() -> Vec<u8> {
     // forgotten) and its size; the buffer is ours to free, as the SDK does.
     unsafe {
         match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
-            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
-            Status::Ok => Vec::new(),
+            Status::Ok if !data.is_null() => Some(Vec::from_raw_parts(data, size, size)),
+            Status::Ok => Some(Vec::new()),
             status => {
                 log::warn!("request headers unreadable: {status:?}");
-                Vec::new()
+                None
             }
         }
     }
 }
 
-/// `bytes` (from [`request_header_bytes`]) as a header map; a malformed
-/// buffer, which no host should hand over, reads as no headers.
-fn request_headers(bytes: &[u8]) -> Wire<'_> {
-    Wire::parse(bytes).unwrap_or_else(|e| {
-        log::warn!("request headers malformed ({e}): read as none");
-        Wire::EMPTY
-    })
+/// `bytes` (from [`request_header_bytes`]) as a header map; `None` when
+/// they could not be read or are malformed (which no host should hand
+/// over): the decisions then see no headers.
+fn request_headers(bytes: Option<&[u8]>) -> Option<Wire<'_>> {
+    Wire::parse(bytes?)
+        .map_err(|e| log::warn!("request headers malformed ({e}): read as none"))
+        .ok()
 }
 
 fn now_unix_ms(ctx: &dyn Context) -> u64 {
@@ -476,7 +477,8 @@ impl HttpContext for Traffic {
         let m = &shared.metrics;
         let now = now_unix_ms(self);
         let bytes = request_header_bytes();
-        let headers = request_headers(&bytes);
+        let read = request_headers(bytes.as_deref());
+        let headers = read.unwrap_or(Wire::EMPTY);
         let decision = traffic::decide(&shared.cfg, shared.drain(now), now, &headers, || {
             Metrics::get(m.inflight)
         });
@@ -501,7 +503,7 @@ impl HttpContext for Traffic {
                     // Adding costs Envoy less than replacing (no lookup, no
                     // removal); the request's own headers were all read
                     // above, so a header absent there is absent now.
-                    if headers.get(name).is_some() {
+                    if read.is_none() || headers.get(name).is_some() {
                         self.set_http_request_header(name, Some(value));
                     } else {
                         self.add_http_request_header(name, value);
@@ -626,7 +628,7 @@ impl Context for Admin {
 impl HttpContext for Admin {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let bytes = request_header_bytes();
-        let headers = request_headers(&bytes);
+        let headers = request_headers(bytes.as_deref()).unwrap_or(Wire::EMPTY);
         let action = match admin::route(&self.shared.cfg, &headers) {
             Ok(action) => action,
             Err(reply) => {
