@@ -149,11 +149,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     if let Some(requests) = args.instructions {
         let md = count_instructions(&args, requests, &rt, &proxies)?;
-        print!("{md}");
-        if let Some(out) = &args.out {
-            std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
-        }
-        return Ok(());
+        return publish(&md, args.out.as_deref());
     }
     let mut notes = Vec::new();
     if args.shim.is_none() {
@@ -272,12 +268,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         md.push_str(n);
         md.push('\n');
     }
-    print!("{md}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
-    }
+    publish(&md, args.out.as_deref())?;
     drop(kept);
     drop(upstream);
+    Ok(())
+}
+
+/// Prints the report, and writes it to `out` when given (`--out`).
+fn publish(md: &str, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    print!("{md}");
+    if let Some(out) = out {
+        std::fs::write(out, md).with_context(|| format!("writing {}", out.display()))?;
+    }
     Ok(())
 }
 
