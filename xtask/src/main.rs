@@ -11,20 +11,20 @@
 //! | `rollout [ARGS]` | the rollout harness: drain Envoy under load (`--help` for its options) |
 //! | `bench [ARGS]` | what the plugin costs Envoy: CPU per request, latency, memory, or instructions per request under callgrind with `--instructions` (`--help` for its options; see BENCHMARKS.md) |
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
+use drainpipe_tests::envoy::{Envoy, EnvoyConfig, EnvoyOptions, Ports};
+use drainpipe_tests::guests::{self, WASM_TARGET};
+use drainpipe_tests::http1;
+use drainpipe_tests::paths::repo_root as root;
+use drainpipe_tests::process::ChildGuard;
 
 mod bench;
-mod exports;
 mod system;
-mod wasm;
-
-const WASM_TARGET: &str = "wasm32-wasip1";
 const USAGE: &str =
     "usage: cargo xtask <setup|build|demo [--check]|test|lint|rollout [--help | ARGS]|bench [--help | ARGS]>";
 
@@ -56,13 +56,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
 }
 
 fn venv() -> PathBuf {
@@ -103,7 +96,7 @@ fn setup() -> anyhow::Result<()> {
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
             .context("cannot install the wasm32-wasip1 target")?;
     }
-    wasm::WASM_OPT.ensure()?;
+    system::WASM_OPT.ensure()?;
     // The benchmark counts instructions under callgrind (its smoke test too).
     system::Tool {
         program: "valgrind",
@@ -137,16 +130,11 @@ fn setup() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The release plugin, optimised (see [`wasm`]).
+/// The release plugin, optimised (see [`guests`]).
 fn build() -> anyhow::Result<()> {
-    wasm::Module {
-        select: &["--package", "drainpipe-plugin"],
-        target_dir: None,
-        lib: "drainpipe",
-        callbacks: Some(drainpipe::CALLBACKS),
-    }
-    .build()
-    .map(drop)
+    guests::PLUGIN
+        .build_release(Some(drainpipe::CALLBACKS))
+        .map(drop)
 }
 
 fn test() -> anyhow::Result<()> {
@@ -185,18 +173,18 @@ fn lint() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The filters outside the workspace: the shim's test filter and the
-    // benchmark's two (the probe filter is built for one kind of call).
-    for manifest in FILTERS {
-        run(cargo().args(["fmt", "--check", "--manifest-path", manifest]))?;
+    // The filters outside the workspace: the shim's test filter, the trap
+    // filter and the benchmark's two (the probe filter is built for one kind
+    // of call).
+    for guest in guests::ALL.iter().filter(|g| g.dir != guests::PLUGIN.dir) {
+        let manifest = guest.manifest();
         run(cargo()
-            .args([
-                "clippy",
-                "--manifest-path",
-                manifest,
-                "--target",
-                WASM_TARGET,
-            ])
+            .args(["fmt", "--check", "--manifest-path"])
+            .arg(&manifest))?;
+        run(cargo()
+            .args(["clippy", "--manifest-path"])
+            .arg(&manifest)
+            .args(["--target", WASM_TARGET])
             .args([
                 "--target-dir",
                 "target/lint-filters",
@@ -204,26 +192,9 @@ fn lint() -> anyhow::Result<()> {
                 "-D",
                 "warnings",
             ])
-            .env("PROBE_OP", "none"))?;
+            .envs(guest.env.iter().copied()))?;
     }
     Ok(())
-}
-
-/// The proxy-wasm filters that are crates of their own.
-const FILTERS: [&str; 3] = [
-    "host-shim/test-filter/Cargo.toml",
-    "bench/minimal-filter/Cargo.toml",
-    "bench/probe-filter/Cargo.toml",
-];
-
-/// Kills and reaps a child on drop.
-struct Guard(Child, &'static str);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 const PORTS: [(u16, &str); 4] = [
@@ -245,27 +216,23 @@ fn demo(check: bool) -> anyhow::Result<()> {
     }
     let logs = root().join("target/demo");
     std::fs::create_dir_all(&logs)?;
-    let upstream = Guard(
+    let _upstream = ChildGuard::new(
         Command::new(root().join("target/debug/fake-llm"))
             .arg("127.0.0.1:8000")
             .stdout(Stdio::null())
             .spawn()
             .context("starting the fake LLM upstream")?,
-        "fake-llm",
     );
     let envoy_log = logs.join("envoy.log");
-    let mut envoy = Guard(
-        Command::new(envoy_bin())
-            .args(["-c", "envoy/envoy.yaml", "--concurrency", "2"])
-            .args(["--drain-strategy", "immediate", "--disable-hot-restart"])
-            .current_dir(root())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&envoy_log)?)
-            .spawn()
-            .context("starting Envoy")?,
-        "envoy",
-    );
-    wait_live(&mut envoy, &envoy_log)?;
+    let mut envoy = Envoy::start(
+        &EnvoyConfig::repo()?,
+        Ports::SHIPPED,
+        EnvoyOptions {
+            log: Some(envoy_log.clone()),
+            ..EnvoyOptions::default()
+        },
+    )
+    .with_context(|| format!("starting Envoy (its log: {})", envoy_log.display()))?;
     println!(
         "\ndrainpipe is running: Envoy with the plugin in front of a fake OpenAI-compatible LLM.\n\n\
          Send requests:\n\
@@ -286,31 +253,14 @@ fn demo(check: bool) -> anyhow::Result<()> {
         return smoke_check().context("demo check failed");
     }
     println!("Ctrl-C stops it.");
-    let status = envoy.0.wait()?;
-    drop(upstream);
-    eprintln!("xtask: Envoy exited ({status})");
-    Ok(())
-}
-
-fn wait_live(envoy: &mut Guard, log: &Path) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = envoy.0.try_wait()? {
-            bail!(
-                "{} exited at start-up ({status}); see {}:\n{}",
-                envoy.1,
-                log.display(),
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if matches!(http("GET", 9901, "/ready", ""), Ok((200, _))) {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("Envoy was not live within 30 s; see {}", log.display());
+    let status = loop {
+        if let Some(status) = envoy.try_wait()? {
+            break status;
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
+    eprintln!("xtask: Envoy exited ({status})");
+    Ok(())
 }
 
 /// The demo's promises, checked once: a completion passes, the drain flips
@@ -374,48 +324,14 @@ fn smoke_check() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A minimal HTTP/1.1 exchange on loopback: (status, whole response text).
-/// Reads until the body is complete (content-length or the last chunk), not
-/// until the server closes: a draining Envoy keeps the connection open for
-/// its drain timeout after `connection: close`.
+/// One request to the demo on loopback: (status, body text).
 fn http(method: &str, port: u16, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
+    let response = http1::request(
+        ("127.0.0.1", port),
+        method,
+        path,
+        body,
+        Duration::from_secs(30),
     )?;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    while !response_complete(&out) {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    let out = String::from_utf8_lossy(&out).into_owned();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    Ok((status, out))
-}
-
-fn response_complete(raw: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
-    };
-    let head = head.to_ascii_lowercase();
-    if let Some(len) = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        return body.len() >= len;
-    }
-    head.contains("transfer-encoding: chunked") && body.ends_with("0\r\n\r\n")
+    Ok((response.status, response.body_text()))
 }
