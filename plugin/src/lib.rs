@@ -46,7 +46,8 @@ pub use drain::{Drain, Phase};
 /// answer is the ABI's default, done) and `proxy_on_log` (a stream's
 /// in-flight count is released when its context is deleted). A callback
 /// added to the filter must be added here, or the release build never runs
-/// it.
+/// it; `tests/callbacks.rs` checks the list against the filter's trait
+/// implementations.
 pub const CALLBACKS: &[&str] = &[
     "proxy_on_vm_start",
     "proxy_on_configure",
