@@ -27,6 +27,9 @@ pub mod rollout;
 #[cfg(feature = "async")]
 pub mod stats;
 
+/// The drain rejection asserted by one function (the plugin's own, see
+/// `drainpipe::contract`), for every test that meets one.
+pub use drainpipe::contract;
 pub use envoy::{Envoy, EnvoyConfig, EnvoyOptions, Ports};
 #[cfg(feature = "async")]
 pub use fake_llm::FakeLlm;
