@@ -18,7 +18,6 @@
 
 mod instructions;
 mod load;
-mod procfs;
 mod report;
 mod upstream;
 mod variants;
@@ -28,6 +27,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
+use drainpipe_tests::guests::MINIMAL_FILTER;
+use drainpipe_tests::procfs;
 use drainpipe_tests::EnvoyOptions;
 
 use load::Workload;
@@ -134,7 +135,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let minimal_wasm = match &args.minimal_wasm {
         Some(p) => p.clone(),
-        None => variants::build_minimal_filter()?,
+        None => MINIMAL_FILTER.build()?,
     };
     let load_before = loadavg();
     let upstream = rt.block_on(Upstream::start())?;

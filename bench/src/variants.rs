@@ -5,11 +5,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use drainpipe_tests::envoy::{free_port, repo_root, Scratch};
+use drainpipe_tests::envoy::{free_port, Scratch};
+use drainpipe_tests::http1::get_status;
+use drainpipe_tests::process::{tail, ChildGuard};
 use drainpipe_tests::{Envoy, EnvoyConfig, EnvoyOptions, Ports};
 use serde_json::Value;
 
@@ -39,34 +41,6 @@ impl Variant {
             Variant::Candidate(n) => format!("Envoy, drainpipe candidate {n}"),
         }
     }
-}
-
-/// Where this binary's own build of the minimal filter goes, under the
-/// repository's `target/`: not `target/bench-filter`, where `cargo xtask
-/// bench` leaves the optimised module it passes with `--minimal-wasm` (a
-/// plain cargo build there would put cargo's unoptimised module in its
-/// place).
-const MINIMAL_TARGET_DIR: &str = "target/bench-filter-plain";
-
-/// Builds the minimal filter (release, wasm32-wasip1, without `wasm-opt`)
-/// and returns its path: for runs without `--minimal-wasm` (the smoke test).
-pub fn build_minimal_filter() -> anyhow::Result<PathBuf> {
-    let root = repo_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "--target", "wasm32-wasip1"])
-        .arg("--manifest-path")
-        .arg(root.join("bench/minimal-filter/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(root.join(MINIMAL_TARGET_DIR))
-        .status()
-        .context("running cargo to build the minimal filter")?;
-    if !status.success() {
-        bail!("building bench/minimal-filter for wasm32-wasip1 failed ({status})");
-    }
-    Ok(root
-        .join(MINIMAL_TARGET_DIR)
-        .join("wasm32-wasip1/release/bench_minimal_filter.wasm"))
 }
 
 /// The shipped Envoy config for `variant`, on `ports`: for drainpipe as is;
@@ -232,7 +206,7 @@ impl Target {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut shim = Shim {
-            child,
+            child: ChildGuard::new(child),
             log,
             _scratch: scratch,
         };
@@ -262,7 +236,7 @@ impl Target {
 
 /// The shim's process, killed and reaped on drop.
 struct Shim {
-    child: Child,
+    child: ChildGuard,
     log: PathBuf,
     _scratch: Scratch,
 }
@@ -289,39 +263,6 @@ impl Shim {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-impl Drop for Shim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// A blocking GET's status, or None if nothing answered.
-fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).ok()?;
-    std::str::from_utf8(&buf[..n])
-        .ok()?
-        .split(' ')
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::shared_data::SharedData;
 use crate::state::{HostState, Shared};
 use crate::worker::{StartError, Worker};
+use crate::BoxError;
 
 /// ABI versions the shim hosts, by their marker export.
 pub const ABI_MARKERS: &[&str] = &["proxy_abi_version_0_2_0", "proxy_abi_version_0_2_1"];
@@ -28,8 +29,8 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
-    #[error("not a valid wasm module: {0}")]
-    Compile(String),
+    #[error("not a valid wasm module")]
+    Compile(#[source] BoxError),
     #[error(
         "no supported proxy-wasm ABI marker: the module must export proxy_abi_version_0_2_0 \
          or proxy_abi_version_0_2_1 (found: {})",
@@ -40,8 +41,8 @@ pub enum LoadError {
     MissingExport(&'static str),
     #[error("the module imports {module}.{name}, which the shim does not provide")]
     MissingImport { module: String, name: String },
-    #[error("cannot link the module: {0}")]
-    Link(String),
+    #[error("cannot link the module")]
+    Link(#[source] BoxError),
     #[error("no plugin configured")]
     NoPlugin,
 }
@@ -69,8 +70,7 @@ impl Wasm {
     /// checks its ABI marker, memory and allocator exports.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, LoadError> {
         let engine = Engine::default();
-        let module =
-            Module::new(&engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let module = Module::new(&engine, bytes).map_err(|e| LoadError::Compile(e.into()))?;
         let exports: Vec<String> = module.exports().map(|e| e.name().to_owned()).collect();
         if !exports.iter().any(|e| ABI_MARKERS.contains(&e.as_str())) {
             let found = exports
@@ -255,9 +255,9 @@ impl HostBuilder {
         });
         let mut linker = Linker::new(&self.wasm.engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut HostState| &mut s.wasi)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+            .map_err(|e| LoadError::Link(e.into()))?;
         crate::hostcalls::add_to_linker(&mut linker, &self.wasm.module)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+            .map_err(|e| LoadError::Link(e.into()))?;
         let host = Host {
             inner: Arc::new(HostInner {
                 wasm: self.wasm,

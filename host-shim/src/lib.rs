@@ -45,6 +45,10 @@ mod stream;
 mod wasi;
 mod worker;
 
+/// The cause an error keeps as its source (Wasmtime's errors), for
+/// `std::error::Error::source`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 pub use abi::{Action, LogLevel, MetricKind, Status};
 pub use clock::Clock;
 pub use headers::Headers;

@@ -18,8 +18,8 @@ use crate::stream::HttpStream;
 /// Why a worker's VM could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot instantiate the module: {0}")]
-    Instantiate(String),
+    #[error("cannot instantiate the module")]
+    Instantiate(#[source] crate::BoxError),
     #[error("the guest trapped in {callback}: {message}")]
     Trap { callback: String, message: String },
     #[error("plugin {plugin}: proxy_on_vm_start returned false")]
@@ -260,7 +260,7 @@ impl Vm {
             .inner
             .linker
             .instantiate(&mut store, &host.inner.wasm.module)
-            .map_err(|e| StartError::Instantiate(format!("{e:#}")))?;
+            .map_err(|e| StartError::Instantiate(e.into()))?;
         let mut vm = Vm {
             store,
             instance,

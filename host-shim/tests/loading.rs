@@ -39,6 +39,9 @@ fn invalid_wasm_is_a_compile_error() {
         .err()
         .expect("garbage must fail");
     assert!(matches!(err, LoadError::Compile(_)), "{err}");
+    // Wasmtime's error is kept as the source, not flattened into the text.
+    let source = std::error::Error::source(&err).expect("the compile error keeps its cause");
+    assert!(!source.to_string().is_empty());
 }
 
 #[test]

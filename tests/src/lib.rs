@@ -1,10 +1,35 @@
-//! Test support for drainpipe: a fake OpenAI-compatible upstream, and a real
-//! Envoy as a child process with the repository's configuration.
+//! Test support for drainpipe, shared by the tests, the benchmark and the
+//! task runner:
+//! - [`guests`]: every proxy-wasm module built in one place, paths exposed;
+//! - [`envoy`]: a real Envoy as a child process with the repository's
+//!   configuration, and its guard;
+//! - [`process`]: child-process guards; [`procfs`]: a process's CPU time
+//!   and memory; [`http1`]: HTTP/1.1 by hand (blocking, and raw requests);
+//! - with the `async` feature (on by default): [`fake_llm`], a fake
+//!   OpenAI-compatible upstream; [`stats`], Envoy's stats; [`rollout`], the
+//!   rollout harness. [`rng`]: fixed-seed pseudo-random choices.
+//!
+//! Without the `async` feature nothing here needs a runtime: the task
+//! runner builds with it off.
 
 pub mod envoy;
-pub mod fake_llm;
-pub mod hardening;
-pub mod rollout;
+pub mod guests;
+pub mod http1;
+pub mod paths;
+pub mod process;
+pub mod procfs;
+pub mod rng;
 
+#[cfg(feature = "async")]
+pub mod fake_llm;
+#[cfg(feature = "async")]
+pub mod rollout;
+#[cfg(feature = "async")]
+pub mod stats;
+
+/// The drain rejection asserted by one function (the plugin's own, see
+/// `drainpipe::contract`), for every test that meets one.
+pub use drainpipe::contract;
 pub use envoy::{Envoy, EnvoyConfig, EnvoyOptions, Ports};
+#[cfg(feature = "async")]
 pub use fake_llm::FakeLlm;

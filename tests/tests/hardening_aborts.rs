@@ -6,7 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drainpipe_tests::hardening::{chat_body, rss_kib, wait_stat, Rng};
+use drainpipe_tests::fake_llm::chat_body;
+use drainpipe_tests::procfs::rss_kib;
+use drainpipe_tests::rng::Rng;
+use drainpipe_tests::stats::wait_stat;
 use drainpipe_tests::{Envoy, FakeLlm};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

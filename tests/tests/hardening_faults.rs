@@ -7,7 +7,8 @@
 use std::time::{Duration, Instant};
 
 use drainpipe_tests::envoy::free_port;
-use drainpipe_tests::hardening::{chat_body, stat_value, wait_stat};
+use drainpipe_tests::fake_llm::chat_body;
+use drainpipe_tests::stats::{stat_value, wait_stat};
 use drainpipe_tests::{Envoy, FakeLlm};
 use futures::future::join_all;
 use serde_json::json;

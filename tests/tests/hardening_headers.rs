@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use drainpipe_tests::envoy::{plugin_wasm, EnvoyConfig};
-use drainpipe_tests::hardening::{chat_body, raw_request, stats, wait_stat};
+use drainpipe_tests::fake_llm::chat_body;
+use drainpipe_tests::http1::raw_request;
+use drainpipe_tests::stats::{stats, wait_stat};
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
 use serde_json::{json, Value};
 

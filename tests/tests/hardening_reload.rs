@@ -13,7 +13,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use drainpipe_tests::envoy::{plugin_wasm, EnvoyConfig, Scratch};
-use drainpipe_tests::hardening::{chat_body, raw_request, stat_value, wait_stat};
+use drainpipe_tests::fake_llm::chat_body;
+use drainpipe_tests::http1::raw_request;
+use drainpipe_tests::stats::{stat_value, wait_stat};
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
 use serde_json::{json, Value};
 

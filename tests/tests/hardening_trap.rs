@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use drainpipe_tests::envoy::{plugin_wasm, EnvoyConfig};
-use drainpipe_tests::hardening::{
-    raw_request, stat_value, trap_filter_wasm, wait_stat, RawResponse,
-};
+use drainpipe_tests::guests::TRAP_FILTER;
+use drainpipe_tests::http1::{raw_request, RawResponse};
+use drainpipe_tests::stats::{stat_value, wait_stat};
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
 use serde_json::{json, Value};
 
@@ -19,7 +19,7 @@ const LIMIT: Duration = Duration::from_secs(10);
 async fn setup(policy: &str) -> (FakeLlm, Envoy) {
     let up = FakeLlm::start().await.unwrap();
     let ports = Ports::fresh(up.port());
-    let trap = trap_filter_wasm().expect("trap filter builds");
+    let trap = TRAP_FILTER.build().expect("trap filter builds");
     let mut cfg = EnvoyConfig::repo()
         .unwrap()
         .localize(ports, &plugin_wasm().unwrap());

@@ -8,7 +8,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{build, cargo, root, run, setup, wasm};
+use drainpipe_tests::guests::MINIMAL_FILTER;
+
+use crate::{build, cargo, root, run, setup};
 
 /// The cargo profile for the native benchmark tools (see the root
 /// Cargo.toml): optimised like release, without the plugin's size settings.
@@ -21,16 +23,7 @@ pub fn bench(args: &[&str]) -> anyhow::Result<()> {
         setup()?;
         build()?;
         // The minimal filter built as the plugin is (profile and wasm-opt).
-        minimal = Some(
-            wasm::Module {
-                select: &["--manifest-path", "bench/minimal-filter/Cargo.toml"],
-                target_dir: Some("target/bench-filter"),
-                lib: "bench_minimal_filter",
-                // As written with the SDK: every callback exported.
-                callbacks: None,
-            }
-            .build()?,
-        );
+        minimal = Some(MINIMAL_FILTER.build_release(None)?);
     }
     // Counting instructions runs Envoy only: the shim is not built.
     let instructions = args

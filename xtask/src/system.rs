@@ -80,3 +80,11 @@ impl Tool {
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 }
+
+/// binaryen's `wasm-opt`, which every release module goes through.
+pub const WASM_OPT: Tool = Tool {
+    program: "wasm-opt",
+    package: "binaryen",
+    needed_for: "to build the plugin",
+    elsewhere: "macOS: `brew install binaryen`",
+};

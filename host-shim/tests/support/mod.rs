@@ -1,20 +1,20 @@
 //! Shared helpers for the shim's tests: the test filter (built for
-//! wasm32-wasip1 on first use), the drainpipe plugin, and small modules
-//! written in the wasm text format.
+//! wasm32-wasip1 on first use, by `drainpipe_tests::guests`), the drainpipe
+//! plugin, and small modules written in the wasm text format.
 
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 
 use drainpipe_shim::{Clock, Host, PluginConfig, Wasm};
+use drainpipe_tests::guests::{plugin_wasm, TEST_FILTER};
 
 /// A fixed start time for manual clocks: 2023-11-14T22:13:20Z.
 pub const T0_MS: u64 = 1_700_000_000_000;
 
 /// The independent test filter in `test-filter/`, compiled once per test
-/// binary. Cargo builds it into this package's test scratch directory.
+/// binary (see `drainpipe_tests::guests`).
 pub fn test_filter() -> Wasm {
     static WASM: OnceLock<Wasm> = OnceLock::new();
     WASM.get_or_init(|| Wasm::from_file(test_filter_path()).expect("load the test filter"))
@@ -23,54 +23,15 @@ pub fn test_filter() -> Wasm {
 
 /// Where [`test_filter`]'s module is, built on first use (for Envoy).
 pub fn test_filter_path() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-filter/Cargo.toml");
-        let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-filter");
-        let output = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .output()
-            .expect("run cargo to build the test filter");
-        assert!(
-            output.status.success(),
-            "building the test filter for wasm32-wasip1 failed (is the target installed? \
-             `rustup target add wasm32-wasip1`):\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        target_dir.join("wasm32-wasip1/release/shim_test_filter.wasm")
-    })
-    .clone()
+    TEST_FILTER.build().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// The drainpipe plugin: `DRAINPIPE_WASM`, or the release build in the
-/// workspace's target directory.
+/// The drainpipe plugin: `DRAINPIPE_WASM`, or the release build (`cargo
+/// xtask build`).
 pub fn drainpipe() -> Wasm {
     static WASM: OnceLock<Wasm> = OnceLock::new();
     WASM.get_or_init(|| {
-        let path = std::env::var_os("DRAINPIPE_WASM")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../target/wasm32-wasip1/release/drainpipe.wasm")
-            });
-        assert!(
-            path.exists(),
-            "the drainpipe plugin is missing at {}: build it with \
-             `cargo build -p drainpipe-plugin --target wasm32-wasip1 --release` \
-             or point DRAINPIPE_WASM at it",
-            path.display()
-        );
+        let path = plugin_wasm().unwrap_or_else(|e| panic!("{e:#}"));
         Wasm::from_file(&path).unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display()))
     })
     .clone()

@@ -1,5 +1,6 @@
 //! A process's own accounting, from `/proc`: CPU time (user + system, all
-//! threads) and resident memory; and which CPUs its threads may run on.
+//! threads) and resident memory; which CPUs its threads may run on; and its
+//! children.
 
 use anyhow::{bail, Context as _};
 
@@ -28,6 +29,36 @@ pub fn parse_stat_times(stat: &str) -> anyhow::Result<(u64, u64)> {
             .with_context(|| format!("field {n} missing in /proc stat line"))
     };
     Ok((field(14)?, field(15)?))
+}
+
+/// The parent pid (field 4) of a `/proc/<pid>/stat` line.
+pub fn parse_stat_ppid(stat: &str) -> Option<u32> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The processes whose parent is `pid`, alive or not yet reaped.
+pub fn children(pid: u32) -> anyhow::Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Some(child) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // A process may have ended since the directory was read.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        if parse_stat_ppid(&stat) == Some(pid) {
+            out.push(child);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Whether process `pid` exists (a zombie not yet reaped counts).
+pub fn exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn clock_ticks_per_second() -> u64 {
@@ -124,6 +155,26 @@ mod tests {
         let line =
             "4242 (envoy (main) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 731 92 0 0 20 0 9 0";
         assert_eq!(parse_stat_times(line).unwrap(), (731, 92));
+    }
+
+    #[test]
+    fn parent_is_field_4_even_with_spaces_in_the_name() {
+        let line = "4242 (envoy (main) x) S 17 4242 4242 0 -1 4194560";
+        assert_eq!(parse_stat_ppid(line), Some(17));
+        assert_eq!(parse_stat_ppid("1 (x)"), None);
+    }
+
+    #[test]
+    fn a_spawned_child_is_listed_under_this_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let listed = children(std::process::id()).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(listed.contains(&child.id()), "{listed:?}");
+        assert!(!exists(child.id()));
     }
 
     #[test]

@@ -2,27 +2,24 @@
 //! `envoy/envoy-controller.yaml` follows the controller's drain state, within
 //! one poll interval, on every worker.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use drainpipe_tests::contract::assert_drain_rejection;
 use drainpipe_tests::envoy::{plugin_wasm, EnvoyConfig};
+use drainpipe_tests::paths::workspace_bin;
+use drainpipe_tests::process::ChildGuard;
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
 use serde_json::{json, Value};
 
 /// The controller process, killed on drop.
-struct Controller(Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+type Controller = ChildGuard;
 
 async fn start_controller(port: u16) -> Controller {
     // Guarded at once, so every path below kills and reaps it.
-    let controller = Controller(
-        Command::new(env!("CARGO_BIN_EXE_drainpipe-shim"))
+    let shim = workspace_bin("drainpipe-shim").unwrap();
+    let controller = ChildGuard::new(
+        Command::new(shim)
             .args([
                 "controller",
                 "--listen",
@@ -111,8 +108,20 @@ async fn envoy_follows_the_controller_drain_within_one_poll_interval() {
     // The traffic listener then behaves as with a local drain.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let r = reqwest::get(envoy.traffic("/v1/models")).await.unwrap();
-    assert_eq!(r.status(), 503);
-    assert_eq!(r.headers()["x-should-retry"], "true");
+    let status = r.status().as_u16().into();
+    let headers = r.headers().clone();
+    let body = r.bytes().await.unwrap();
+    assert_drain_rejection(
+        status,
+        &|name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        },
+        &body,
+        5,
+    );
     until_state(&envoy, "drained", Duration::from_secs(3)).await;
 
     let r = reqwest::Client::new().delete(&api).send().await.unwrap();
@@ -239,10 +248,7 @@ async fn a_silent_controller_is_a_504_from_envoy_at_the_poll_timeout() {
 async fn sigterm_makes_the_controller_drain_by_itself() {
     let (_up, ctl, envoy) = setup().await;
     until_state(&envoy, "serving", Duration::from_secs(5)).await;
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(ctl.0.id() as libc::pid_t, libc::SIGTERM);
-    }
+    ctl.signal(libc::SIGTERM);
     until_state(&envoy, "draining", Duration::from_secs(3)).await;
 }
 
