@@ -1,4 +1,4 @@
-//! `drainpipe-shim controller` with a real Envoy: the plugin in
+//! `drainpipe controller` with a real Envoy: the plugin in
 //! `envoy/envoy-controller.yaml` follows the controller's drain state, within
 //! one poll interval, on every worker.
 
@@ -22,7 +22,7 @@ impl Drop for Controller {
 async fn start_controller(port: u16) -> Controller {
     // Guarded at once, so every path below kills and reaps it.
     let controller = Controller(
-        Command::new(env!("CARGO_BIN_EXE_drainpipe-shim"))
+        Command::new(drainpipe_tests::ops::drainpipe_bin().expect("the drainpipe binary"))
             .args([
                 "controller",
                 "--listen",
@@ -32,7 +32,7 @@ async fn start_controller(port: u16) -> Controller {
             ])
             .stdout(Stdio::null())
             .spawn()
-            .expect("drainpipe-shim controller starts"),
+            .expect("drainpipe controller starts"),
     );
     let url = format!("http://127.0.0.1:{port}/drain");
     for _ in 0..200 {

@@ -48,6 +48,33 @@ impl Status {
     }
 }
 
+/// The plugin's drain states, in the order of the `drainpipe_state` gauge.
+pub const STATES: [&str; 4] = ["serving", "draining", "rejecting", "drained"];
+
+/// A status from Envoy's Prometheus stats: the plugin's `drainpipe_state`
+/// gauge (0 serving, 1 draining, 2 rejecting, 3 drained) and
+/// `drainpipe_inflight`. For Envoys without a drain API (Istio's sidecar,
+/// whose admin is on the pod's loopback).
+pub fn status_from_prometheus(text: &str) -> Option<Status> {
+    let value = |name: &str| {
+        text.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            // `name 3` or `name{labels} 3`
+            let rest = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once('}')?.1,
+                None => rest,
+            };
+            let v: f64 = rest.strip_prefix(' ')?.trim().parse().ok()?;
+            (v >= 0.0).then_some(v as u64)
+        })
+    };
+    let state = STATES.get(usize::try_from(value("drainpipe_state")?).ok()?)?;
+    Some(Status {
+        state: state.to_string(),
+        inflight: value("drainpipe_inflight"),
+    })
+}
+
 /// `state=rejecting inflight=3`, as `envoy/prestop.sh` prints it; `unknown`
 /// for what is not known.
 pub fn describe(status: Option<&Status>) -> String {
@@ -116,10 +143,13 @@ impl Client {
     }
 }
 
-/// The drain API of one plugin (or drain controller).
+/// The drain API of one plugin (or drain controller), or Envoy's stats.
 pub struct DrainApi {
     pub url: String,
     pub token: Option<String>,
+    /// `url` is Envoy's `/stats/prometheus`: statuses are read from the
+    /// plugin's gauges, and no drain can be started there.
+    stats: bool,
     client: Client,
 }
 
@@ -128,7 +158,16 @@ impl DrainApi {
         DrainApi {
             url: url.to_string(),
             token,
+            stats: false,
             client: Client::new(Duration::from_secs(2)),
+        }
+    }
+
+    /// Statuses from Envoy's Prometheus stats at `url` (read-only).
+    pub fn envoy_stats(url: &str) -> DrainApi {
+        DrainApi {
+            stats: true,
+            ..DrainApi::new(url, None)
         }
     }
 
@@ -151,7 +190,12 @@ impl DrainApi {
                 body: body.trim().to_string(),
             });
         }
-        Status::parse(&body).ok_or_else(|| ApiError::NotAStatus {
+        let status = if self.stats {
+            status_from_prometheus(&body)
+        } else {
+            Status::parse(&body)
+        };
+        status.ok_or_else(|| ApiError::NotAStatus {
             url: self.url.clone(),
             body: body.trim().to_string(),
         })
@@ -190,6 +234,32 @@ mod tests {
         assert!(s.draining());
         assert_eq!(describe(Some(&s)), "state=draining inflight=unknown");
         assert_eq!(describe(None), "state=unknown inflight=unknown");
+    }
+
+    #[test]
+    fn a_status_reads_from_the_plugin_gauges() {
+        let text = "# TYPE drainpipe_inflight gauge\ndrainpipe_inflight{} 2\n\
+                    drainpipe_state_x 9\ndrainpipe_state 2\n";
+        assert_eq!(
+            status_from_prometheus(text),
+            Some(Status {
+                state: "rejecting".into(),
+                inflight: Some(2)
+            })
+        );
+        assert_eq!(
+            status_from_prometheus("drainpipe_state 3").unwrap().state,
+            "drained"
+        );
+        // No plugin stats (Istio's stats matcher left them out), or nonsense.
+        for text in [
+            "",
+            "envoy_server_live 1",
+            "drainpipe_state 7",
+            "drainpipe_state x",
+        ] {
+            assert_eq!(status_from_prometheus(text), None, "{text}");
+        }
     }
 
     #[test]

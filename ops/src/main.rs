@@ -68,7 +68,9 @@ drain could not be started, or bad arguments.
 Examples:
   drainpipe drain --wait                 the preStop of Envoy's container
   drainpipe drain --wait --no-start      the preStop of the LLM server's container: \
-wait until the drain someone else started is over";
+wait until the drain someone else started is over
+  drainpipe drain --wait --no-start --envoy-stats http://127.0.0.1:15000/stats/prometheus
+                                         the same in an Istio pod (the sidecar's admin)";
 
 const CONTROLLER_HELP: &str = "\
 A standalone drain controller: GET, POST and DELETE /drain, the state the \
@@ -135,6 +137,12 @@ struct DrainArgs {
     /// (the proxy has stopped)
     #[arg(long, requires = "wait")]
     no_start: bool,
+    /// Instead of a drain API, read the plugin's drainpipe_state and
+    /// drainpipe_inflight from Envoy's Prometheus stats at this URL (with
+    /// --no-start), e.g. http://127.0.0.1:15000/stats/prometheus in an
+    /// Istio pod, whose sidecar has no drain listener
+    #[arg(long, value_name = "URL", value_parser = http_url, requires = "no_start", conflicts_with_all = ["drain_url", "token"])]
+    envoy_stats: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -210,7 +218,10 @@ fn usage_error(e: clap::Error) -> ExitCode {
 
 /// `drain`: 0 drained (or started), 1 timed out, 2 not started.
 fn drain(args: DrainArgs) -> u8 {
-    let api = DrainApi::new(&args.api.drain_url, args.api.token);
+    let api = match &args.envoy_stats {
+        Some(url) => DrainApi::envoy_stats(url),
+        None => DrainApi::new(&args.api.drain_url, args.api.token),
+    };
     if !args.no_start {
         match api.start() {
             Ok(status) => say(format!("drain started: {}", describe(Some(&status)))),

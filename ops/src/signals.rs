@@ -1,8 +1,10 @@
 //! Signals blocked in every thread and taken synchronously with
 //! `sigtimedwait`, as tini does: no handler runs, and a signal that comes
 //! while the supervisor is busy (in an HTTP call) waits, pending, for the
-//! next wait. Block them first, before any thread starts; children get an
-//! empty signal mask back (`std::process::Command` resets it).
+//! next wait. Block them first, before any thread starts, and give every
+//! child an empty mask back ([`unblock_all`] before its exec): a signal
+//! mask survives exec, and an Envoy started with SIGTERM blocked would
+//! never see it.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -52,6 +54,21 @@ impl Signals {
         // -1: the timeout (EAGAIN) or a signal outside the set (EINTR).
         (signal > 0).then_some(signal)
     }
+}
+
+/// Unblocks every signal in the calling thread. Async-signal-safe: for a
+/// child between fork and exec (`CommandExt::pre_exec`).
+pub fn unblock_all() -> io::Result<()> {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; pthread_sigmask reads it.
+    let rc = unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
 }
 
 /// Sends `signal` to `pid`; false if the process is gone.

@@ -99,14 +99,16 @@ pub fn run(opts: Options) -> Result<u8, RunError> {
     let (program, args) = opts.command.split_first().ok_or(RunError::NoCommand)?;
     let signals = Signals::block(&[SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGCHLD])
         .map_err(RunError::Signals)?;
-    let child = Command::new(program)
-        .args(args)
-        .process_group(0)
-        .spawn()
-        .map_err(|cause| RunError::Spawn {
-            program: program.to_string_lossy().into_owned(),
-            cause,
-        })?;
+    let mut command = Command::new(program);
+    command.args(args).process_group(0);
+    // SAFETY: only an async-signal-safe call between fork and exec.
+    unsafe {
+        command.pre_exec(signals::unblock_all);
+    }
+    let child = command.spawn().map_err(|cause| RunError::Spawn {
+        program: program.to_string_lossy().into_owned(),
+        cause,
+    })?;
     let envoy = child.id() as pid_t;
     // Reaped below with waitpid(-1), with every other child.
     drop(child);

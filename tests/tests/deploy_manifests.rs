@@ -442,11 +442,27 @@ fn termination_timing_follows_the_traffic_grace_ms() {
         Some(termination_grace_s),
         "terminationGracePeriodSeconds = DRAIN_TIMEOUT_S + 10"
     );
-    // The LLM server gets SIGTERM only once the drain is over.
+    // The LLM server gets SIGTERM only once the drain is over: its preStop
+    // waits for `drained`, bounded by DRAIN_TIMEOUT_S, with the drainpipe
+    // binary from its image volume.
+    let llm = container("llm-server");
+    let (volume, dir) = volume_where(&llm, |v| {
+        v["image"]["reference"]
+            .as_str()
+            .is_some_and(|r| r.contains("/drainpipe/drainpipe:"))
+    });
+    assert_eq!(volume["name"], "drainpipe-bin");
     assert_eq!(
-        container("llm-server")["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64(),
-        Some(drain_timeout_s),
-        "the LLM server's preStop sleeps DRAIN_TIMEOUT_S"
+        llm["lifecycle"]["preStop"]["exec"]["command"],
+        serde_json::json!([
+            format!("{dir}/drainpipe"),
+            "drain",
+            "--wait",
+            "--no-start",
+            "--timeout",
+            format!("{drain_timeout_s}s")
+        ]),
+        "the LLM server's preStop waits for the drain, at most DRAIN_TIMEOUT_S"
     );
 }
 
@@ -548,6 +564,12 @@ fn dockerfiles_build_the_images_the_manifests_use() {
         "copies the release plugin: {wasm:?}"
     );
     assert_eq!(copy[2].trim_start_matches('/'), IMAGE_WASM_FILE);
+
+    // The drainpipe image: one layer with the static binary.
+    assert_eq!(
+        instructions("Dockerfile.ops"),
+        ["FROM scratch", "COPY drainpipe /drainpipe"]
+    );
 
     // The Envoy image: the official one, at the tested version, plus curl.
     let envoy = instructions("Dockerfile.envoy");
