@@ -46,7 +46,12 @@ impl Signals {
     /// The next pending signal of the set, waiting at most `timeout`.
     pub fn wait(&self, timeout: Duration) -> Option<c_int> {
         let ts = libc::timespec {
-            tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+            // At most 68 years: fits every time_t.
+            tv_sec: timeout
+                .as_secs()
+                .min(i32::MAX as u64)
+                .try_into()
+                .unwrap_or_default(),
             tv_nsec: timeout.subsec_nanos() as libc::c_long,
         };
         // SAFETY: the set is initialised; no siginfo is asked for.
