@@ -488,3 +488,22 @@ async fn classic_sidecar_controller_and_agent_sigterm_together_nothing_truncated
 async fn native_sidecar_app_containers_first_nothing_truncated() {
     shutdown_under_load(true).await;
 }
+
+#[test]
+fn istio_deployment_validates_against_the_kubernetes_schemas() {
+    let validator = repo_root().join(".venv/bin/kubernetes-validate");
+    assert!(
+        validator.exists(),
+        "run `cargo xtask setup` (kubernetes-validate)"
+    );
+    let out = Command::new(&validator)
+        .args(["--strict", "--kubernetes-version", "1.35.0"])
+        .arg(repo_root().join("envoy/k8s/istio/deployment.yaml"))
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
+    assert_eq!(log.matches(" passed for resource ").count(), 2, "{log}");
+}
