@@ -247,3 +247,35 @@ async fn drain_wait_no_start_waits_for_the_drain_someone_else_starts() {
     );
     assert!(stderr.contains("the proxy has stopped"), "{stderr}");
 }
+
+/// The binary goes into Envoy images: no Wasmtime, no async runtime.
+#[test]
+fn the_drainpipe_binary_links_no_wasmtime_and_no_async_runtime() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "tree",
+            "--package",
+            "drainpipe-ops",
+            "--edges",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(drainpipe_tests::envoy::repo_root())
+        .output()
+        .expect("cargo tree runs");
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tree.contains("drainpipe-ops"), "{tree}");
+    for banned in ["wasmtime", "tokio ", "hyper ", "reqwest"] {
+        assert!(
+            !tree.contains(banned),
+            "drainpipe-ops depends on {banned}:\n{tree}"
+        );
+    }
+}
