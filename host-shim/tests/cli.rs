@@ -109,13 +109,3 @@ fn serve_on_a_port_in_use_fails_with_one_line() {
     let last = stderr.trim().lines().last().unwrap_or_default().to_string();
     assert!(last.contains(&port.to_string()), "{stderr}");
 }
-
-#[test]
-fn controller_on_a_port_in_use_fails_with_one_line() {
-    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = held.local_addr().unwrap().to_string();
-    let (ok, stderr) = shim(&["controller", "--listen", &addr]);
-    assert!(!ok);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains(&addr), "{stderr}");
-}

@@ -188,7 +188,7 @@ impl Seen {
 }
 
 /// Reads a drain controller's status (`GET /drain` of the admin role or of
-/// `drainpipe-shim controller`): the `drain_started_unix_ms` field, a number
+/// `drainpipe controller`): the `drain_started_unix_ms` field, a number
 /// while draining and `null` while serving.
 pub fn parse_controller_status(body: &[u8]) -> Result<Drain, String> {
     let doc =

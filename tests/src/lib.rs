@@ -15,6 +15,7 @@
 pub mod envoy;
 pub mod guests;
 pub mod http1;
+pub mod ops;
 pub mod paths;
 pub mod process;
 pub mod procfs;

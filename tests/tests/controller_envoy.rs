@@ -1,4 +1,4 @@
-//! `drainpipe-shim controller` with a real Envoy: the plugin in
+//! `drainpipe controller` with a real Envoy: the plugin in
 //! `envoy/envoy-controller.yaml` follows the controller's drain state, within
 //! one poll interval, on every worker.
 
@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use drainpipe_tests::contract::assert_drain_rejection;
 use drainpipe_tests::envoy::{plugin_wasm, EnvoyConfig};
-use drainpipe_tests::paths::workspace_bin;
 use drainpipe_tests::process::ChildGuard;
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
 use serde_json::{json, Value};
@@ -17,9 +16,8 @@ type Controller = ChildGuard;
 
 async fn start_controller(port: u16) -> Controller {
     // Guarded at once, so every path below kills and reaps it.
-    let shim = workspace_bin("drainpipe-shim").unwrap();
     let controller = ChildGuard::new(
-        Command::new(shim)
+        Command::new(drainpipe_tests::ops::drainpipe_bin().expect("the drainpipe binary"))
             .args([
                 "controller",
                 "--listen",
@@ -29,7 +27,7 @@ async fn start_controller(port: u16) -> Controller {
             ])
             .stdout(Stdio::null())
             .spawn()
-            .expect("drainpipe-shim controller starts"),
+            .expect("drainpipe controller starts"),
     );
     let url = format!("http://127.0.0.1:{port}/drain");
     for _ in 0..200 {

@@ -252,11 +252,14 @@ fn kubernetes_manifests_validate_against_the_kubernetes_schemas() {
 
 #[test]
 fn istio_wasmplugin_is_well_formed_and_carries_a_configuration_the_plugin_accepts() {
-    let istio: Vec<Value> = manifests()
+    // Istio's resources live under istio/ (checked by tests/tests/istio_sidecar.rs).
+    let top: Vec<Value> = manifests()
         .into_iter()
         .flat_map(|(_, docs)| docs)
         .filter(is_istio)
         .collect();
+    assert!(top.is_empty(), "Istio resources belong in envoy/k8s/istio/");
+    let istio = documents(&k8s_dir().join("istio/wasmplugin.yaml"));
     assert_eq!(istio.len(), 1, "one Istio resource, the WasmPlugin");
     let plugin = &istio[0];
     assert_eq!(plugin["apiVersion"], "extensions.istio.io/v1alpha1");
@@ -330,6 +333,12 @@ fn istio_wasmplugin_is_well_formed_and_carries_a_configuration_the_plugin_accept
         cfg.role,
         Role::Traffic,
         "Istio has no drain listener for the admin role"
+    );
+    // In the sidecar the drain comes from the pod's drain controller.
+    let mut cfg = cfg;
+    assert!(
+        cfg.drain_controller.take().is_some(),
+        "drain_controller is set"
     );
     assert_eq!(
         cfg,
@@ -442,11 +451,27 @@ fn termination_timing_follows_the_traffic_grace_ms() {
         Some(termination_grace_s),
         "terminationGracePeriodSeconds = DRAIN_TIMEOUT_S + 10"
     );
-    // The LLM server gets SIGTERM only once the drain is over.
+    // The LLM server gets SIGTERM only once the drain is over: its preStop
+    // waits for `drained`, bounded by DRAIN_TIMEOUT_S, with the drainpipe
+    // binary from its image volume.
+    let llm = container("llm-server");
+    let (volume, dir) = volume_where(&llm, |v| {
+        v["image"]["reference"]
+            .as_str()
+            .is_some_and(|r| r.contains("/drainpipe/drainpipe:"))
+    });
+    assert_eq!(volume["name"], "drainpipe-bin");
     assert_eq!(
-        container("llm-server")["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64(),
-        Some(drain_timeout_s),
-        "the LLM server's preStop sleeps DRAIN_TIMEOUT_S"
+        llm["lifecycle"]["preStop"]["exec"]["command"],
+        serde_json::json!([
+            format!("{dir}/drainpipe"),
+            "drain",
+            "--wait",
+            "--no-start",
+            "--timeout",
+            format!("{drain_timeout_s}s")
+        ]),
+        "the LLM server's preStop waits for the drain, at most DRAIN_TIMEOUT_S"
     );
 }
 
@@ -548,6 +573,12 @@ fn dockerfiles_build_the_images_the_manifests_use() {
         "copies the release plugin: {wasm:?}"
     );
     assert_eq!(copy[2].trim_start_matches('/'), IMAGE_WASM_FILE);
+
+    // The drainpipe image: one layer with the static binary.
+    assert_eq!(
+        instructions("Dockerfile.ops"),
+        ["FROM scratch", "COPY drainpipe /drainpipe"]
+    );
 
     // The Envoy image: the official one, at the tested version, plus curl.
     let envoy = instructions("Dockerfile.envoy");

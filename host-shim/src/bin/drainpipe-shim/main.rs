@@ -3,11 +3,11 @@
 //! - `serve`: an HTTP/1.1 reverse proxy whose requests pass through the
 //!   filter, with an admin endpoint serving the drain API through the
 //!   plugin's admin role;
-//! - `drain`: the preStop client that starts a drain and waits for it;
-//! - `controller`: a standalone drain controller that plugins follow.
+//! - `drain`: the preStop client that starts a drain and waits for it.
+//!
+//! The drain controller is `drainpipe controller` (crate `drainpipe-ops`).
 
 mod admin;
-mod controller;
 mod drain;
 mod proxy;
 mod serve;
@@ -34,8 +34,6 @@ enum Command {
     Serve(serve::Args),
     /// Start a drain through an admin endpoint and optionally wait for it.
     Drain(drain::Args),
-    /// A standalone drain controller the plugin can follow (`drain_controller`).
-    Controller(controller::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,7 +48,6 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::Drain(args) => runtime.block_on(drain::run(args)),
-        Command::Controller(args) => runtime.block_on(controller::run(args)),
     };
     match result {
         Ok(code) => code,

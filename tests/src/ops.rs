@@ -1,0 +1,147 @@
+//! The operations binary, `drainpipe` (crate `drainpipe-ops`), for tests
+//! that run it: built on first use, and Envoy started under `drainpipe run`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::envoy::repo_root;
+use crate::{Envoy, EnvoyConfig, EnvoyOptions, Ports};
+
+/// The `drainpipe` binary: `DRAINPIPE_BIN`, else built (debug) into the
+/// workspace's target directory on first use.
+pub fn drainpipe_bin() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    if let Some(path) = std::env::var_os("DRAINPIPE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let built = BUILT.get_or_init(|| {
+        let root = repo_root();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = std::process::Command::new(cargo)
+            .args(["build", "--package", "drainpipe-ops", "--bin", "drainpipe"])
+            .arg("--target-dir")
+            .arg(&target)
+            .current_dir(&root)
+            .output()
+            .map_err(|e| format!("running cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "building the drainpipe binary failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(target.join("debug/drainpipe"))
+    });
+    built.clone().map_err(anyhow::Error::msg)
+}
+
+/// `drainpipe run` with the drain API and admin of `ports`, `args` after
+/// them, ending in `--`: the wrapper that starts Envoy under supervision.
+pub fn run_wrapper(ports: Ports, args: &[&str]) -> Vec<OsString> {
+    let mut wrapper: Vec<OsString> = vec![
+        drainpipe_bin().expect("the drainpipe binary").into(),
+        "run".into(),
+        "--drain-url".into(),
+        format!("http://127.0.0.1:{}/drain", ports.drain).into(),
+        "--envoy-admin".into(),
+        format!("http://127.0.0.1:{}", ports.admin).into(),
+    ];
+    wrapper.extend(args.iter().map(OsString::from));
+    wrapper.push("--".into());
+    wrapper
+}
+
+/// Envoy under `drainpipe run`. The guard's pid is the supervisor's;
+/// Envoy's own pid is read from the supervisor's first line, and Envoy is
+/// killed on drop if it is still there.
+pub struct Supervised {
+    pub envoy: Envoy,
+    pub envoy_pid: i32,
+}
+
+impl Supervised {
+    /// Starts `cfg` (localized to `ports`) under `drainpipe run ARGS --`.
+    pub fn start(cfg: &EnvoyConfig, ports: Ports, args: &[&str]) -> anyhow::Result<Supervised> {
+        let opts = EnvoyOptions {
+            wrapper: run_wrapper(ports, args),
+            ..EnvoyOptions::default()
+        };
+        let envoy = Envoy::start(cfg, ports, opts)?;
+        let envoy_pid = envoy
+            .log()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("drainpipe: started Envoy (pid ")?
+                    .strip_suffix(')')?
+                    .parse()
+                    .ok()
+            })
+            .ok_or_else(|| anyhow::anyhow!("no `started Envoy` line:\n{}", envoy.log_tail(20)))?;
+        Ok(Supervised { envoy, envoy_pid })
+    }
+
+    /// The supervisor's lines (`drainpipe: ...`) in the shared log.
+    pub fn lines(&self) -> Vec<String> {
+        self.envoy
+            .log()
+            .lines()
+            .filter(|l| l.starts_with("drainpipe: "))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Sends `signal` to the supervisor.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.envoy.pid() as libc::pid_t, signal);
+        }
+    }
+
+    /// Whether Envoy's process is still there (a zombie counts as gone).
+    pub fn envoy_alive(&self) -> bool {
+        process_alive(self.envoy_pid)
+    }
+
+    /// Waits until the supervisor's log has a line containing `text`.
+    pub fn wait_line(&self, text: &str, limit: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while !self.lines().iter().any(|l| l.contains(text)) {
+            if started.elapsed() > limit {
+                anyhow::bail!(
+                    "no line with {text:?} within {limit:?}; log tail:\n{}",
+                    self.envoy.log_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if self.envoy_alive() {
+            // SAFETY: kill(2); the pid is Envoy's, still running.
+            unsafe {
+                libc::kill(self.envoy_pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // state is the field after the parenthesised command name
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,413 @@
+//! `drainpipe run -- envoy ...` with a real Envoy: SIGTERM (what `docker
+//! stop` sends to PID 1) under load drains, keeps every stream whole, and
+//! stops Envoy as soon as it is drained; the timeout, a second signal,
+//! signals passed on, and orphans reaped as PID 1.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drainpipe_tests::envoy::{plugin_wasm, EnvoyConfig};
+use drainpipe_tests::fake_llm::sse_events;
+use drainpipe_tests::ops::{drainpipe_bin, process_alive, Supervised};
+use drainpipe_tests::{FakeLlm, Ports};
+use serde_json::{json, Value};
+
+/// Short windows so the tests run in seconds: admit 1 s, grace 10 s.
+fn fast_drain() -> Value {
+    json!({"admit_window_ms": 1000, "grace_ms": 10000, "deadline": {"min_budget_ms": 1000}})
+}
+
+async fn supervised(args: &[&str]) -> (FakeLlm, Supervised) {
+    let upstream = FakeLlm::start().await.expect("fake upstream");
+    let ports = Ports::fresh(upstream.port());
+    let cfg = EnvoyConfig::repo()
+        .unwrap()
+        .localize(ports, &plugin_wasm().unwrap())
+        .patch_plugin("drainpipe", fast_drain());
+    let sup = Supervised::start(&cfg, ports, args).expect("Envoy starts under drainpipe run");
+    (upstream, sup)
+}
+
+fn chat(stream: bool) -> Value {
+    json!({"model": "drainpipe-demo-1", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
+}
+
+/// A streamed completion of `chunks` tokens 100 ms apart, on a connection of
+/// its own; the response has begun with 200.
+async fn open_stream(sup: &Supervised, chunks: u32) -> reqwest::Response {
+    let resp = reqwest::Client::new()
+        .post(sup.envoy.traffic("/v1/chat/completions"))
+        .header("x-fake-chunks", chunks.to_string())
+        .header("x-fake-chunk-delay-ms", "100")
+        .json(&chat(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
+/// Reads a stream to its end: the body, or the error that cut it.
+async fn read_to_end(mut resp: reqwest::Response) -> Result<String, String> {
+    let mut body = String::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => body.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(format!("{e:?} after {body:?}")),
+        }
+    }
+}
+
+/// One short request's outcome: when it was sent (since SIGTERM), and its
+/// status with the headers and body that make up the drain contract.
+#[derive(Debug)]
+struct Short {
+    sent: Duration,
+    outcome: Result<(u16, reqwest::header::HeaderMap, Value), String>,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_keeps_every_stream_whole_and_exits_0_once_drained() {
+    let (_up, mut sup) = supervised(&["--timeout", "20s"]).await;
+    // Six streams of 2.5 to 4.5 s, admitted before the signal.
+    let mut streams = Vec::new();
+    for i in 0..6u32 {
+        let chunks = 25 + 4 * i;
+        streams.push((chunks, open_stream(&sup, chunks).await));
+    }
+    let t0 = Instant::now();
+    sup.signal(libc::SIGTERM);
+
+    // A run of short requests, each on a fresh connection, every 100 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let shorts = {
+        let (stop, url) = (stop.clone(), sup.envoy.traffic("/v1/chat/completions"));
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let sent = t0.elapsed();
+                let outcome = match reqwest::Client::new()
+                    .post(&url)
+                    .json(&chat(false))
+                    .send()
+                    .await
+                {
+                    Ok(r) => {
+                        let (status, headers) = (r.status().as_u16(), r.headers().clone());
+                        match r.json::<Value>().await {
+                            Ok(body) => Ok((status, headers, body)),
+                            Err(e) => Err(format!("{status}: body {e}")),
+                        }
+                    }
+                    Err(e) => Err(format!("{e:?}")),
+                };
+                out.push(Short { sent, outcome });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            out
+        })
+    };
+    // Readiness fails at once.
+    let mut ready_503 = None;
+    while t0.elapsed() < Duration::from_secs(2) {
+        let r = reqwest::get(sup.envoy.traffic("/healthz/ready"))
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            ready_503 = Some(t0.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready_503 = ready_503.expect("readiness answers 503 within 2 s of SIGTERM");
+
+    // Every stream arrives whole.
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|(chunks, resp)| {
+            tokio::spawn(async move { (chunks, read_to_end(resp).await, t0.elapsed()) })
+        })
+        .collect();
+    let mut last_end = Duration::ZERO;
+    for reader in readers {
+        let (chunks, body, ended) = reader.await.unwrap();
+        let body = body.expect("stream not cut");
+        let events = sse_events(&body);
+        assert_eq!(events.len(), chunks as usize + 2, "{body}");
+        assert_eq!(events.last(), Some(&"[DONE]"));
+        last_end = last_end.max(ended);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let shorts = shorts.await.unwrap();
+
+    // Exit 0 soon after the last stream ended, not at the timeout.
+    let status = tokio::task::block_in_place(|| sup.envoy.wait_exit(Duration::from_secs(15)))
+        .expect("the supervisor exits once drained");
+    let exited = t0.elapsed();
+    let lines = sup.lines().join("\n");
+    assert_eq!(status.code(), Some(0), "{lines}");
+    assert!(
+        exited < last_end + Duration::from_secs(3),
+        "exited {exited:?} after SIGTERM, the last stream ended at {last_end:?}:\n{lines}"
+    );
+    assert!(!sup.envoy_alive(), "Envoy is still running");
+
+    // Short requests: whole answers in the admit window, then the 503
+    // contract; nothing failed while a stream was still running.
+    let mut contract = 0;
+    for short in &shorts {
+        match &short.outcome {
+            Ok((200, _, body)) => {
+                assert!(
+                    short.sent < Duration::from_millis(1_500),
+                    "admitted after the admit window: {short:?}"
+                );
+                assert_eq!(body["object"], "chat.completion");
+            }
+            Ok((503, headers, body)) => {
+                assert!(short.sent >= Duration::from_millis(900), "{short:?}");
+                assert_eq!(headers["retry-after"], "5");
+                assert_eq!(headers["x-should-retry"], "true");
+                assert_eq!(body["error"]["code"], "service_draining");
+                contract += 1;
+            }
+            Ok(_) => panic!("unexpected answer: {short:?}"),
+            Err(e) => assert!(
+                short.sent >= last_end,
+                "a short request failed while streams ran: {e}"
+            ),
+        }
+    }
+    assert!(
+        contract >= 5,
+        "the 503 contract after the admit window: {shorts:?}"
+    );
+    assert!(ready_503 < Duration::from_secs(1), "{ready_503:?}");
+
+    // Progress, in prestop.sh's words.
+    assert!(
+        lines.contains("SIGTERM received: starting the drain"),
+        "{lines}"
+    );
+    assert!(
+        lines.contains("drain started: state=draining inflight="),
+        "{lines}"
+    );
+    assert!(
+        lines.contains("waiting: state=rejecting inflight="),
+        "{lines}"
+    );
+    assert!(lines.contains("drained after"), "{lines}");
+    assert!(lines.contains("/quitquitquit"), "{lines}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_longer_than_the_timeout_has_envoy_stopped_at_the_timeout_and_exits_1() {
+    let (_up, mut sup) = supervised(&["--timeout", "2s"]).await;
+    // 10 s of tokens, admitted before the drain.
+    let resp = open_stream(&sup, 100).await;
+    let reader = tokio::spawn(read_to_end(resp));
+    let t0 = Instant::now();
+    sup.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| sup.envoy.wait_exit(Duration::from_secs(10)))
+        .expect("the supervisor exits at the timeout");
+    let exited = t0.elapsed();
+    let lines = sup.lines().join("\n");
+    assert_eq!(status.code(), Some(1), "{lines}");
+    assert!(
+        exited >= Duration::from_secs(2) && exited < Duration::from_secs(5),
+        "exited {exited:?} after SIGTERM:\n{lines}"
+    );
+    // The whole seconds waited, as prestop.sh reports them (a loaded
+    // machine may take the last poll past the second).
+    let timed_out = lines
+        .lines()
+        .find(|l| l.contains("timed out after "))
+        .unwrap_or_else(|| panic!("no timeout line:\n{lines}"));
+    assert!(
+        timed_out.ends_with("s: state=rejecting inflight=1"),
+        "{timed_out}"
+    );
+    assert!(!sup.envoy_alive(), "Envoy is still running");
+    // Envoy stopped: the stream ended there.
+    let _ = reader.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_stops_envoy_at_once_and_exits_3() {
+    let (_up, mut sup) = supervised(&["--timeout", "20s"]).await;
+    let resp = open_stream(&sup, 100).await;
+    let reader = tokio::spawn(read_to_end(resp));
+    sup.signal(libc::SIGTERM);
+    sup.wait_line("drain started", Duration::from_secs(5))
+        .unwrap();
+    let t1 = Instant::now();
+    sup.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| sup.envoy.wait_exit(Duration::from_secs(5)))
+        .unwrap_or_else(|| panic!("the supervisor exits at once:\n{}", sup.envoy.log_tail(30)));
+    let lines = sup.lines().join("\n");
+    assert_eq!(status.code(), Some(3), "{lines}");
+    assert!(t1.elapsed() < Duration::from_secs(2), "{:?}", t1.elapsed());
+    assert!(
+        lines.contains("SIGTERM received again: stopping Envoy at once"),
+        "{lines}"
+    );
+    assert!(!sup.envoy_alive(), "Envoy is still running");
+    let _ = reader.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_drains_like_sigterm() {
+    let (_up, mut sup) = supervised(&["--timeout", "20s"]).await;
+    sup.signal(libc::SIGINT);
+    let status = tokio::task::block_in_place(|| sup.envoy.wait_exit(Duration::from_secs(10)))
+        .expect("the supervisor exits once drained");
+    let lines = sup.lines().join("\n");
+    assert_eq!(status.code(), Some(0), "{lines}");
+    assert!(
+        lines.contains("SIGINT received: starting the drain"),
+        "{lines}"
+    );
+    assert!(!sup.envoy_alive());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_and_sigusr1_reach_envoy() {
+    let (_up, sup) = supervised(&[]).await;
+    sup.signal(libc::SIGHUP);
+    sup.wait_line("passing SIGHUP to Envoy", Duration::from_secs(3))
+        .unwrap();
+    sup.signal(libc::SIGUSR1);
+    let started = Instant::now();
+    // Envoy's own log lines for each: it ignores SIGHUP (it says so) and
+    // reopens its access logs on SIGUSR1.
+    loop {
+        let log = sup.envoy.log();
+        if log.contains(ENVOY_ON_SIGHUP) && log.contains(ENVOY_ON_SIGUSR1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "Envoy never logged both signals:\n{}",
+            sup.envoy.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still serving: neither signal stops Envoy.
+    let r = reqwest::get(sup.envoy.traffic("/healthz/ready"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(sup.envoy_alive());
+}
+
+const ENVOY_ON_SIGHUP: &str = "caught and eating SIGHUP";
+const ENVOY_ON_SIGUSR1: &str = "caught SIGUSR1";
+
+#[test]
+fn envoy_exiting_by_itself_gives_its_status() {
+    let bin = drainpipe_bin().unwrap();
+    for (script, code) in [("exit 7", 7), ("kill -KILL $$", 128 + 9)] {
+        let out = std::process::Command::new(&bin)
+            .args(["run", "--", "sh", "-c", script])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{script}: {stderr}");
+        assert!(stderr.contains("Envoy exited ("), "{stderr}");
+    }
+}
+
+/// A signal mask survives exec: Envoy must start with nothing blocked, or
+/// it would never see the SIGTERM of a second signal.
+#[test]
+fn envoy_starts_with_no_signal_blocked_or_ignored_by_the_supervisor() {
+    let out = std::process::Command::new(drainpipe_bin().unwrap())
+        .args(["run", "--", "cat", "/proc/self/status"])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    let blocked = status.lines().find(|l| l.starts_with("SigBlk:")).unwrap();
+    assert_eq!(
+        blocked.split_whitespace().nth(1),
+        Some("0000000000000000"),
+        "{status}"
+    );
+}
+
+/// As PID 1 of a new PID namespace, the supervisor reaps orphans: a child
+/// of Envoy's (here a shell's) that outlives its parent becomes the
+/// supervisor's child, and must not stay a zombie when it exits.
+#[test]
+fn as_pid_1_the_supervisor_reaps_orphans() {
+    if !unshare_works() {
+        eprintln!(
+            "skipped: `unshare --pid --fork` is not permitted here (needs root or user namespaces)"
+        );
+        return;
+    }
+    let bin = drainpipe_bin().unwrap();
+    // Three orphans (double-forked sleeps) that end after 0.3 s, while the
+    // "Envoy" (a shell) lives on (until the namespace is killed).
+    let script = "for i in 1 2 3; do (sleep 0.3 &); done; sleep 30";
+    let mut child = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(&bin)
+        .args(["run", "--", "sh", "-c", script])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let supervisor = children_of(child.id() as i32)
+        .into_iter()
+        .next()
+        .expect("the supervisor runs under unshare");
+    let started = Instant::now();
+    let mut saw_orphans = false;
+    while started.elapsed() < Duration::from_millis(2_000) {
+        let kids = children_of(supervisor);
+        // The shell, and while they run, the adopted sleeps.
+        saw_orphans |= kids.len() > 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kids = children_of(supervisor);
+    let zombies: Vec<i32> = kids
+        .iter()
+        .copied()
+        .filter(|&p| !process_alive(p))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        saw_orphans,
+        "the orphans were never the supervisor's children"
+    );
+    assert!(zombies.is_empty(), "zombies left: {zombies:?}");
+    assert_eq!(kids.len(), 1, "only the shell is left: {kids:?}");
+}
+
+fn unshare_works() -> bool {
+    std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The pids whose parent is `pid` (from /proc).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(") ")?;
+                    rest.split(' ').nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
