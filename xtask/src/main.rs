@@ -210,8 +210,9 @@ fn lint() -> anyhow::Result<()> {
 }
 
 /// The proxy-wasm filters that are crates of their own.
-const FILTERS: [&str; 3] = [
+const FILTERS: [&str; 4] = [
     "host-shim/test-filter/Cargo.toml",
+    "host-shim/test-filters/fidelity/Cargo.toml",
     "bench/minimal-filter/Cargo.toml",
     "bench/probe-filter/Cargo.toml",
 ];

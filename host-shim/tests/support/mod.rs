@@ -24,33 +24,47 @@ pub fn test_filter() -> Wasm {
 /// Where [`test_filter`]'s module is, built on first use (for Envoy).
 pub fn test_filter_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-filter/Cargo.toml");
-        let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-filter");
-        let output = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .output()
-            .expect("run cargo to build the test filter");
-        assert!(
-            output.status.success(),
-            "building the test filter for wasm32-wasip1 failed (is the target installed? \
-             `rustup target add wasm32-wasip1`):\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        target_dir.join("wasm32-wasip1/release/shim_test_filter.wasm")
-    })
-    .clone()
+    PATH.get_or_init(|| build_guest("test-filter", "shim_test_filter"))
+        .clone()
+}
+
+/// Where the fidelity filters' module (`test-filters/fidelity/`) is, built
+/// on first use; its plugin configuration picks the filter.
+pub fn fidelity_filter_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| build_guest("test-filters/fidelity", "shim_fidelity_filter"))
+        .clone()
+}
+
+/// Builds the guest crate in `dir` (under this package) for wasm32-wasip1
+/// into this package's test scratch directory; the path of `artifact`.
+fn build_guest(dir: &str, artifact: &str) -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(dir)
+        .join("Cargo.toml");
+    let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(dir.replace('/', "-"));
+    let output = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .unwrap_or_else(|e| panic!("run cargo to build {dir}: {e}"));
+    assert!(
+        output.status.success(),
+        "building {dir} for wasm32-wasip1 failed (is the target installed? \
+         `rustup target add wasm32-wasip1`):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    target_dir.join(format!("wasm32-wasip1/release/{artifact}.wasm"))
 }
 
 /// The drainpipe plugin: `DRAINPIPE_WASM`, or the release build in the

@@ -9,6 +9,7 @@
 mod admin;
 mod controller;
 mod drain;
+mod logging;
 mod proxy;
 mod serve;
 

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, Admin};
+use crate::logging::{self, Level, Prefix};
 use crate::proxy::Proxy;
 
 #[derive(clap::Args)]
@@ -25,12 +26,21 @@ pub(crate) struct Args {
     /// The proxy-wasm module.
     #[arg(long)]
     wasm: PathBuf,
-    /// The traffic plugin's configuration (JSON).
+    /// The traffic plugin's configuration (its bytes as the plugin reads them).
     #[arg(long)]
     config: PathBuf,
-    /// The admin plugin's configuration (default: {"role":"admin"}).
+    /// Also load the module as an admin plugin with this configuration: the
+    /// admin endpoint's `/drain` goes through it, and SIGTERM drains
+    /// through it (drainpipe's admin role, e.g. {"role":"admin"}).
     #[arg(long)]
     admin_config: Option<PathBuf>,
+    /// The traffic plugin's name (Envoy's filter config `name`, shown in
+    /// its log lines).
+    #[arg(long, default_value = "traffic")]
+    name: String,
+    /// The traffic plugin's root_id.
+    #[arg(long, default_value = "")]
+    root_id: String,
     /// Traffic listener address.
     #[arg(long, default_value = "127.0.0.1:10000")]
     listen: SocketAddr,
@@ -43,13 +53,20 @@ pub(crate) struct Args {
     /// Worker VMs, like Envoy's --concurrency.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// The vm_id shared by both plugin instances.
+    /// The vm_id shared by the plugins.
     #[arg(long, default_value = "drainpipe")]
     vm_id: String,
+    /// Guest log lines at or above this level go to stderr, as Envoy's
+    /// `wasm log` lines; guests are told this level.
+    #[arg(long, value_enum, default_value = "info")]
+    log_level: Level,
     /// How long to wait for the drain on SIGTERM before exiting anyway.
     #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
     grace: Duration,
 }
+
+/// The admin plugin's name, when `--admin-config` loads it.
+const ADMIN_PLUGIN: &str = "admin";
 
 /// The server's lifecycle, read by the shutdown path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,31 +79,36 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let traffic_config = std::fs::read(&args.config)
         .with_context(|| format!("cannot read {}", args.config.display()))?;
     let admin_config = match &args.admin_config {
-        Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
-        None => br#"{"role":"admin"}"#.to_vec(),
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
+        None => None,
     };
     if args.workers == 0 {
         bail!("--workers must be at least 1");
+    }
+    if args.name == ADMIN_PLUGIN && admin_config.is_some() {
+        bail!("--name {ADMIN_PLUGIN:?} is the admin plugin's; choose another name");
     }
     let upstream: hyper::Uri = args
         .upstream
         .parse()
         .with_context(|| format!("--upstream {:?} is not a URL", args.upstream))?;
     let wasm = Wasm::from_file(&args.wasm).with_context(|| format!("{}", args.wasm.display()))?;
-    let host = Host::builder(wasm)
+    let mut prefixes = vec![Prefix::new(&args.name, &args.root_id, &args.vm_id)];
+    let mut builder = Host::builder(wasm)
         .vm_id(&args.vm_id)
-        .plugin(PluginConfig::new("traffic", traffic_config))
-        .plugin(PluginConfig::new("admin", admin_config))
+        .log_level(args.log_level.guest_level())
+        .plugin(PluginConfig::new(&args.name, traffic_config).root_id(&args.root_id));
+    if let Some(config) = admin_config {
+        prefixes.push(Prefix::new(ADMIN_PLUGIN, "", &args.vm_id));
+        builder = builder.plugin(PluginConfig::new(ADMIN_PLUGIN, config));
+    }
+    let host = builder
+        .log(logging::stderr_sink(args.log_level, prefixes))
         .build()?;
     let mut workers = Vec::new();
     for _ in 0..args.workers {
-        let worker = host.worker().map_err(|e| {
-            anyhow::anyhow!(
-                "{e}\n{}",
-                host.log().dump().lines().last().unwrap_or_default()
-            )
-        })?;
-        workers.push(worker);
+        // The guest's own lines (why its configuration failed) are printed.
+        workers.push(host.worker()?);
     }
     let traffic = TcpListener::bind(args.listen)
         .await
@@ -111,7 +133,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let admin = Arc::new(Admin {
         host: host.clone(),
         worker: workers[0].clone(),
-        plugin: "admin".into(),
+        plugin: args.admin_config.is_some().then(|| ADMIN_PLUGIN.to_owned()),
     });
     // Streamed events are small writes: without TCP_NODELAY, Nagle's
     // algorithm and the peer's delayed ACK hold each one back (~40 ms).
@@ -120,9 +142,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let proxy = Arc::new(Proxy {
         workers,
         next: AtomicUsize::new(0),
-        plugin: "traffic".into(),
+        plugin: args.name.clone(),
         upstream,
-        client: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector),
+        client: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .set_host(false)
+            .build(connector),
     });
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
@@ -157,19 +181,24 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     });
 
     shutdown_signal().await;
-    eprintln!("drainpipe-shim: signal received, draining");
-    admin.call("POST", "/drain", &Default::default());
-    let deadline = Instant::now() + args.grace;
-    loop {
-        let state = admin.state();
-        if state.as_ref().is_some_and(|s| s["state"] == "drained") {
-            break;
+    if admin.plugin.is_some() {
+        eprintln!("drainpipe-shim: signal received, draining");
+        admin.call("POST", "/drain", &Default::default());
+        let deadline = Instant::now() + args.grace;
+        loop {
+            let state = admin.state();
+            if state.as_ref().is_some_and(|s| s["state"] == "drained") {
+                break;
+            }
+            if Instant::now() >= deadline {
+                eprintln!("drainpipe-shim: grace period over, exiting before drained");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        if Instant::now() >= deadline {
-            eprintln!("drainpipe-shim: grace period over, exiting before drained");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    } else {
+        // Like Envoy on SIGTERM: no drain without a plugin to run it.
+        eprintln!("drainpipe-shim: signal received, exiting");
     }
     let _ = phase_tx.send(Phase::Draining);
     let _ = accept_task.await;
