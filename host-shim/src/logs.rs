@@ -27,6 +27,9 @@ pub struct LogRecord {
     pub level: LogLevel,
     pub source: LogSource,
     pub message: String,
+    /// Whether a root context wrote it (Envoy names only the root_id and
+    /// vm_id in such lines, the plugin's name too in a stream's).
+    pub from_root: bool,
 }
 
 /// Where a [`LogSink`] also sends each line as it comes (a printer, for

@@ -161,6 +161,7 @@ impl HostState {
             level,
             source,
             message,
+            from_root: matches!(self.contexts.get(&self.current), Some(Context::Root(_))),
         });
     }
 

@@ -44,19 +44,26 @@ impl Level {
 /// one, and the vm_id.
 pub(crate) struct Prefix {
     pub(crate) plugin: String,
+    /// For a stream's lines.
     pub(crate) text: String,
+    /// For a root context's lines: root_id and vm_id only.
+    pub(crate) root: String,
 }
 
 impl Prefix {
     pub(crate) fn new(plugin: &str, root_id: &str, vm_id: &str) -> Prefix {
-        let text = [plugin, root_id, vm_id]
-            .into_iter()
-            .filter(|part| !part.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let join = |parts: &[&str]| {
+            parts
+                .iter()
+                .filter(|part| !part.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         Prefix {
             plugin: plugin.to_owned(),
-            text,
+            text: join(&[plugin, root_id, vm_id]),
+            root: join(&[root_id, vm_id]),
         }
     }
 }
@@ -87,7 +94,10 @@ fn format_line(record: &LogRecord, prefixes: &[Prefix], now: SystemTime) -> Stri
         prefixes
             .iter()
             .find(|p| plugin.is_none_or(|name| p.plugin == name))
-            .map_or("", |p| p.text.as_str())
+            .map_or("", |p| match record.from_root {
+                true => p.root.as_str(),
+                false => p.text.as_str(),
+            })
     };
     match &record.source {
         LogSource::Plugin(name) => format!(
@@ -145,13 +155,22 @@ mod tests {
             level: LogLevel::Warn,
             source: LogSource::Plugin("fidelity".into()),
             message: "hello".into(),
+            from_root: false,
         };
         let t = UNIX_EPOCH + Duration::from_millis(1_764_650_761_245);
         assert_eq!(
             format_line(&record, &prefixes, t),
             "[2025-12-02 04:46:01.245][0][warning][wasm] wasm log fidelity fidelity_vm: hello\n"
         );
+        let from_root = LogRecord {
+            from_root: true,
+            ..record
+        };
+        assert!(format_line(&from_root, &prefixes, t).ends_with("] wasm log fidelity_vm: hello\n"));
         let with_root = Prefix::new("p", "root", "vm");
-        assert_eq!(with_root.text, "p root vm");
+        assert_eq!(
+            (with_root.text, with_root.root),
+            ("p root vm".into(), "root vm".into())
+        );
     }
 }

@@ -65,6 +65,9 @@ pub(crate) struct Args {
     grace: Duration,
 }
 
+/// How often each VM's timers (ticks, http call timeouts) are looked at.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(10);
+
 /// The admin plugin's name, when `--admin-config` loads it.
 const ADMIN_PLUGIN: &str = "admin";
 
@@ -105,9 +108,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let host = builder
         .log(logging::stderr_sink(args.log_level, prefixes))
         .build()?;
+    // As in Envoy, the main thread has a VM of its own (with its root
+    // contexts and their ticks) besides one per worker; it serves the admin
+    // endpoint, the workers the traffic. The guest's own lines (why its
+    // configuration failed, say) are printed.
+    let main_vm = host.worker()?;
     let mut workers = Vec::new();
     for _ in 0..args.workers {
-        // The guest's own lines (why its configuration failed) are printed.
         workers.push(host.worker()?);
     }
     let traffic = TcpListener::bind(args.listen)
@@ -121,9 +128,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.listen, args.admin
     );
 
-    for worker in workers.clone() {
+    for worker in std::iter::once(main_vm.clone()).chain(workers.clone()) {
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_millis(100));
+            let mut every = tokio::time::interval(TIMER_RESOLUTION);
             loop {
                 every.tick().await;
                 worker.run_timers();
@@ -132,7 +139,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let admin = Arc::new(Admin {
         host: host.clone(),
-        worker: workers[0].clone(),
+        worker: main_vm,
         plugin: args.admin_config.is_some().then(|| ADMIN_PLUGIN.to_owned()),
     });
     // Streamed events are small writes: without TCP_NODELAY, Nagle's
