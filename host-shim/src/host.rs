@@ -244,6 +244,7 @@ impl HostBuilder {
             metrics: Metrics::new(),
             next_worker: AtomicU32::new(0),
             reported: Mutex::new(HashSet::new()),
+            calls_waiting: Arc::new(tokio::sync::Notify::new()),
         });
         let vm = Arc::new(VmConfig {
             vm_id: self.vm_id,
@@ -354,6 +355,13 @@ impl Host {
             .iter()
             .map(|p| p.name.clone())
             .collect()
+    }
+
+    /// Woken (`notify_one`) whenever a guest of any worker makes an http
+    /// call: a server carrying calls out waits on it, then looks at each
+    /// worker's [`Worker::http_calls`].
+    pub fn calls_waiting(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.shared.calls_waiting.clone()
     }
 
     /// The upstream URL declared for a cluster.

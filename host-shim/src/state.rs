@@ -29,6 +29,9 @@ pub(crate) struct Shared {
     pub(crate) next_worker: AtomicU32,
     /// Unimplemented functions already reported, so each is logged once.
     pub(crate) reported: Mutex<HashSet<String>>,
+    /// Woken when a guest makes an http call (or a gRPC call), for a server
+    /// that carries calls out.
+    pub(crate) calls_waiting: Arc<tokio::sync::Notify>,
 }
 
 /// The data of one worker's `Store`.

@@ -63,6 +63,7 @@ async fn side_by_side(name: &str) {
             request["method"], request["path"]
         );
     }
+    assert_eq!(shim.exchanges.len(), envoy.exchanges.len());
     let (mut shim_logs, mut envoy_logs) = (shim.logs, envoy.logs);
     if scenario["sort_logs"] == true {
         shim_logs.sort();
@@ -73,6 +74,12 @@ async fn side_by_side(name: &str) {
         "{name}: guest log lines differ: shim (left), Envoy (right)"
     );
     assert!(!envoy_logs.is_empty(), "{name}: no guest log line at all");
+    println!(
+        "{name}: {} exchanges and {} guest log lines the same in the shim and Envoy:\n{}",
+        shim.exchanges.len(),
+        envoy_logs.len(),
+        envoy_logs.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------- clients
@@ -521,6 +528,11 @@ async fn a_body_rewriter_pausing_on_many_chunks_gets_the_buffered_body_as_in_env
 #[tokio::test(flavor = "multi_thread")]
 async fn guest_log_lines_panics_and_the_failed_vm_are_as_in_envoy() {
     side_by_side("logs-and-trap").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_call_to_a_declared_cluster_allows_and_denies_as_in_envoy() {
+    side_by_side("http-call").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

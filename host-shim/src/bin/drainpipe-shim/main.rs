@@ -7,6 +7,7 @@
 //! - `controller`: a standalone drain controller that plugins follow.
 
 mod admin;
+mod calls;
 mod controller;
 mod drain;
 mod logging;

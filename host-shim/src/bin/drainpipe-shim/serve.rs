@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, Admin};
+use crate::calls::{self, Calls, Cluster};
 use crate::logging::{self, Level, Prefix};
 use crate::proxy::Proxy;
 
@@ -50,6 +51,10 @@ pub(crate) struct Args {
     /// Admin listener address.
     #[arg(long, default_value = "127.0.0.1:10001")]
     admin: SocketAddr,
+    /// A cluster the filter's http calls may name: NAME=http://HOST:PORT
+    /// (HTTP/1.1) or NAME=h2c://HOST:PORT (HTTP/2); repeatable.
+    #[arg(long = "cluster", value_name = "NAME=URL", value_parser = calls::parse_cluster)]
+    clusters: Vec<Cluster>,
     /// Worker VMs, like Envoy's --concurrency.
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -101,6 +106,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .vm_id(&args.vm_id)
         .log_level(args.log_level.guest_level())
         .plugin(PluginConfig::new(&args.name, traffic_config).root_id(&args.root_id));
+    for cluster in &args.clusters {
+        builder = builder.cluster(&cluster.name, Some(cluster.base.clone()));
+    }
     if let Some(config) = admin_config {
         prefixes.push(Prefix::new(ADMIN_PLUGIN, "", &args.vm_id));
         builder = builder.plugin(PluginConfig::new(ADMIN_PLUGIN, config));
@@ -137,6 +145,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         });
     }
+    let vms = std::iter::once(main_vm.clone()).chain(workers.clone());
+    tokio::spawn(Arc::new(Calls::new(&args.clusters)).run(host.clone(), vms.collect()));
     let admin = Arc::new(Admin {
         host: host.clone(),
         worker: main_vm,

@@ -108,7 +108,10 @@ impl Context for Stream {
         let status = self
             .get_http_call_response_header(":status")
             .unwrap_or_else(|| "none".into());
-        log::info!("call: auth answered {status}");
+        log::info!(
+            "call: auth answered {status}: {}",
+            listing(&self.get_http_call_response_headers())
+        );
         if status == "200" {
             self.set_http_request_header("x-auth-status", Some(&status));
             self.resume_http_request();
