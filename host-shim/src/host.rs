@@ -388,6 +388,10 @@ impl Host {
             http_calls: BTreeMap::new(),
             next_http_call: 1,
             call_response: None,
+            grpc_calls: BTreeMap::new(),
+            next_grpc_call: 1,
+            grpc_receive: None,
+            grpc_status: (0, String::new()),
             configuring: None,
         };
         Store::new(&self.inner.wasm.engine, state)

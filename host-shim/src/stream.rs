@@ -416,6 +416,7 @@ impl HttpStream {
             let state = inner.vm.store.data_mut();
             state.contexts.remove(&id);
             state.http_calls.retain(|_, c| c.context_id != id);
+            state.grpc_calls.retain(|_, c| c.context_id != id);
         }
     }
 

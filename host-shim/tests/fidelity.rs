@@ -17,6 +17,13 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+use bytes::Bytes;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
 /// The vm_id and plugin name both hosts run the filter under.
 const VM_ID: &str = "fidelity_vm";
 const PLUGIN: &str = "fidelity";
@@ -52,9 +59,12 @@ fn scenario(name: &str) -> Value {
 /// Runs the scenario `name` under both hosts and compares.
 async fn side_by_side(name: &str) {
     let scenario = scenario(name);
-    let upstream = Upstream::start().await;
-    let envoy = run_envoy(&scenario, upstream.port).await;
-    let shim = run_shim(&scenario, upstream.port).await;
+    let upstreams = Upstreams {
+        http: Upstream::start().await,
+        grpc: Upstream::start_grpc().await,
+    };
+    let envoy = run_envoy(&scenario, &upstreams).await;
+    let shim = run_shim(&scenario, &upstreams).await;
     for (i, (s, e)) in shim.exchanges.iter().zip(&envoy.exchanges).enumerate() {
         let request = &scenario["requests"][i];
         assert_eq!(
@@ -233,9 +243,9 @@ async fn settled_log(read: impl Fn() -> String) -> String {
 
 // ------------------------------------------------------------------ hosts
 
-async fn run_envoy(scenario: &Value, upstream: u16) -> Run {
-    let ports = Ports::fresh(upstream);
-    let config = envoy_config(scenario, ports, &support::fidelity_filter_path());
+async fn run_envoy(scenario: &Value, upstreams: &Upstreams) -> Run {
+    let ports = Ports::fresh(upstreams.http.port);
+    let config = envoy_config(scenario, ports, upstreams, &support::fidelity_filter_path());
     let options = EnvoyOptions {
         concurrency: 1,
         ..EnvoyOptions::default()
@@ -249,11 +259,39 @@ async fn run_envoy(scenario: &Value, upstream: u16) -> Run {
     }
 }
 
+/// A cluster a scenario declares: a name (to the plain upstream, HTTP/1.1),
+/// or `{"name": N, "grpc": true}` (to the gRPC upstream, HTTP/2).
+struct Declared {
+    name: String,
+    port: u16,
+    h2: bool,
+}
+
+fn declared_clusters(scenario: &Value, upstreams: &Upstreams) -> Vec<Declared> {
+    scenario["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| match c.as_str() {
+            Some(name) => Declared {
+                name: name.to_owned(),
+                port: upstreams.http.port,
+                h2: false,
+            },
+            None => Declared {
+                name: c["name"].as_str().unwrap().to_owned(),
+                port: upstreams.grpc.port,
+                h2: true,
+            },
+        })
+        .collect()
+}
+
 /// One listener with the filter (as `fidelity`, vm_id `fidelity_vm`, the
 /// scenario's filter as its configuration) and the router, every route to
 /// the upstream with no route timeout (the shim has none), and the
 /// scenario's clusters.
-fn envoy_config(scenario: &Value, ports: Ports, wasm: &Path) -> EnvoyConfig {
+fn envoy_config(scenario: &Value, ports: Ports, upstreams: &Upstreams, wasm: &Path) -> EnvoyConfig {
     let address =
         |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
     let cluster = |name: &str, port: u16| {
@@ -267,8 +305,17 @@ fn envoy_config(scenario: &Value, ports: Ports, wasm: &Path) -> EnvoyConfig {
         })
     };
     let mut clusters = vec![cluster("upstream", ports.upstream)];
-    for name in scenario["clusters"].as_array().into_iter().flatten() {
-        clusters.push(cluster(name.as_str().unwrap(), ports.upstream));
+    for declared in declared_clusters(scenario, upstreams) {
+        let mut c = cluster(&declared.name, declared.port);
+        if declared.h2 {
+            c["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}
+                }
+            });
+        }
+        clusters.push(c);
     }
     let doc = json!({
         "admin": {"address": address(ports.admin)},
@@ -340,7 +387,8 @@ impl Shim {
     }
 }
 
-async fn start_shim(scenario: &Value, upstream: u16, traffic: u16) -> Shim {
+async fn start_shim(scenario: &Value, upstreams: &Upstreams, traffic: u16) -> Shim {
+    let upstream = upstreams.http.port;
     let dir = Scratch::new("shim-fidelity").unwrap();
     let config = dir.path().join("filter.txt");
     std::fs::write(&config, scenario["filter"].as_str().unwrap()).unwrap();
@@ -357,9 +405,12 @@ async fn start_shim(scenario: &Value, upstream: u16, traffic: u16) -> Shim {
         .args(["--listen", &format!("127.0.0.1:{traffic}")])
         .args(["--admin", &format!("127.0.0.1:{}", free_port())])
         .args(["--upstream", &format!("http://127.0.0.1:{upstream}")]);
-    for name in scenario["clusters"].as_array().into_iter().flatten() {
-        let name = name.as_str().unwrap();
-        command.args(["--cluster", &format!("{name}=http://127.0.0.1:{upstream}")]);
+    for c in declared_clusters(scenario, upstreams) {
+        let scheme = if c.h2 { "h2c" } else { "http" };
+        command.args([
+            "--cluster",
+            &format!("{}={scheme}://127.0.0.1:{}", c.name, c.port),
+        ]);
     }
     let child = command
         .stdin(Stdio::null())
@@ -390,9 +441,9 @@ async fn start_shim(scenario: &Value, upstream: u16, traffic: u16) -> Shim {
     shim
 }
 
-async fn run_shim(scenario: &Value, upstream: u16) -> Run {
+async fn run_shim(scenario: &Value, upstreams: &Upstreams) -> Run {
     let traffic = free_port();
-    let shim = start_shim(scenario, upstream, traffic).await;
+    let shim = start_shim(scenario, upstreams, traffic).await;
     let exchanges = send_all(scenario, traffic).await;
     let log = settled_log(|| shim.log()).await;
     Run {
@@ -416,7 +467,32 @@ impl Drop for Upstream {
     }
 }
 
+/// The scenario's upstreams: plain HTTP/1.1, and gRPC.
+struct Upstreams {
+    http: Upstream,
+    grpc: Upstream,
+}
+
 impl Upstream {
+    /// A gRPC server (HTTP/2 without TLS) for `fidelity.Check/Check`: the
+    /// message `deny` gets PERMISSION_DENIED, `slow` an answer after 2 s;
+    /// any other is answered `allowed <message>` with the request's path and
+    /// headers.
+    async fn start_grpc() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(conn), service_fn(grpc_check))
+                        .await;
+                });
+            }
+        });
+        Upstream { port, task }
+    }
+
     async fn start() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -513,6 +589,53 @@ async fn serve_connection(conn: TcpStream) -> std::io::Result<()> {
     }
 }
 
+type GrpcBody = UnsyncBoxBody<Bytes, Infallible>;
+
+async fn grpc_check(request: Request<Incoming>) -> Result<Response<GrpcBody>, Infallible> {
+    let path = request.uri().path().to_owned();
+    let authority = request.uri().authority().map(|a| a.to_string());
+    let headers: Vec<String> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(body.get(5..).unwrap_or_default()).into_owned();
+    let mut trailers = hyper::HeaderMap::new();
+    let mut frames = Vec::new();
+    match message.as_str() {
+        "deny" => {
+            trailers.insert("grpc-status", "7".parse().unwrap());
+            trailers.insert("grpc-message", "denied by policy".parse().unwrap());
+        }
+        _ => {
+            if message == "slow" {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            let answer = format!(
+                "allowed {message}; {path} at {authority:?}; {}",
+                headers.join(", ")
+            );
+            let mut frame = vec![0];
+            frame.extend_from_slice(&(answer.len() as u32).to_be_bytes());
+            frame.extend_from_slice(answer.as_bytes());
+            frames.push(Frame::data(Bytes::from(frame)));
+            trailers.insert("grpc-status", "0".parse().unwrap());
+        }
+    }
+    frames.push(Frame::trailers(trailers));
+    let body = StreamBody::new(futures::stream::iter(frames.into_iter().map(Ok))).boxed_unsync();
+    Ok(Response::builder()
+        .header("content-type", "application/grpc")
+        .body(body)
+        .unwrap())
+}
+
 // ------------------------------------------------------------------ tests
 
 #[tokio::test(flavor = "multi_thread")]
@@ -533,6 +656,11 @@ async fn guest_log_lines_panics_and_the_failed_vm_are_as_in_envoy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http_call_to_a_declared_cluster_allows_and_denies_as_in_envoy() {
     side_by_side("http-call").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_unary_grpc_call_is_answered_refused_and_timed_out_as_in_envoy() {
+    side_by_side("grpc-call").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,18 +3,27 @@
 //! without TLS, as a cluster with `http2_protocol_options`), and every call
 //! a guest makes to it is sent there; the answer (or Envoy's 503 when the
 //! cluster cannot be reached) is delivered to the calling context. A call
-//! past its timeout gets the router's 504 from the worker's timers.
+//! past its timeout gets the router's 504 from the worker's timers. gRPC
+//! calls (unary) go to their cluster over HTTP/2 with Envoy's request
+//! headers; the answer is the response message or the call's gRPC status
+//! (an HTTP status mapped as Envoy maps it, UNAVAILABLE when the cluster
+//! cannot be reached).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use drainpipe_shim::{Headers, Host, HttpCallRequest, HttpCallResponse, Worker};
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
+use drainpipe_shim::{
+    GrpcCallRequest, GrpcCallResponse, Headers, Host, HttpCallRequest, HttpCallResponse, Worker,
+};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{HeaderMap, Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How a cluster is reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +96,7 @@ impl Calls {
     pub(crate) async fn run(self: Arc<Self>, host: Host, workers: Vec<Worker>) {
         let waiting = host.calls_waiting();
         let mut in_flight: Vec<HashSet<u32>> = vec![HashSet::new(); workers.len()];
+        let mut grpc_in_flight: Vec<HashSet<u32>> = vec![HashSet::new(); workers.len()];
         loop {
             tokio::select! {
                 _ = waiting.notified() => {}
@@ -103,6 +113,20 @@ impl Calls {
                             let token = call.token;
                             let response = calls.send(call).await;
                             worker.respond_http_call(token, response);
+                        });
+                    }
+                }
+            }
+            for (worker, in_flight) in workers.iter().zip(grpc_in_flight.iter_mut()) {
+                let pending = worker.grpc_calls();
+                in_flight.retain(|token| pending.iter().any(|c| c.token == *token));
+                for call in pending {
+                    if in_flight.insert(call.token) {
+                        let (calls, worker) = (self.clone(), worker.clone());
+                        tokio::spawn(async move {
+                            let token = call.token;
+                            let response = calls.send_grpc(call).await;
+                            worker.respond_grpc_call(token, response);
                         });
                     }
                 }
@@ -162,6 +186,147 @@ impl Calls {
             body: collected.to_bytes().to_vec(),
             trailers,
         }
+    }
+}
+
+impl Calls {
+    async fn send_grpc(&self, call: GrpcCallRequest) -> GrpcCallResponse {
+        let unavailable = || GrpcCallResponse::Closed {
+            status: GrpcCallResponse::UNAVAILABLE,
+            message: "upstream connect error or disconnect/reset before headers. \
+                      reset reason: remote connection failure"
+                .to_owned(),
+        };
+        let Some(cluster) = self.clusters.get(&call.cluster) else {
+            return unavailable();
+        };
+        let timeout = call.timeout;
+        match tokio::time::timeout(timeout, grpc_exchange(cluster, call)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(_)) => unavailable(),
+            // The worker's timers answered it already.
+            Err(_) => GrpcCallResponse::timed_out(),
+        }
+    }
+}
+
+/// One unary gRPC exchange over a connection of its own.
+async fn grpc_exchange(
+    cluster: &Cluster,
+    call: GrpcCallRequest,
+) -> Result<GrpcCallResponse, BoxError> {
+    let address = cluster.base.trim_start_matches("http://");
+    let tcp = tokio::net::TcpStream::connect(address).await?;
+    tcp.set_nodelay(true)?;
+    let mut frame = Vec::with_capacity(call.message.len() + 5);
+    frame.push(0);
+    frame.extend_from_slice(&(call.message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&call.message);
+    // Envoy's gRPC client's headers, in its order.
+    let timeout_ms = call.timeout.as_millis().to_string();
+    let mut request = Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/{}/{}",
+            call.cluster, call.service, call.method
+        ))
+        .header("te", "trailers");
+    if !call.timeout.is_zero() {
+        request = request.header("grpc-timeout", format!("{timeout_ms}m"));
+    }
+    request = request.header("content-type", "application/grpc");
+    for (k, v) in call.initial_metadata.iter() {
+        request = request.header(k, v);
+    }
+    request = request.header("x-envoy-internal", "true");
+    if !call.timeout.is_zero() {
+        request = request.header("x-envoy-expected-rq-timeout-ms", timeout_ms);
+    }
+    // Streamed as Envoy sends it: no content-length.
+    let frames = futures::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
+        Bytes::from(frame),
+    ))]);
+    let request = request.body(StreamBody::new(frames))?;
+    // The cluster's protocol, as Envoy's gRPC client uses it (gRPC wants
+    // HTTP/2; over HTTP/1.1 the answer is seldom a gRPC one).
+    let response = if cluster.h2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        sender.send_request(request).await?
+    } else {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        let (mut parts, body) = request.into_parts();
+        parts.headers.insert(
+            hyper::header::HOST,
+            hyper::header::HeaderValue::from_str(&call.cluster)?,
+        );
+        sender
+            .send_request(Request::from_parts(parts, body))
+            .await?
+    };
+    let (parts, body) = response.into_parts();
+    if parts.status != StatusCode::OK {
+        return Ok(GrpcCallResponse::Closed {
+            status: http_to_grpc(parts.status),
+            message: with_details(""),
+        });
+    }
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    // A trailers-only answer carries its status in the headers.
+    let (status, message) = grpc_status(&trailers)
+        .or_else(|| grpc_status(&parts.headers))
+        .unwrap_or((13, String::new()));
+    if status != 0 {
+        return Ok(GrpcCallResponse::Closed {
+            status,
+            message: with_details(&message),
+        });
+    }
+    let body = collected.to_bytes();
+    let length = body
+        .get(1..5)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    match length.and_then(|n| body.get(5..5 + n)) {
+        Some(message) => Ok(GrpcCallResponse::Message(message.to_vec())),
+        None => Ok(GrpcCallResponse::Closed {
+            status: 13,
+            message: "the response has no whole message".to_owned(),
+        }),
+    }
+}
+
+/// The status message as Envoy reports an upstream's answer: the
+/// `grpc-message` with the response's details (`via_upstream`) in braces.
+fn with_details(message: &str) -> String {
+    match message {
+        "" => "via_upstream".to_owned(),
+        _ => format!("{message}{{via_upstream}}"),
+    }
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<(u32, String)> {
+    let status = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Some((status, message))
+}
+
+/// Envoy's mapping of an HTTP status to a gRPC status (as gRPC's spec).
+fn http_to_grpc(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
     }
 }
 

@@ -12,6 +12,11 @@
 //!   every header it sees in order.
 //! - `call`: asks cluster `auth` (`GET <x-auth-path>`) and lets the request
 //!   on with `x-auth-status` if it answers 200, else answers 403.
+//! - `grpc`: a unary gRPC call to cluster `grpc` (or `x-grpc-cluster`),
+//!   method `fidelity.Check/Check`, the message `x-grpc-message` (default
+//!   `allow`), timeout `x-grpc-timeout-ms` (default 5000); lets the request
+//!   on with `x-grpc-answer: ok` on status OK, else answers 403 with
+//!   `x-grpc-status`.
 //! - `tick`: a tick every 100 ms, logged with how many ticks this root
 //!   context has had.
 
@@ -32,6 +37,7 @@ enum Mode {
     Logs,
     Headers,
     Call,
+    Grpc,
     Tick,
 }
 
@@ -54,6 +60,7 @@ impl RootContext for Root {
             "logs" => Mode::Logs,
             "headers" => Mode::Headers,
             "call" => Mode::Call,
+            "grpc" => Mode::Grpc,
             "tick" => Mode::Tick,
             other => {
                 log::error!("fidelity filter: unknown mode {other:?}");
@@ -104,6 +111,22 @@ fn log_every_level(callback: &str) {
 }
 
 impl Context for Stream {
+    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
+        if status_code == 0 {
+            let body = self
+                .get_grpc_call_response_body(0, response_size)
+                .unwrap_or_default();
+            log::info!("grpc: OK: {}", String::from_utf8_lossy(&body));
+            self.set_http_request_header("x-grpc-answer", Some("ok"));
+            self.resume_http_request();
+        } else {
+            let (code, message) = self.get_grpc_status();
+            log::info!("grpc: status {status_code} ({code}, {message:?})");
+            let status = status_code.to_string();
+            self.send_http_response(403, vec![("x-grpc-status", &status)], Some(b"refused\n"));
+        }
+    }
+
     fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize, _tr: usize) {
         let status = self
             .get_http_call_response_header(":status")
@@ -118,6 +141,33 @@ impl Context for Stream {
         } else {
             self.send_http_response(403, vec![("x-denied-by", "auth")], Some(b"denied\n"));
         }
+    }
+}
+
+impl Stream {
+    fn grpc_call(&mut self) -> Action {
+        let header = |name: &str, default: &str| {
+            self.get_http_request_header(name)
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let (cluster, message) = (
+            header("x-grpc-cluster", "grpc"),
+            header("x-grpc-message", "allow"),
+        );
+        let timeout = header("x-grpc-timeout-ms", "5000").parse().unwrap_or(5000);
+        let dispatched = self.dispatch_grpc_call(
+            &cluster,
+            "fidelity.Check",
+            "Check",
+            vec![("x-meta", b"1")],
+            Some(message.as_bytes()),
+            Duration::from_millis(timeout),
+        );
+        if let Err(status) = dispatched {
+            log::error!("grpc: dispatch failed: {status:?}");
+            self.send_http_response(500, vec![], Some(b"dispatch failed\n"));
+        }
+        Action::Pause
     }
 }
 
@@ -168,6 +218,7 @@ impl HttpContext for Stream {
                     }
                 }
             }
+            Mode::Grpc => self.grpc_call(),
             Mode::Tick => Action::Continue,
         }
     }
@@ -213,7 +264,7 @@ impl HttpContext for Stream {
                     listing(&self.get_http_response_headers())
                 );
             }
-            Mode::Call | Mode::Tick => {}
+            Mode::Call | Mode::Grpc | Mode::Tick => {}
         }
         Action::Continue
     }
