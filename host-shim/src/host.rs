@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use wasmtime::{Engine, ExternType, Linker, Module, Store};
+use wasmtime::{Cache, CacheConfig, Config, Engine, ExternType, Linker, Module, Store};
 
 use crate::abi::LogLevel;
 use crate::clock::Clock;
@@ -44,6 +44,8 @@ pub enum LoadError {
     Link(String),
     #[error("no plugin configured")]
     NoPlugin,
+    #[error("cannot use the compilation cache: {0}")]
+    Cache(String),
 }
 
 /// A compiled, checked proxy-wasm module; cheap to clone and share between
@@ -65,10 +67,32 @@ impl Wasm {
         Self::from_bytes(&bytes)
     }
 
+    /// Reads a `.wasm` file and compiles it through Wasmtime's compilation
+    /// cache in `cache_dir` (created if missing): a module compiled before,
+    /// by this process or another with the same Wasmtime and settings, is
+    /// loaded from there instead of compiled again.
+    pub fn from_file_cached(path: impl AsRef<Path>, cache_dir: &Path) -> Result<Self, LoadError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cache = CacheConfig::new();
+        cache.with_directory(cache_dir);
+        let cache = Cache::new(cache).map_err(|e| LoadError::Cache(format!("{e:#}")))?;
+        let mut config = Config::new();
+        config.cache(Some(cache));
+        let engine = Engine::new(&config).map_err(|e| LoadError::Cache(format!("{e:#}")))?;
+        Self::compile(engine, &bytes)
+    }
+
     /// Compiles a module from its binary (or, for tests, text) form and
     /// checks its ABI marker, memory and allocator exports.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, LoadError> {
-        let engine = Engine::default();
+        Self::compile(Engine::default(), bytes)
+    }
+
+    fn compile(engine: Engine, bytes: &[u8]) -> Result<Self, LoadError> {
         let module =
             Module::new(&engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let exports: Vec<String> = module.exports().map(|e| e.name().to_owned()).collect();

@@ -65,6 +65,13 @@ pub(crate) struct Args {
     /// `wasm log` lines; guests are told this level.
     #[arg(long, value_enum, default_value = "info")]
     log_level: Level,
+    /// Where compiled modules are cached, so that a module is compiled once
+    /// (default: $XDG_CACHE_HOME/drainpipe-shim or ~/.cache/drainpipe-shim).
+    #[arg(long, value_name = "DIR")]
+    compile_cache: Option<PathBuf>,
+    /// Compile the module afresh, without the cache.
+    #[arg(long, conflicts_with = "compile_cache")]
+    no_compile_cache: bool,
     /// How long to wait for the drain on SIGTERM before exiting anyway.
     #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
     grace: Duration,
@@ -100,7 +107,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .upstream
         .parse()
         .with_context(|| format!("--upstream {:?} is not a URL", args.upstream))?;
-    let wasm = Wasm::from_file(&args.wasm).with_context(|| format!("{}", args.wasm.display()))?;
+    // Compiled once: every worker instantiates the same module.
+    let wasm = match compile_cache(&args) {
+        Some(dir) => Wasm::from_file_cached(&args.wasm, &dir),
+        None => Wasm::from_file(&args.wasm),
+    }
+    .with_context(|| format!("{}", args.wasm.display()))?;
     let mut prefixes = vec![Prefix::new(&args.name, &args.root_id, &args.vm_id)];
     let mut builder = Host::builder(wasm)
         .vm_id(&args.vm_id)
@@ -221,6 +233,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _ = accept_task.await;
     let _ = admin_task.await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The compilation cache's directory, unless turned off (or no home).
+fn compile_cache(args: &Args) -> Option<PathBuf> {
+    if args.no_compile_cache {
+        return None;
+    }
+    if let Some(dir) = &args.compile_cache {
+        return Some(dir.clone());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("drainpipe-shim"))
 }
 
 pub(crate) async fn shutdown_signal() {
