@@ -567,15 +567,12 @@ async fn serve_connection(conn: TcpStream) -> std::io::Result<()> {
             write.write_all(b"0\r\n\r\n").await?;
             continue;
         }
-        let (status, text) = match path.as_str() {
-            "/allow" => ("200 OK", "allowed\n".to_owned()),
-            "/deny" => ("403 Forbidden", "denied\n".to_owned()),
-            _ => {
-                let mut text: String = headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
-                text.push('\n');
-                text.push_str(&String::from_utf8_lossy(&body));
-                ("200 OK", text)
-            }
+        let mut text: String = headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+        text.push('\n');
+        text.push_str(&String::from_utf8_lossy(&body));
+        let status = match path.as_str() {
+            "/deny" => "403 Forbidden",
+            _ => "200 OK",
         };
         write
             .write_all(

@@ -150,6 +150,14 @@ impl Calls {
         for (k, v) in call.headers.iter().filter(|(k, _)| !k.starts_with(':')) {
             builder = builder.header(k, v);
         }
+        // What Envoy's async client and router add to a call.
+        if !call.headers.contains("x-envoy-internal") {
+            builder = builder.header("x-envoy-internal", "true");
+        }
+        if !call.timeout.is_zero() {
+            let timeout = call.timeout.as_millis().to_string();
+            builder = builder.header("x-envoy-expected-rq-timeout-ms", timeout);
+        }
         let Ok(request) = builder.body(Full::new(Bytes::from(call.body))) else {
             return unreachable_cluster();
         };

@@ -127,13 +127,15 @@ impl Context for Stream {
         }
     }
 
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize, _tr: usize) {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body: usize, _tr: usize) {
         let status = self
             .get_http_call_response_header(":status")
             .unwrap_or_else(|| "none".into());
+        let body = self.get_http_call_response_body(0, body).unwrap_or_default();
         log::info!(
-            "call: auth answered {status}: {}",
-            listing(&self.get_http_call_response_headers())
+            "call: auth answered {status}: {}\n{}",
+            listing(&self.get_http_call_response_headers()),
+            String::from_utf8_lossy(&body)
         );
         if status == "200" {
             self.set_http_request_header("x-auth-status", Some(&status));
