@@ -246,10 +246,13 @@ async fn settled_log(read: impl Fn() -> String) -> String {
 async fn run_envoy(scenario: &Value, upstreams: &Upstreams) -> Run {
     let ports = Ports::fresh(upstreams.http.port);
     let config = envoy_config(scenario, ports, upstreams, &support::fidelity_filter_path());
-    let options = EnvoyOptions {
+    let mut options = EnvoyOptions {
         concurrency: 1,
         ..EnvoyOptions::default()
     };
+    if let Some(level) = scenario["log_level"].as_str() {
+        options.extra_args = vec!["--component-log-level".into(), format!("wasm:{level}")];
+    }
     let envoy = Envoy::start(&config, ports, options).expect("Envoy starts with the filter");
     let exchanges = send_all(scenario, ports.traffic).await;
     let log = settled_log(|| envoy.log()).await;
@@ -405,6 +408,9 @@ async fn start_shim(scenario: &Value, upstreams: &Upstreams, traffic: u16) -> Sh
         .args(["--listen", &format!("127.0.0.1:{traffic}")])
         .args(["--admin", &format!("127.0.0.1:{}", free_port())])
         .args(["--upstream", &format!("http://127.0.0.1:{upstream}")]);
+    if let Some(level) = scenario["log_level"].as_str() {
+        command.args(["--log-level", level]);
+    }
     for c in declared_clusters(scenario, upstreams) {
         let scheme = if c.h2 { "h2c" } else { "http" };
         command.args([
@@ -663,6 +669,11 @@ async fn a_unary_grpc_call_is_answered_refused_and_timed_out_as_in_envoy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tick_counter_has_as_many_root_contexts_as_in_envoy() {
     side_by_side("tick-counter").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_lines_below_the_log_level_are_left_out_as_in_envoy() {
+    side_by_side("logs-at-warning").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
