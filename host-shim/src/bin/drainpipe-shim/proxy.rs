@@ -13,6 +13,8 @@
 //! `x-forwarded-proto` and `x-request-id` (request) and
 //! `x-envoy-upstream-service-time` (response); the client gets `date` and
 //! `server: envoy` after the filter's headers.
+//! Trailers pass on after the body without the filter (its trailer
+//! callbacks are not called; they end the body it sees).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,10 +55,14 @@ struct Upstream {
 }
 
 impl Upstream {
-    async fn send(&mut self, data: Vec<u8>, end: bool) {
+    /// Sends body data on; with the end, the trailers (if any) and the end.
+    async fn send(&mut self, data: Vec<u8>, end: bool, trailers: &mut Option<hyper::HeaderMap>) {
         if let Some(chunks) = &mut self.chunks {
             if !data.is_empty() {
                 let _ = chunks.send(Ok(Frame::data(Bytes::from(data)))).await;
+            }
+            if let Some(t) = trailers.take().filter(|_| end) {
+                let _ = chunks.send(Ok(Frame::trailers(t))).await;
             }
         }
         if end {
@@ -103,8 +109,9 @@ impl Proxy {
             true => None,
             false => Some(self.send_upstream(out.headers(), ended)?),
         };
+        let mut trailers = None;
         while !ended {
-            let (data, end) = next_data(&mut body).await?;
+            let (data, end) = next_data(&mut body, &mut trailers).await?;
             ended = end;
             let out = stream.request_body(data.to_vec(), end);
             if let Some(r) = answered(&out) {
@@ -121,7 +128,8 @@ impl Proxy {
                     upstream.insert(self.send_upstream(&headers, false)?)
                 }
             };
-            up.send(out.body.unwrap_or_default(), end).await;
+            up.send(out.body.unwrap_or_default(), end, &mut trailers)
+                .await;
         }
         if paused {
             // The filter holds the request at its end (an http call, say):
@@ -137,7 +145,7 @@ impl Proxy {
                     upstream.insert(self.send_upstream(&headers, buffered.is_empty())?)
                 }
             };
-            up.send(buffered, true).await;
+            up.send(buffered, true, &mut trailers).await;
         }
         let Some(upstream) = upstream else {
             anyhow::bail!("the request never went upstream");
@@ -210,8 +218,9 @@ impl Proxy {
         }
         let mut paused = !out.is_continue();
         let mut first = Vec::new();
+        let mut trailers = None;
         while paused && !ended {
-            let (data, end) = next_data(&mut body).await?;
+            let (data, end) = next_data(&mut body, &mut trailers).await?;
             ended = end;
             let out = stream.response_body(data.to_vec(), end);
             if let Some(r) = answered(&out) {
@@ -239,7 +248,7 @@ impl Proxy {
         }
         let response = envoy_response_headers(response, &edited);
         let (tx, client_body) = channel_body();
-        tokio::spawn(stream_body(stream, body, ended, first, tx));
+        tokio::spawn(stream_body(stream, body, ended, first, trailers, tx));
         Ok(response.body(client_body)?)
     }
 }
@@ -343,18 +352,26 @@ fn envoy_response_headers(
 }
 
 /// The next chunk of a body and whether it is the last; the end of a body
-/// without data is an empty last chunk, as Envoy delivers it. Trailers are
-/// not passed through the filter.
-async fn next_data(body: &mut Incoming) -> Result<(Bytes, bool), hyper::Error> {
+/// without data is an empty last chunk, as Envoy delivers it. Trailers end
+/// the body for the filter (its trailer callbacks are not called) and are
+/// kept in `trailers`, to be passed on after the body.
+async fn next_data(
+    body: &mut Incoming,
+    trailers: &mut Option<hyper::HeaderMap>,
+) -> Result<(Bytes, bool), hyper::Error> {
     loop {
         match body.frame().await {
             None => return Ok((Bytes::new(), true)),
             Some(Err(e)) => return Err(e),
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    return Ok((data, hyper::body::Body::is_end_stream(&*body)));
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => return Ok((data, hyper::body::Body::is_end_stream(&*body))),
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        *trailers = Some(t);
+                        return Ok((Bytes::new(), true));
+                    }
                 }
-            }
+            },
         }
     }
 }
@@ -390,6 +407,7 @@ async fn stream_body(
     mut body: Incoming,
     mut ended: bool,
     first: Vec<u8>,
+    mut trailers: Option<hyper::HeaderMap>,
     tx: Chunks,
 ) {
     let mut pending = Some(first);
@@ -404,7 +422,7 @@ async fn stream_body(
         if ended {
             break;
         }
-        let (data, end) = match next_data(&mut body).await {
+        let (data, end) = match next_data(&mut body, &mut trailers).await {
             Ok(next) => next,
             Err(e) => {
                 stream.abort();
@@ -444,6 +462,9 @@ async fn stream_body(
             stream.abort();
             return;
         }
+    }
+    if let Some(t) = trailers {
+        let _ = tx.send(Ok(Frame::trailers(t))).await;
     }
     stream.finish();
 }
