@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Reverse proxy with the filter in the request path, and its admin endpoint.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Start a drain through an admin endpoint and optionally wait for it.
     Drain(drain::Args),
     /// A standalone drain controller the plugin can follow (`drain_controller`).
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Serve(args) => runtime.block_on(serve::run(*args)),
         Command::Drain(args) => runtime.block_on(drain::run(args)),
         Command::Controller(args) => runtime.block_on(controller::run(args)),
     };

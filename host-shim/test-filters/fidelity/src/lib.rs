@@ -131,7 +131,9 @@ impl Context for Stream {
         let status = self
             .get_http_call_response_header(":status")
             .unwrap_or_else(|| "none".into());
-        let body = self.get_http_call_response_body(0, body).unwrap_or_default();
+        let body = self
+            .get_http_call_response_body(0, body)
+            .unwrap_or_default();
         log::info!(
             "call: auth answered {status}: {}\n{}",
             listing(&self.get_http_call_response_headers()),
