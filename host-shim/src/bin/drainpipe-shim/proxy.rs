@@ -54,6 +54,18 @@ struct Upstream {
     started: Instant,
 }
 
+impl Drop for Upstream {
+    /// A request given up before its end (the filter answered locally, the
+    /// client went away) is reset upstream, as Envoy resets it, rather than
+    /// ended as if whole.
+    fn drop(&mut self) {
+        if let Some(chunks) = self.chunks.take() {
+            let _ = chunks.try_send(Err("the request was reset".into()));
+        }
+        self.response.abort();
+    }
+}
+
 impl Upstream {
     /// Sends body data on; with the end, the trailers (if any) and the end.
     async fn send(&mut self, data: Vec<u8>, end: bool, trailers: &mut Option<hyper::HeaderMap>) {
@@ -195,9 +207,9 @@ impl Proxy {
     async fn respond(
         &self,
         mut stream: HttpStream,
-        upstream: Upstream,
+        mut upstream: Upstream,
     ) -> anyhow::Result<Response<Body>> {
-        let response = upstream.response.await??;
+        let response = (&mut upstream.response).await??;
         let service_time = upstream.started.elapsed().as_millis().to_string();
         let (parts, mut body) = response.into_parts();
         let mut headers = vec![(
