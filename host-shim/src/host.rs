@@ -142,6 +142,8 @@ pub struct PluginConfig {
     pub configuration: Vec<u8>,
     /// What a trap does to its streams.
     pub failure_policy: FailurePolicy,
+    /// Only the host's first VM has it (see [`PluginConfig::singleton`]).
+    pub singleton: bool,
 }
 
 impl PluginConfig {
@@ -152,7 +154,16 @@ impl PluginConfig {
             root_id: String::new(),
             configuration: configuration.into(),
             failure_policy: FailurePolicy::default(),
+            singleton: false,
         }
+    }
+
+    /// Makes it a singleton, as Envoy's bootstrap `wasm` service with
+    /// `singleton: true`: one root context, in the host's first VM only
+    /// (the main thread's), and no streams.
+    pub fn singleton(mut self) -> Self {
+        self.singleton = true;
+        self
     }
 
     /// Sets the failure policy.

@@ -209,6 +209,9 @@ impl HttpStream {
         let index = inner
             .plugin_index(plugin)
             .ok_or_else(|| StreamError::UnknownPlugin(plugin.to_owned()))?;
+        if inner.host.inner.vm.plugins[index].singleton {
+            return Err(StreamError::Singleton(plugin.to_owned()));
+        }
         let mut stream = HttpStream {
             worker: worker.clone(),
             context_id: 0,

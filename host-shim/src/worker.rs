@@ -33,6 +33,8 @@ pub enum StartError {
 pub enum StreamError {
     #[error("no plugin named {0}")]
     UnknownPlugin(String),
+    #[error("plugin {0} is a singleton: it serves no streams")]
+    Singleton(String),
 }
 
 /// An http call the guest made, waiting for a response.
@@ -189,7 +191,7 @@ impl Worker {
     pub fn root_context_id(&self, plugin: &str) -> Option<u32> {
         let inner = self.lock();
         let index = inner.plugin_index(plugin)?;
-        inner.vm.roots.get(index).copied()
+        inner.vm.roots.get(index).copied().filter(|&root| root != 0)
     }
 
     /// Delivers `proxy_on_tick` to every root context with a tick period,
@@ -315,6 +317,9 @@ impl Worker {
         let mut inner = self.lock();
         let mut pending = Vec::new();
         for (index, root) in inner.vm.roots.clone().into_iter().enumerate() {
+            if root == 0 {
+                continue;
+            }
             let done: Option<i32> = inner
                 .call(root, "proxy_on_done", root as i32)
                 .ok()
@@ -348,6 +353,11 @@ impl Vm {
         vm.initialize()?;
         let vm_config_len = host.inner.vm.vm_configuration.len() as i32;
         for (index, plugin) in host.inner.vm.plugins.iter().enumerate() {
+            if plugin.singleton && worker != 0 {
+                // No root context here: 0 is never a context id.
+                vm.roots.push(0);
+                continue;
+            }
             let state = vm.store.data_mut();
             let root = state.next_context_id;
             state.next_context_id += 1;

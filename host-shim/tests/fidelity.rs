@@ -320,8 +320,33 @@ fn envoy_config(scenario: &Value, ports: Ports, upstreams: &Upstreams, wasm: &Pa
         }
         clusters.push(c);
     }
+    let vm_config = json!({
+        "vm_id": VM_ID,
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": wasm.display().to_string()}}
+    });
+    let mut bootstrap_extensions = Vec::new();
+    if let Some(config) = scenario["singleton"].as_str() {
+        bootstrap_extensions.push(json!({
+            "name": "envoy.bootstrap.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+                "singleton": true,
+                "config": {
+                    "name": "singleton",
+                    "root_id": "singleton",
+                    "vm_config": vm_config,
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": config
+                    }
+                }
+            }
+        }));
+    }
     let doc = json!({
         "admin": {"address": address(ports.admin)},
+        "bootstrap_extensions": bootstrap_extensions,
         "static_resources": {
             "listeners": [{
                 "name": "traffic",
@@ -344,11 +369,7 @@ fn envoy_config(scenario: &Value, ports: Ports, upstreams: &Upstreams, wasm: &Pa
                                     "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                                     "config": {
                                         "name": PLUGIN,
-                                        "vm_config": {
-                                            "vm_id": VM_ID,
-                                            "runtime": "envoy.wasm.runtime.v8",
-                                            "code": {"local": {"filename": wasm.display().to_string()}}
-                                        },
+                                        "vm_config": vm_config,
                                         "configuration": {
                                             "@type": "type.googleapis.com/google.protobuf.StringValue",
                                             "value": scenario["filter"]
@@ -410,6 +431,11 @@ async fn start_shim(scenario: &Value, upstreams: &Upstreams, traffic: u16) -> Sh
         .args(["--upstream", &format!("http://127.0.0.1:{upstream}")]);
     if let Some(level) = scenario["log_level"].as_str() {
         command.args(["--log-level", level]);
+    }
+    if let Some(singleton) = scenario["singleton"].as_str() {
+        let path = dir.path().join("singleton.txt");
+        std::fs::write(&path, singleton).unwrap();
+        command.arg("--singleton-config").arg(path);
     }
     for c in declared_clusters(scenario, upstreams) {
         let scheme = if c.h2 { "h2c" } else { "http" };
@@ -674,6 +700,11 @@ async fn a_tick_counter_has_as_many_root_contexts_as_in_envoy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn guest_lines_below_the_log_level_are_left_out_as_in_envoy() {
     side_by_side("logs-at-warning").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_singleton_plugin_has_one_root_context_as_in_envoy() {
+    side_by_side("singleton-tick").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -35,6 +35,15 @@ pub(crate) struct Args {
     /// through it (drainpipe's admin role, e.g. {"role":"admin"}).
     #[arg(long)]
     admin_config: Option<PathBuf>,
+    /// Also load the module as a singleton plugin with this configuration,
+    /// as Envoy's bootstrap `wasm` service with `singleton: true`: one root
+    /// context, in the main-thread VM only, and no streams.
+    #[arg(long)]
+    singleton_config: Option<PathBuf>,
+    /// The singleton plugin's root_id (it must differ from the traffic
+    /// plugin's, as in Envoy when both share the VM).
+    #[arg(long, default_value = "singleton")]
+    singleton_root_id: String,
     /// The traffic plugin's name (Envoy's filter config `name`, shown in
     /// its log lines).
     #[arg(long, default_value = "traffic")]
@@ -80,6 +89,9 @@ pub(crate) struct Args {
 /// How often each VM's timers (ticks, http call timeouts) are looked at.
 const TIMER_RESOLUTION: Duration = Duration::from_millis(10);
 
+/// The singleton plugin's name, when `--singleton-config` loads it.
+const SINGLETON_PLUGIN: &str = "singleton";
+
 /// The admin plugin's name, when `--admin-config` loads it.
 const ADMIN_PLUGIN: &str = "admin";
 
@@ -100,8 +112,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.workers == 0 {
         bail!("--workers must be at least 1");
     }
-    if args.name == ADMIN_PLUGIN && admin_config.is_some() {
-        bail!("--name {ADMIN_PLUGIN:?} is the admin plugin's; choose another name");
+    if args.name == ADMIN_PLUGIN || args.name == SINGLETON_PLUGIN {
+        bail!(
+            "--name {:?} is taken by the shim's own plugins; choose another name",
+            args.name
+        );
     }
     let upstream: hyper::Uri = args
         .upstream
@@ -120,6 +135,22 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .plugin(PluginConfig::new(&args.name, traffic_config).root_id(&args.root_id));
     for cluster in &args.clusters {
         builder = builder.cluster(&cluster.name, Some(cluster.base.clone()));
+    }
+    if let Some(path) = &args.singleton_config {
+        let config =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if args.singleton_root_id == args.root_id {
+            bail!("--singleton-root-id must differ from --root-id (they share the VM)");
+        }
+        prefixes.push(Prefix::new(
+            SINGLETON_PLUGIN,
+            &args.singleton_root_id,
+            &args.vm_id,
+        ));
+        let plugin = PluginConfig::new(SINGLETON_PLUGIN, config)
+            .root_id(&args.singleton_root_id)
+            .singleton();
+        builder = builder.plugin(plugin);
     }
     if let Some(config) = admin_config {
         prefixes.push(Prefix::new(ADMIN_PLUGIN, "", &args.vm_id));
