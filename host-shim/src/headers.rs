@@ -95,6 +95,30 @@ impl Headers {
         }
     }
 
+    /// Adds a value where Envoy's header map puts it: a pseudo-header after
+    /// the other pseudo-headers (they always come first), any other key at
+    /// the end.
+    pub(crate) fn add_in_place(&mut self, key: &str, value: impl AsRef<[u8]>) {
+        let key = key.to_ascii_lowercase();
+        let at = match key.starts_with(':') {
+            true => self
+                .pairs
+                .iter()
+                .take_while(|(k, _)| k.starts_with(':'))
+                .count(),
+            false => self.pairs.len(),
+        };
+        self.pairs.insert(at, (key, value.as_ref().to_vec()));
+    }
+
+    /// Replaces every value of `key` as a filter's replace does in Envoy:
+    /// the old values are removed and the new one is added
+    /// ([`Headers::add_in_place`]), so it moves to the end.
+    pub(crate) fn replace_moving(&mut self, key: &str, value: impl AsRef<[u8]>) {
+        self.remove(key);
+        self.add_in_place(key, value);
+    }
+
     /// Removes every value of `key`.
     pub fn remove(&mut self, key: &str) {
         let key = key.to_ascii_lowercase();
@@ -122,6 +146,18 @@ impl Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filters_replace_moves_the_key_to_the_end_and_pseudo_headers_stay_first() {
+        let mut h =
+            Headers::from_pairs([(":path", "/"), (":method", "GET"), ("a", "1"), ("b", "2")]);
+        h.replace_moving("a", "9");
+        h.replace_moving(":path", "/x");
+        h.add_in_place(":scheme", "http");
+        let keys: Vec<_> = h.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, [":method", ":path", ":scheme", "b", "a"]);
+        assert_eq!(h.get("a"), Some("9"));
+    }
 
     #[test]
     fn replace_keeps_position_and_drops_duplicates() {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use wasmtime::{Engine, ExternType, Linker, Module, Store};
+use wasmtime::{Cache, CacheConfig, Config, Engine, ExternType, Linker, Module, Store};
 
 use crate::abi::LogLevel;
 use crate::clock::Clock;
@@ -45,6 +45,8 @@ pub enum LoadError {
     Link(#[source] BoxError),
     #[error("no plugin configured")]
     NoPlugin,
+    #[error("cannot use the compilation cache: {0}")]
+    Cache(#[source] BoxError),
 }
 
 /// A compiled, checked proxy-wasm module; cheap to clone and share between
@@ -66,10 +68,32 @@ impl Wasm {
         Self::from_bytes(&bytes)
     }
 
+    /// Reads a `.wasm` file and compiles it through Wasmtime's compilation
+    /// cache in `cache_dir` (created if missing): a module compiled before,
+    /// by this process or another with the same Wasmtime and settings, is
+    /// loaded from there instead of compiled again.
+    pub fn from_file_cached(path: impl AsRef<Path>, cache_dir: &Path) -> Result<Self, LoadError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cache = CacheConfig::new();
+        cache.with_directory(cache_dir);
+        let cache = Cache::new(cache).map_err(|e| LoadError::Cache(e.into()))?;
+        let mut config = Config::new();
+        config.cache(Some(cache));
+        let engine = Engine::new(&config).map_err(|e| LoadError::Cache(e.into()))?;
+        Self::compile(engine, &bytes)
+    }
+
     /// Compiles a module from its binary (or, for tests, text) form and
     /// checks its ABI marker, memory and allocator exports.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, LoadError> {
-        let engine = Engine::default();
+        Self::compile(Engine::default(), bytes)
+    }
+
+    fn compile(engine: Engine, bytes: &[u8]) -> Result<Self, LoadError> {
         let module = Module::new(&engine, bytes).map_err(|e| LoadError::Compile(e.into()))?;
         let exports: Vec<String> = module.exports().map(|e| e.name().to_owned()).collect();
         if !exports.iter().any(|e| ABI_MARKERS.contains(&e.as_str())) {
@@ -118,6 +142,8 @@ pub struct PluginConfig {
     pub configuration: Vec<u8>,
     /// What a trap does to its streams.
     pub failure_policy: FailurePolicy,
+    /// Only the host's first VM has it (see [`PluginConfig::singleton`]).
+    pub singleton: bool,
 }
 
 impl PluginConfig {
@@ -128,7 +154,16 @@ impl PluginConfig {
             root_id: String::new(),
             configuration: configuration.into(),
             failure_policy: FailurePolicy::default(),
+            singleton: false,
         }
+    }
+
+    /// Makes it a singleton, as Envoy's bootstrap `wasm` service with
+    /// `singleton: true`: one root context, in the host's first VM only
+    /// (the main thread's), and no streams.
+    pub fn singleton(mut self) -> Self {
+        self.singleton = true;
+        self
     }
 
     /// Sets the failure policy.
@@ -244,6 +279,7 @@ impl HostBuilder {
             metrics: Metrics::new(),
             next_worker: AtomicU32::new(0),
             reported: Mutex::new(HashSet::new()),
+            calls_waiting: Arc::new(tokio::sync::Notify::new()),
         });
         let vm = Arc::new(VmConfig {
             vm_id: self.vm_id,
@@ -356,6 +392,13 @@ impl Host {
             .collect()
     }
 
+    /// Woken (`notify_one`) whenever a guest of any worker makes an http
+    /// call: a server carrying calls out waits on it, then looks at each
+    /// worker's [`Worker::http_calls`].
+    pub fn calls_waiting(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.shared.calls_waiting.clone()
+    }
+
     /// The upstream URL declared for a cluster.
     pub fn cluster_upstream(&self, name: &str) -> Option<&str> {
         self.inner.vm.clusters.get(name)?.as_deref()
@@ -380,6 +423,10 @@ impl Host {
             http_calls: BTreeMap::new(),
             next_http_call: 1,
             call_response: None,
+            grpc_calls: BTreeMap::new(),
+            next_grpc_call: 1,
+            grpc_receive: None,
+            grpc_status: (0, String::new()),
             configuring: None,
         };
         Store::new(&self.inner.wasm.engine, state)

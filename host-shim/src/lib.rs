@@ -53,11 +53,14 @@ pub use abi::{Action, LogLevel, MetricKind, Status};
 pub use clock::Clock;
 pub use headers::Headers;
 pub use host::{FailurePolicy, Host, HostBuilder, LoadError, PluginConfig, Wasm, ABI_MARKERS};
-pub use logs::{LogRecord, LogSink, LogSource};
+pub use logs::{LogOutput, LogRecord, LogSink, LogSource};
 pub use metrics::{MetricSnapshot, Metrics};
 pub use shared_data::SharedData;
 pub use stream::{Decision, HttpStream, LocalResponse, Outcome};
-pub use worker::{HttpCallRequest, HttpCallResponse, StartError, StreamError, Worker};
+pub use worker::{
+    GrpcCallRequest, GrpcCallResponse, HttpCallRequest, HttpCallResponse, StartError, StreamError,
+    Worker,
+};
 
 /// Names of the proxy-wasm functions the shim links as stubs returning
 /// UNIMPLEMENTED.

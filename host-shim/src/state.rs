@@ -29,6 +29,9 @@ pub(crate) struct Shared {
     pub(crate) next_worker: AtomicU32,
     /// Unimplemented functions already reported, so each is logged once.
     pub(crate) reported: Mutex<HashSet<String>>,
+    /// Woken when a guest makes an http call (or a gRPC call), for a server
+    /// that carries calls out.
+    pub(crate) calls_waiting: Arc<tokio::sync::Notify>,
 }
 
 /// The data of one worker's `Store`.
@@ -46,6 +49,13 @@ pub(crate) struct HostState {
     pub(crate) next_http_call: u32,
     /// The response being delivered by `proxy_on_http_call_response`.
     pub(crate) call_response: Option<CallResponse>,
+    pub(crate) grpc_calls: BTreeMap<u32, PendingGrpcCall>,
+    /// The next gRPC call's token (odd, as in Envoy).
+    pub(crate) next_grpc_call: u32,
+    /// The message being delivered by `proxy_on_grpc_receive`.
+    pub(crate) grpc_receive: Option<Vec<u8>>,
+    /// The status `proxy_get_status` reports (set for `proxy_on_grpc_close`).
+    pub(crate) grpc_status: (u32, String),
     /// The plugin whose configuration `proxy_on_configure` may read.
     pub(crate) configuring: Option<usize>,
 }
@@ -146,6 +156,20 @@ pub(crate) struct PendingHttpCall {
     pub(crate) deadline: u64,
 }
 
+/// A gRPC call waiting for its answer.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingGrpcCall {
+    pub(crate) context_id: u32,
+    pub(crate) cluster: String,
+    pub(crate) service: String,
+    pub(crate) method: String,
+    pub(crate) metadata: Headers,
+    pub(crate) message: Vec<u8>,
+    pub(crate) timeout_ms: u32,
+    /// Monotonic time (ns) after which the call fails.
+    pub(crate) deadline: u64,
+}
+
 /// The response an http call callback may read; `None` maps for a failure.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CallResponse {
@@ -161,6 +185,7 @@ impl HostState {
             level,
             source,
             message,
+            from_root: matches!(self.contexts.get(&self.current), Some(Context::Root(_))),
         });
     }
 

@@ -209,6 +209,9 @@ impl HttpStream {
         let index = inner
             .plugin_index(plugin)
             .ok_or_else(|| StreamError::UnknownPlugin(plugin.to_owned()))?;
+        if inner.host.inner.vm.plugins[index].singleton {
+            return Err(StreamError::Singleton(plugin.to_owned()));
+        }
         let mut stream = HttpStream {
             worker: worker.clone(),
             context_id: 0,
@@ -320,12 +323,12 @@ impl HttpStream {
     }
 
     /// Whether the filter resumed the request (`proxy_continue_stream`)
-    /// since the stream started.
+    /// since the request last paused (or since the stream started).
     pub fn request_resumed(&self) -> bool {
         self.with_context(|h| h.request_resumed).unwrap_or(false)
     }
 
-    /// Whether the filter resumed the response.
+    /// Whether the filter resumed the response since it last paused.
     pub fn response_resumed(&self) -> bool {
         self.with_context(|h| h.response_resumed).unwrap_or(false)
     }
@@ -356,6 +359,30 @@ impl HttpStream {
     /// The request headers as the filter left them.
     pub fn request_headers_sent(&self) -> Option<Headers> {
         self.with_context(|h| h.request_headers.clone()).flatten()
+    }
+
+    /// The response headers as the filter left them.
+    pub fn response_headers_sent(&self) -> Option<Headers> {
+        self.with_context(|h| h.response_headers.clone()).flatten()
+    }
+
+    /// Takes the request body the filter buffered (paused) so far, as the
+    /// filter left it: what goes on when the filter resumes the request.
+    pub fn take_request_body(&mut self) -> Option<Vec<u8>> {
+        let mut inner = self.worker.lock();
+        match inner.vm.store.data_mut().contexts.get_mut(&self.context_id) {
+            Some(Context::Http(h)) => h.request_body.take(),
+            _ => None,
+        }
+    }
+
+    /// Takes the response body the filter buffered (paused) so far.
+    pub fn take_response_body(&mut self) -> Option<Vec<u8>> {
+        let mut inner = self.worker.lock();
+        match inner.vm.store.data_mut().contexts.get_mut(&self.context_id) {
+            Some(Context::Http(h)) => h.response_body.take(),
+            _ => None,
+        }
     }
 
     /// Ends the stream normally: `proxy_on_log`, `proxy_on_done`,
@@ -392,6 +419,7 @@ impl HttpStream {
             let state = inner.vm.store.data_mut();
             state.contexts.remove(&id);
             state.http_calls.retain(|_, c| c.context_id != id);
+            state.grpc_calls.retain(|_, c| c.context_id != id);
         }
     }
 
@@ -489,6 +517,13 @@ impl HttpStream {
             Some(Context::Http(h)) => h,
             _ => return outcome,
         };
+        if action == Action::Pause {
+            // From here on, a resume is one of this pause.
+            match part.is_request() {
+                true => http.request_resumed = false,
+                false => http.response_resumed = false,
+            }
+        }
         if let (Some(map), Action::Continue) = (part.map(), action) {
             // The map went on: the guest cannot reach it any more.
             http.set_reach(map, Reach::Gone);

@@ -82,6 +82,7 @@ impl GuestOutput {
                 level,
                 source: self.source.clone(),
                 message: text,
+                from_root: false,
             });
         }
     }

@@ -33,6 +33,8 @@ pub enum StartError {
 pub enum StreamError {
     #[error("no plugin named {0}")]
     UnknownPlugin(String),
+    #[error("plugin {0} is a singleton: it serves no streams")]
+    Singleton(String),
 }
 
 /// An http call the guest made, waiting for a response.
@@ -76,6 +78,44 @@ impl HttpCallResponse {
             ]),
             body: BODY.into(),
             trailers: Headers::new(),
+        }
+    }
+}
+
+/// A gRPC call the guest made (unary), waiting for its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCallRequest {
+    pub token: u32,
+    pub cluster: String,
+    pub service: String,
+    pub method: String,
+    pub initial_metadata: Headers,
+    pub message: Vec<u8>,
+    pub timeout: Duration,
+}
+
+/// How a gRPC call ended, as Envoy reports it to the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcCallResponse {
+    /// The response message (status OK): `proxy_on_grpc_receive`.
+    Message(Vec<u8>),
+    /// A failure: `proxy_on_grpc_close` with the status code, the message
+    /// readable through `proxy_get_status`.
+    Closed { status: u32, message: String },
+}
+
+impl GrpcCallResponse {
+    /// gRPC's DEADLINE_EXCEEDED.
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    /// gRPC's UNAVAILABLE.
+    pub const UNAVAILABLE: u32 = 14;
+
+    /// What a call past its timeout gets: as in Envoy, the router's 504
+    /// mapped to UNAVAILABLE.
+    pub fn timed_out() -> Self {
+        GrpcCallResponse::Closed {
+            status: Self::UNAVAILABLE,
+            message: "upstream request timeout{response_timeout}".to_owned(),
         }
     }
 }
@@ -151,7 +191,7 @@ impl Worker {
     pub fn root_context_id(&self, plugin: &str) -> Option<u32> {
         let inner = self.lock();
         let index = inner.plugin_index(plugin)?;
-        inner.vm.roots.get(index).copied()
+        inner.vm.roots.get(index).copied().filter(|&root| root != 0)
     }
 
     /// Delivers `proxy_on_tick` to every root context with a tick period,
@@ -182,6 +222,20 @@ impl Worker {
             .collect();
         for token in expired {
             if inner.deliver_http_call(token, Some(HttpCallResponse::timed_out())) {
+                delivered += 1;
+            }
+        }
+        let expired: Vec<u32> = inner
+            .vm
+            .store
+            .data()
+            .grpc_calls
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(&t, _)| t)
+            .collect();
+        for token in expired {
+            if inner.deliver_grpc_call(token, GrpcCallResponse::timed_out()) {
                 delivered += 1;
             }
         }
@@ -220,6 +274,33 @@ impl Worker {
         self.lock().deliver_http_call(token, Some(response))
     }
 
+    /// The gRPC calls waiting for an answer, oldest first.
+    pub fn grpc_calls(&self) -> Vec<GrpcCallRequest> {
+        let inner = self.lock();
+        inner
+            .vm
+            .store
+            .data()
+            .grpc_calls
+            .iter()
+            .map(|(&token, c)| GrpcCallRequest {
+                token,
+                cluster: c.cluster.clone(),
+                service: c.service.clone(),
+                method: c.method.clone(),
+                initial_metadata: c.metadata.clone(),
+                message: c.message.clone(),
+                timeout: Duration::from_millis(u64::from(c.timeout_ms)),
+            })
+            .collect()
+    }
+
+    /// Delivers the answer to the gRPC call `token`; false if no such call
+    /// is pending.
+    pub fn respond_grpc_call(&self, token: u32, response: GrpcCallResponse) -> bool {
+        self.lock().deliver_grpc_call(token, response)
+    }
+
     /// Fails the http call `token`: no answer at all, as Envoy delivers a
     /// call whose stream was reset (its answer broke off). An upstream that
     /// cannot be reached is an answer in Envoy (its own 503: respond with
@@ -236,6 +317,9 @@ impl Worker {
         let mut inner = self.lock();
         let mut pending = Vec::new();
         for (index, root) in inner.vm.roots.clone().into_iter().enumerate() {
+            if root == 0 {
+                continue;
+            }
             let done: Option<i32> = inner
                 .call(root, "proxy_on_done", root as i32)
                 .ok()
@@ -269,6 +353,11 @@ impl Vm {
         vm.initialize()?;
         let vm_config_len = host.inner.vm.vm_configuration.len() as i32;
         for (index, plugin) in host.inner.vm.plugins.iter().enumerate() {
+            if plugin.singleton && worker != 0 {
+                // No root context here: 0 is never a context id.
+                vm.roots.push(0);
+                continue;
+            }
             let state = vm.store.data_mut();
             let root = state.next_context_id;
             state.next_context_id += 1;
@@ -486,6 +575,38 @@ impl WorkerInner {
             }
         }
         delivered
+    }
+
+    /// Delivers a gRPC call's answer to the context that made the call, as
+    /// Envoy does for a unary call: the message by `proxy_on_grpc_receive`,
+    /// a failure by `proxy_on_grpc_close`.
+    pub(crate) fn deliver_grpc_call(&mut self, token: u32, response: GrpcCallResponse) -> bool {
+        let Some(call) = self.vm.store.data_mut().grpc_calls.remove(&token) else {
+            return false;
+        };
+        if !self.vm.store.data().contexts.contains_key(&call.context_id) {
+            return false;
+        }
+        let context = call.context_id;
+        let result = match response {
+            GrpcCallResponse::Message(message) => {
+                let size = message.len() as i32;
+                self.vm.store.data_mut().grpc_receive = Some(message);
+                let args = (context as i32, token as i32, size);
+                let result =
+                    self.call::<(i32, i32, i32), ()>(context, "proxy_on_grpc_receive", args);
+                self.vm.store.data_mut().grpc_receive = None;
+                result
+            }
+            GrpcCallResponse::Closed { status, message } => {
+                self.vm.store.data_mut().grpc_status = (status, message);
+                let args = (context as i32, token as i32, status as i32);
+                let result = self.call::<(i32, i32, i32), ()>(context, "proxy_on_grpc_close", args);
+                self.vm.store.data_mut().grpc_status = (0, String::new());
+                result
+            }
+        };
+        result.is_ok()
     }
 
     /// Delivers an http call's response to the context that made the call;

@@ -109,3 +109,34 @@ fn serve_on_a_port_in_use_fails_with_one_line() {
     let last = stderr.trim().lines().last().unwrap_or_default().to_string();
     assert!(last.contains(&port.to_string()), "{stderr}");
 }
+
+#[test]
+fn serve_keeps_the_compiled_module_in_its_compile_cache() {
+    let dir = drainpipe_tests::envoy::Scratch::new("compile-cache").unwrap();
+    let cache = dir.path().join("cache");
+    // The port is taken: serve compiles the module, then fails to listen.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = held.local_addr().unwrap().to_string();
+    let cache_arg = cache.to_str().unwrap();
+    let args = ["--listen", &listen, "--compile-cache", cache_arg];
+    let (ok, stderr) = serve_with("{}", &args);
+    assert!(!ok, "{stderr}");
+    fn files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| match e.path().is_dir() {
+                    true => files(&e.path()),
+                    false => 1,
+                })
+                .sum()
+        })
+    }
+    assert!(files(&cache) > 0, "nothing cached in {}", cache.display());
+    let (ok, stderr) = serve_with(
+        "{}",
+        &["--compile-cache", "/dev/null/cache", "--no-compile-cache"],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}

@@ -36,6 +36,8 @@ async fn serve(upstream: u16) -> Shim {
             .to_string(),
     )
     .unwrap();
+    let admin_config = dir.path().join("admin.json");
+    std::fs::write(&admin_config, json!({"role": "admin"}).to_string()).unwrap();
     let (traffic, admin) = (free_port(), free_port());
     let wasm = std::env::var("DRAINPIPE_WASM").unwrap_or_else(|_| {
         format!(
@@ -49,6 +51,8 @@ async fn serve(upstream: u16) -> Shim {
             .args(["--wasm", &wasm])
             .arg("--config")
             .arg(&config)
+            .arg("--admin-config")
+            .arg(&admin_config)
             .args(["--listen", &format!("127.0.0.1:{traffic}")])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .args(["--upstream", &format!("http://127.0.0.1:{upstream}")])

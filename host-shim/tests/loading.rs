@@ -67,17 +67,17 @@ fn module_importing_a_function_the_shim_lacks_is_a_load_error_naming_it() {
 fn unimplemented_abi_function_returns_unimplemented_and_is_logged_once() {
     // on_vm_start succeeds only if both calls return UNIMPLEMENTED (12).
     let wat = wat_module(
-        r#"(import "env" "proxy_grpc_cancel" (func $cancel (param i32) (result i32)))"#,
+        r#"(import "env" "proxy_grpc_send" (func $send (param i32 i32 i32 i32) (result i32)))"#,
         r#"(func (export "proxy_on_vm_start") (param i32 i32) (result i32)
               (i32.and
-                (i32.eq (call $cancel (i32.const 1)) (i32.const 12))
-                (i32.eq (call $cancel (i32.const 2)) (i32.const 12))))"#,
+                (i32.eq (call $send (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 1)) (i32.const 12))
+                (i32.eq (call $send (i32.const 2) (i32.const 0) (i32.const 0) (i32.const 1)) (i32.const 12))))"#,
     );
     let host = host(wat).expect("load");
     host.worker().expect("both calls returned UNIMPLEMENTED");
     host.worker().expect("a second worker starts too");
     assert_eq!(
-        host.log().count("proxy_grpc_cancel is not implemented"),
+        host.log().count("proxy_grpc_send is not implemented"),
         1,
         "{}",
         host.log().dump()

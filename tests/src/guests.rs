@@ -65,6 +65,15 @@ pub const TEST_FILTER: Guest = Guest {
     env: &[],
 };
 
+/// The shim's fidelity filters (`host-shim/test-filters/fidelity`): one
+/// module, the plugin configuration picks the filter.
+pub const FIDELITY_FILTER: Guest = Guest {
+    dir: "host-shim/test-filters/fidelity",
+    lib: "shim_fidelity_filter",
+    target: "guests/fidelity-filter",
+    env: &[],
+};
+
 /// A filter that traps on request (`tests/trap-filter`).
 pub const TRAP_FILTER: Guest = Guest {
     dir: "tests/trap-filter",
@@ -92,9 +101,10 @@ pub const PROBE_FILTER: Guest = Guest {
 };
 
 /// Every guest crate, for tasks that go over all of them (lint).
-pub const ALL: [Guest; 5] = [
+pub const ALL: [Guest; 6] = [
     PLUGIN,
     TEST_FILTER,
+    FIDELITY_FILTER,
     TRAP_FILTER,
     MINIMAL_FILTER,
     PROBE_FILTER,

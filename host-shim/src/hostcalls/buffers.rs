@@ -47,10 +47,8 @@ fn buffer(state: &mut HostState, raw: i32) -> HostResult<Vec<u8>> {
         BufferType::HttpCallResponseBody => state.call_response.as_ref().map(|r| r.body.clone()),
         BufferType::RequestBody => state.http()?.request_body.clone(),
         BufferType::ResponseBody => state.http()?.response_body.clone(),
-        BufferType::DownstreamData
-        | BufferType::UpstreamData
-        | BufferType::GrpcReceiveBuffer
-        | BufferType::CallData => None,
+        BufferType::GrpcReceiveBuffer => state.grpc_receive.clone(),
+        BufferType::DownstreamData | BufferType::UpstreamData | BufferType::CallData => None,
     };
     found.ok_or_else(|| Status::NotFound.into())
 }
@@ -89,7 +87,8 @@ fn set_bytes(
         BufferType::ResponseBody => &mut state.http()?.response_body,
         BufferType::VmConfiguration
         | BufferType::PluginConfiguration
-        | BufferType::HttpCallResponseBody => return Err(Status::BadArgument.into()),
+        | BufferType::HttpCallResponseBody
+        | BufferType::GrpcReceiveBuffer => return Err(Status::BadArgument.into()),
         _ => return Err(Status::NotFound.into()),
     };
     let body = body.as_mut().ok_or(Status::NotFound)?;

@@ -180,8 +180,9 @@ fn edit(
     };
     let headers = map_mut(c.data_mut(), map, Use::Edit)?;
     match op {
-        Edit::Add => headers.add(&key, value),
-        Edit::Replace => headers.replace(&key, value),
+        // Where Envoy's header map puts them: a replaced key moves to the end.
+        Edit::Add => headers.add_in_place(&key, value),
+        Edit::Replace => headers.replace_moving(&key, value),
         Edit::Remove => headers.remove(&key),
     }
     Ok(())

@@ -78,5 +78,6 @@ fn http_call(
             deadline,
         },
     );
+    state.shared.calls_waiting.notify_one();
     memory::write_u32(c, ret, token)
 }

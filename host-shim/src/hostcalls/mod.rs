@@ -3,6 +3,7 @@
 
 mod buffers;
 mod context;
+mod grpc;
 mod header_maps;
 mod http_calls;
 mod logging;
@@ -32,6 +33,7 @@ pub(crate) fn add_to_linker(
     metrics::add(linker)?;
     timers::add(linker)?;
     http_calls::add(linker)?;
+    grpc::add(linker)?;
     properties::add(linker)?;
     stream::add(linker)?;
     context::add(linker)?;

@@ -1,5 +1,4 @@
-//! ABI functions the shim does not implement (gRPC calls and streams,
-//! `proxy_get_status`): linked with the signature the module imports them
+//! ABI functions the shim does not implement (gRPC streams): linked with the signature the module imports them
 //! with, they return UNIMPLEMENTED and are logged once per host.
 
 use wasmtime::{ExternType, Linker, Module, Val, ValType};
@@ -8,14 +7,7 @@ use crate::abi::Status;
 use crate::state::HostState;
 
 /// Functions of proxy-wasm 0.2.x the shim answers with UNIMPLEMENTED.
-pub(crate) const UNIMPLEMENTED: &[&str] = &[
-    "proxy_grpc_call",
-    "proxy_grpc_stream",
-    "proxy_grpc_send",
-    "proxy_grpc_cancel",
-    "proxy_grpc_close",
-    "proxy_get_status",
-];
+pub(crate) const UNIMPLEMENTED: &[&str] = &["proxy_grpc_stream", "proxy_grpc_send"];
 
 pub(super) fn add(linker: &mut Linker<HostState>, module: &Module) -> wasmtime::Result<()> {
     for import in module.imports() {

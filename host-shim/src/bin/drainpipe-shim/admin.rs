@@ -15,7 +15,8 @@ use serde_json::Value;
 pub(crate) struct Admin {
     pub(crate) host: Host,
     pub(crate) worker: Worker,
-    pub(crate) plugin: String,
+    /// The admin-role plugin, when `--admin-config` loaded one.
+    pub(crate) plugin: Option<String>,
 }
 
 impl Admin {
@@ -29,7 +30,13 @@ impl Admin {
         for (k, v) in headers {
             pairs.push((k.as_str().to_owned(), v.as_bytes().to_vec()));
         }
-        let outcome = match self.worker.http_stream(&self.plugin) {
+        let Some(plugin) = &self.plugin else {
+            return error(
+                404,
+                "no admin plugin: start drainpipe-shim serve with --admin-config",
+            );
+        };
+        let outcome = match self.worker.http_stream(plugin) {
             Ok(mut s) => s.request_headers(pairs, true),
             Err(e) => return error(500, &e.to_string()),
         };
@@ -77,6 +84,10 @@ async fn prometheus(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 async fn ready(State(admin): State<Arc<Admin>>) -> Response {
+    if admin.plugin.is_none() {
+        // As Envoy's admin `/ready` while live.
+        return (StatusCode::OK, "LIVE\n").into_response();
+    }
     match admin.state() {
         Some(state) if state["state"] == "serving" => (StatusCode::OK, "serving\n").into_response(),
         Some(state) => (

@@ -8,7 +8,9 @@
 //! The drain controller is `drainpipe controller` (crate `drainpipe-ops`).
 
 mod admin;
+mod calls;
 mod drain;
+mod logging;
 mod proxy;
 mod serve;
 
@@ -31,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Reverse proxy with the filter in the request path, and its admin endpoint.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Start a drain through an admin endpoint and optionally wait for it.
     Drain(drain::Args),
 }
@@ -46,7 +48,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Serve(args) => runtime.block_on(serve::run(*args)),
         Command::Drain(args) => runtime.block_on(drain::run(args)),
     };
     match result {

@@ -1,0 +1,380 @@
+//! The guests' http calls, carried out: `--cluster NAME=URL` declares a
+//! cluster (`http://host:port` for HTTP/1.1, `h2c://host:port` for HTTP/2
+//! without TLS, as a cluster with `http2_protocol_options`), and every call
+//! a guest makes to it is sent there; the answer (or Envoy's 503 when the
+//! cluster cannot be reached) is delivered to the calling context. A call
+//! past its timeout gets the router's 504 from the worker's timers. gRPC
+//! calls (unary) go to their cluster over HTTP/2 with Envoy's request
+//! headers; the answer is the response message or the call's gRPC status
+//! (an HTTP status mapped as Envoy maps it, UNAVAILABLE when the cluster
+//! cannot be reached).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use drainpipe_shim::{
+    GrpcCallRequest, GrpcCallResponse, Headers, Host, HttpCallRequest, HttpCallResponse, Worker,
+};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{HeaderMap, Request, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a cluster is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cluster {
+    pub(crate) name: String,
+    /// `http://host:port`, whatever the protocol.
+    pub(crate) base: String,
+    /// HTTP/2 with prior knowledge (h2c), else HTTP/1.1.
+    pub(crate) h2: bool,
+}
+
+/// Parses `NAME=URL` (`--cluster`).
+pub(crate) fn parse_cluster(text: &str) -> Result<Cluster, String> {
+    let (name, url) = text
+        .split_once('=')
+        .filter(|(name, _)| !name.is_empty())
+        .ok_or_else(|| format!("{text:?}: expected NAME=URL, e.g. auth=http://127.0.0.1:9000"))?;
+    let (h2, rest) = match url.split_once("://") {
+        Some(("http", rest)) => (false, rest),
+        Some(("h2c", rest)) => (true, rest),
+        _ => {
+            return Err(format!(
+                "{text:?}: the URL must start with http:// (HTTP/1.1) or h2c:// (HTTP/2)"
+            ))
+        }
+    };
+    let authority = rest.trim_end_matches('/');
+    let base = format!("http://{authority}");
+    let uri: hyper::Uri = base
+        .parse()
+        .map_err(|e| format!("{text:?}: not a URL: {e}"))?;
+    if uri.authority().is_none() || authority.contains('/') {
+        return Err(format!("{text:?}: expected a scheme, host and port only"));
+    }
+    Ok(Cluster {
+        name: name.to_owned(),
+        base,
+        h2,
+    })
+}
+
+/// The clusters and the clients that reach them.
+pub(crate) struct Calls {
+    clusters: BTreeMap<String, Cluster>,
+    http1: Client<HttpConnector, Full<Bytes>>,
+    h2: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Calls {
+    pub(crate) fn new(clusters: &[Cluster]) -> Calls {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Calls {
+            clusters: clusters
+                .iter()
+                .map(|c| (c.name.clone(), c.clone()))
+                .collect(),
+            http1: Client::builder(TokioExecutor::new())
+                .set_host(false)
+                .build(connector.clone()),
+            h2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .set_host(false)
+                .build(connector),
+        }
+    }
+
+    /// Carries out every call the workers' guests make, until the process
+    /// ends.
+    pub(crate) async fn run(self: Arc<Self>, host: Host, workers: Vec<Worker>) {
+        let waiting = host.calls_waiting();
+        let mut in_flight: Vec<HashSet<u32>> = vec![HashSet::new(); workers.len()];
+        let mut grpc_in_flight: Vec<HashSet<u32>> = vec![HashSet::new(); workers.len()];
+        loop {
+            tokio::select! {
+                _ = waiting.notified() => {}
+                // A VM reloaded under a call, say: look again now and then.
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            for (worker, in_flight) in workers.iter().zip(in_flight.iter_mut()) {
+                let pending = worker.http_calls();
+                in_flight.retain(|token| pending.iter().any(|c| c.token == *token));
+                for call in pending {
+                    if in_flight.insert(call.token) {
+                        let (calls, worker) = (self.clone(), worker.clone());
+                        tokio::spawn(async move {
+                            let token = call.token;
+                            let response = calls.send(call).await;
+                            worker.respond_http_call(token, response);
+                        });
+                    }
+                }
+            }
+            for (worker, in_flight) in workers.iter().zip(grpc_in_flight.iter_mut()) {
+                let pending = worker.grpc_calls();
+                in_flight.retain(|token| pending.iter().any(|c| c.token == *token));
+                for call in pending {
+                    if in_flight.insert(call.token) {
+                        let (calls, worker) = (self.clone(), worker.clone());
+                        tokio::spawn(async move {
+                            let token = call.token;
+                            let response = calls.send_grpc(call).await;
+                            worker.respond_grpc_call(token, response);
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, call: HttpCallRequest) -> HttpCallResponse {
+        let Some(cluster) = self.clusters.get(&call.cluster) else {
+            return unreachable_cluster();
+        };
+        let path = call.headers.get(":path").unwrap_or("/");
+        let mut builder = Request::builder()
+            .method(call.headers.get(":method").unwrap_or("GET"))
+            .uri(format!("{}{path}", cluster.base));
+        if !cluster.h2 {
+            if let Some(authority) = call.headers.get_bytes(":authority") {
+                builder = builder.header(hyper::header::HOST, authority);
+            }
+        }
+        for (k, v) in call.headers.iter().filter(|(k, _)| !k.starts_with(':')) {
+            builder = builder.header(k, v);
+        }
+        // What Envoy's async client and router add to a call.
+        if !call.headers.contains("x-envoy-internal") {
+            builder = builder.header("x-envoy-internal", "true");
+        }
+        if !call.timeout.is_zero() {
+            let timeout = call.timeout.as_millis().to_string();
+            builder = builder.header("x-envoy-expected-rq-timeout-ms", timeout);
+        }
+        let Ok(request) = builder.body(Full::new(Bytes::from(call.body))) else {
+            return unreachable_cluster();
+        };
+        let client = match cluster.h2 {
+            true => &self.h2,
+            false => &self.http1,
+        };
+        let started = std::time::Instant::now();
+        let sent = tokio::time::timeout(call.timeout, async {
+            let response = client.request(request).await.ok()?;
+            let (parts, body) = response.into_parts();
+            let collected = body.collect().await.ok()?;
+            Some((parts, collected))
+        })
+        .await;
+        let Ok(Some((parts, collected))) = sent else {
+            // A timeout is answered by the worker's timers (504).
+            return unreachable_cluster();
+        };
+        let mut headers = Headers::from_pairs([(":status", parts.status.as_str())]);
+        for (k, v) in &parts.headers {
+            headers.add(k.as_str(), v.as_bytes());
+        }
+        headers.add(
+            "x-envoy-upstream-service-time",
+            started.elapsed().as_millis().to_string(),
+        );
+        let mut trailers = Headers::new();
+        for (k, v) in collected.trailers().into_iter().flatten() {
+            trailers.add(k.as_str(), v.as_bytes());
+        }
+        HttpCallResponse {
+            headers,
+            body: collected.to_bytes().to_vec(),
+            trailers,
+        }
+    }
+}
+
+impl Calls {
+    async fn send_grpc(&self, call: GrpcCallRequest) -> GrpcCallResponse {
+        let unavailable = || GrpcCallResponse::Closed {
+            status: GrpcCallResponse::UNAVAILABLE,
+            message: "upstream connect error or disconnect/reset before headers. \
+                      reset reason: remote connection failure"
+                .to_owned(),
+        };
+        let Some(cluster) = self.clusters.get(&call.cluster) else {
+            return unavailable();
+        };
+        let timeout = call.timeout;
+        match tokio::time::timeout(timeout, grpc_exchange(cluster, call)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(_)) => unavailable(),
+            // The worker's timers answered it already.
+            Err(_) => GrpcCallResponse::timed_out(),
+        }
+    }
+}
+
+/// One unary gRPC exchange over a connection of its own.
+async fn grpc_exchange(
+    cluster: &Cluster,
+    call: GrpcCallRequest,
+) -> Result<GrpcCallResponse, BoxError> {
+    let address = cluster.base.trim_start_matches("http://");
+    let tcp = tokio::net::TcpStream::connect(address).await?;
+    tcp.set_nodelay(true)?;
+    let mut frame = Vec::with_capacity(call.message.len() + 5);
+    frame.push(0);
+    frame.extend_from_slice(&(call.message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&call.message);
+    // Envoy's gRPC client's headers, in its order.
+    let timeout_ms = call.timeout.as_millis().to_string();
+    let mut request = Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/{}/{}",
+            call.cluster, call.service, call.method
+        ))
+        .header("te", "trailers");
+    if !call.timeout.is_zero() {
+        request = request.header("grpc-timeout", format!("{timeout_ms}m"));
+    }
+    request = request.header("content-type", "application/grpc");
+    for (k, v) in call.initial_metadata.iter() {
+        request = request.header(k, v);
+    }
+    request = request.header("x-envoy-internal", "true");
+    if !call.timeout.is_zero() {
+        request = request.header("x-envoy-expected-rq-timeout-ms", timeout_ms);
+    }
+    // Streamed as Envoy sends it: no content-length.
+    let frames = futures::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
+        Bytes::from(frame),
+    ))]);
+    let request = request.body(StreamBody::new(frames))?;
+    // The cluster's protocol, as Envoy's gRPC client uses it (gRPC wants
+    // HTTP/2; over HTTP/1.1 the answer is seldom a gRPC one).
+    let response = if cluster.h2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        sender.send_request(request).await?
+    } else {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        let (mut parts, body) = request.into_parts();
+        parts.headers.insert(
+            hyper::header::HOST,
+            hyper::header::HeaderValue::from_str(&call.cluster)?,
+        );
+        sender
+            .send_request(Request::from_parts(parts, body))
+            .await?
+    };
+    let (parts, body) = response.into_parts();
+    if parts.status != StatusCode::OK {
+        return Ok(GrpcCallResponse::Closed {
+            status: http_to_grpc(parts.status),
+            message: with_details(""),
+        });
+    }
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    // A trailers-only answer carries its status in the headers.
+    let (status, message) = grpc_status(&trailers)
+        .or_else(|| grpc_status(&parts.headers))
+        .unwrap_or((13, String::new()));
+    if status != 0 {
+        return Ok(GrpcCallResponse::Closed {
+            status,
+            message: with_details(&message),
+        });
+    }
+    let body = collected.to_bytes();
+    let length = body
+        .get(1..5)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    match length.and_then(|n| body.get(5..5 + n)) {
+        Some(message) => Ok(GrpcCallResponse::Message(message.to_vec())),
+        None => Ok(GrpcCallResponse::Closed {
+            status: 13,
+            message: "the response has no whole message".to_owned(),
+        }),
+    }
+}
+
+/// The status message as Envoy reports an upstream's answer: the
+/// `grpc-message` with the response's details (`via_upstream`) in braces.
+fn with_details(message: &str) -> String {
+    match message {
+        "" => "via_upstream".to_owned(),
+        _ => format!("{message}{{via_upstream}}"),
+    }
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<(u32, String)> {
+    let status = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Some((status, message))
+}
+
+/// Envoy's mapping of an HTTP status to a gRPC status (as gRPC's spec).
+fn http_to_grpc(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// What Envoy answers a call whose cluster it cannot reach.
+fn unreachable_cluster() -> HttpCallResponse {
+    const BODY: &str = "upstream connect error or disconnect/reset before headers. \
+                        reset reason: remote connection failure";
+    HttpCallResponse {
+        headers: Headers::from_pairs([
+            (":status", "503".to_owned()),
+            ("content-length", BODY.len().to_string()),
+            ("content-type", "text/plain".to_owned()),
+        ]),
+        body: BODY.into(),
+        trailers: Headers::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clusters_are_http1_or_h2c_urls() {
+        assert_eq!(
+            parse_cluster("auth=http://127.0.0.1:9000/"),
+            Ok(Cluster {
+                name: "auth".into(),
+                base: "http://127.0.0.1:9000".into(),
+                h2: false
+            })
+        );
+        assert!(parse_cluster("grpc=h2c://127.0.0.1:9001").unwrap().h2);
+        for bad in [
+            "auth",
+            "=http://a:1",
+            "auth=https://a:1",
+            "auth=http://a:1/x",
+        ] {
+            assert!(parse_cluster(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Small proxy-wasm filters, independent of drainpipe, written the way an
+//! ordinary proxy-wasm-rust-sdk user writes them. The plugin configuration
+//! picks one:
+//!
+//! - `body`: rewrites whole bodies. It drops `content-length`, pauses every
+//!   body chunk until the end of the stream, then replaces the buffered
+//!   request body with `request <n> bytes: <BODY IN UPPER CASE>` and the
+//!   buffered response body likewise (`response <n> bytes: ...`).
+//! - `logs`: logs one line at each level from each stream callback; on
+//!   `/trap` it panics (the VM traps).
+//! - `headers`: replaces and adds request and response headers, and logs
+//!   every header it sees in order.
+//! - `call`: asks cluster `auth` (`GET <x-auth-path>`) and lets the request
+//!   on with `x-auth-status` if it answers 200, else answers 403.
+//! - `grpc`: a unary gRPC call to cluster `grpc` (or `x-grpc-cluster`),
+//!   method `fidelity.Check/Check`, the message `x-grpc-message` (default
+//!   `allow`), timeout `x-grpc-timeout-ms` (default 5000); lets the request
+//!   on with `x-grpc-answer: ok` on status OK, else answers 403 with
+//!   `x-grpc-status`.
+//! - `tick`: a tick every 100 ms, logged with how many ticks this root
+//!   context has had.
+
+use std::time::Duration;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Mode {
+    #[default]
+    Body,
+    Logs,
+    Headers,
+    Call,
+    Grpc,
+    Tick,
+}
+
+#[derive(Default)]
+struct Root {
+    mode: Mode,
+    ticks: u32,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = self
+            .get_plugin_configuration()
+            .map(|c| String::from_utf8_lossy(&c).trim().to_owned())
+            .unwrap_or_default();
+        self.mode = match config.as_str() {
+            "body" => Mode::Body,
+            "logs" => Mode::Logs,
+            "headers" => Mode::Headers,
+            "call" => Mode::Call,
+            "grpc" => Mode::Grpc,
+            "tick" => Mode::Tick,
+            other => {
+                log::error!("fidelity filter: unknown mode {other:?}");
+                return false;
+            }
+        };
+        if self.mode == Mode::Tick {
+            self.set_tick_period(Duration::from_millis(100));
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        if self.ticks <= 3 {
+            log::info!("tick: {}", self.ticks);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream { mode: self.mode }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    mode: Mode,
+}
+
+/// Every header pair as `name=value`, in the map's order.
+fn listing(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn log_every_level(callback: &str) {
+    log::trace!("logs: trace from {callback}");
+    log::debug!("logs: debug from {callback}");
+    log::info!("logs: info from {callback}");
+    log::warn!("logs: warn from {callback}");
+    log::error!("logs: error from {callback}");
+}
+
+impl Context for Stream {
+    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
+        if status_code == 0 {
+            let body = self
+                .get_grpc_call_response_body(0, response_size)
+                .unwrap_or_default();
+            log::info!("grpc: OK: {}", String::from_utf8_lossy(&body));
+            self.set_http_request_header("x-grpc-answer", Some("ok"));
+            self.resume_http_request();
+        } else {
+            let (code, message) = self.get_grpc_status();
+            log::info!("grpc: status {status_code} ({code}, {message:?})");
+            let status = status_code.to_string();
+            self.send_http_response(403, vec![("x-grpc-status", &status)], Some(b"refused\n"));
+        }
+    }
+
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body: usize, _tr: usize) {
+        let status = self
+            .get_http_call_response_header(":status")
+            .unwrap_or_else(|| "none".into());
+        let body = self
+            .get_http_call_response_body(0, body)
+            .unwrap_or_default();
+        log::info!(
+            "call: auth answered {status}: {}\n{}",
+            listing(&self.get_http_call_response_headers()),
+            String::from_utf8_lossy(&body)
+        );
+        if status == "200" {
+            self.set_http_request_header("x-auth-status", Some(&status));
+            self.resume_http_request();
+        } else {
+            self.send_http_response(403, vec![("x-denied-by", "auth")], Some(b"denied\n"));
+        }
+    }
+}
+
+impl Stream {
+    fn grpc_call(&mut self) -> Action {
+        let header = |name: &str, default: &str| {
+            self.get_http_request_header(name)
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let (cluster, message) = (
+            header("x-grpc-cluster", "grpc"),
+            header("x-grpc-message", "allow"),
+        );
+        let timeout = header("x-grpc-timeout-ms", "5000").parse().unwrap_or(5000);
+        let dispatched = self.dispatch_grpc_call(
+            &cluster,
+            "fidelity.Check",
+            "Check",
+            vec![("x-meta", b"1")],
+            Some(message.as_bytes()),
+            Duration::from_millis(timeout),
+        );
+        if let Err(status) = dispatched {
+            log::error!("grpc: dispatch failed: {status:?}");
+            self.send_http_response(500, vec![], Some(b"dispatch failed\n"));
+        }
+        Action::Pause
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _headers: usize, _eos: bool) -> Action {
+        match self.mode {
+            Mode::Body => {
+                self.set_http_request_header("content-length", None);
+                Action::Continue
+            }
+            Mode::Logs => {
+                log_every_level("request headers");
+                if self.get_http_request_header(":path").as_deref() == Some("/trap") {
+                    panic!("logs: trapping on purpose");
+                }
+                Action::Continue
+            }
+            Mode::Headers => {
+                log::info!(
+                    "headers: request {}",
+                    listing(&self.get_http_request_headers())
+                );
+                self.set_http_request_header("x-b", Some("replaced"));
+                self.add_http_request_header("x-added", "added");
+                log::info!(
+                    "headers: request after {}",
+                    listing(&self.get_http_request_headers())
+                );
+                Action::Continue
+            }
+            Mode::Call => {
+                let path = self
+                    .get_http_request_header("x-auth-path")
+                    .unwrap_or_else(|| "/allow".into());
+                let dispatched = self.dispatch_http_call(
+                    "auth",
+                    vec![(":method", "GET"), (":path", &path), (":authority", "auth")],
+                    None,
+                    vec![],
+                    Duration::from_secs(5),
+                );
+                match dispatched {
+                    Ok(_) => Action::Pause,
+                    Err(status) => {
+                        log::error!("call: dispatch failed: {status:?}");
+                        self.send_http_response(500, vec![], Some(b"dispatch failed\n"));
+                        Action::Pause
+                    }
+                }
+            }
+            Mode::Grpc => self.grpc_call(),
+            Mode::Tick => Action::Continue,
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match self.mode {
+            Mode::Body => {
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+                let text = String::from_utf8_lossy(&body).to_uppercase();
+                let new = format!("request {} bytes: {text}", body.len());
+                self.set_http_request_body(0, body_size, new.as_bytes());
+                log::info!("body: request body of {} bytes replaced", body.len());
+                Action::Continue
+            }
+            Mode::Logs => {
+                if end_of_stream {
+                    log_every_level("request body");
+                }
+                Action::Continue
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _eos: bool) -> Action {
+        match self.mode {
+            Mode::Body => {
+                self.set_http_response_header("content-length", None);
+            }
+            Mode::Logs => log_every_level("response headers"),
+            Mode::Headers => {
+                log::info!(
+                    "headers: response {}",
+                    listing(&self.get_http_response_headers())
+                );
+                self.set_http_response_header("x-up-b", Some("replaced"));
+                self.add_http_response_header("x-added", "added");
+                log::info!(
+                    "headers: response after {}",
+                    listing(&self.get_http_response_headers())
+                );
+            }
+            Mode::Call | Mode::Grpc | Mode::Tick => {}
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.mode != Mode::Body {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self
+            .get_http_response_body(0, body_size)
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body).to_uppercase();
+        let new = format!("response {} bytes: {text}", body.len());
+        self.set_http_response_body(0, body_size, new.as_bytes());
+        log::info!("body: response body of {} bytes replaced", body.len());
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if self.mode == Mode::Logs {
+            log_every_level("log");
+        }
+    }
+}

@@ -1,0 +1,713 @@
+//! Ordinary proxy-wasm filters side by side under `drainpipe-shim serve`
+//! and a real Envoy: the scenarios of `tests/scenarios/fidelity.json` send
+//! the same requests through both to the same upstream, and every status,
+//! header (in order), body and guest log line must be the same, once values
+//! that differ by nature (dates, request ids, times) are masked.
+
+mod support;
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use drainpipe_tests::envoy::{free_port, repo_root, EnvoyConfig, Scratch};
+use drainpipe_tests::{Envoy, EnvoyOptions, Ports};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use bytes::Bytes;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// The vm_id and plugin name both hosts run the filter under.
+const VM_ID: &str = "fidelity_vm";
+const PLUGIN: &str = "fidelity";
+
+/// What the client saw for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Exchange {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+/// What one host gave for a whole scenario.
+#[derive(Debug)]
+struct Run {
+    exchanges: Vec<Exchange>,
+    /// The guest's log lines (`wasm log ...`), with their level.
+    logs: Vec<String>,
+}
+
+fn scenario(name: &str) -> Value {
+    let path = repo_root().join("tests/scenarios/fidelity.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    doc["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no scenario {name} in {}", path.display()))
+        .clone()
+}
+
+/// Runs the scenario `name` under both hosts and compares.
+async fn side_by_side(name: &str) {
+    let scenario = scenario(name);
+    let upstreams = Upstreams {
+        http: Upstream::start().await,
+        grpc: Upstream::start_grpc().await,
+    };
+    let envoy = run_envoy(&scenario, &upstreams).await;
+    let shim = run_shim(&scenario, &upstreams).await;
+    for (i, (s, e)) in shim.exchanges.iter().zip(&envoy.exchanges).enumerate() {
+        let request = &scenario["requests"][i];
+        assert_eq!(
+            s, e,
+            "{name}: request {i} ({} {}) differs: shim (left), Envoy (right)",
+            request["method"], request["path"]
+        );
+    }
+    assert_eq!(shim.exchanges.len(), envoy.exchanges.len());
+    let (mut shim_logs, mut envoy_logs) = (shim.logs, envoy.logs);
+    if scenario["sort_logs"] == true {
+        shim_logs.sort();
+        envoy_logs.sort();
+    }
+    assert_eq!(
+        shim_logs, envoy_logs,
+        "{name}: guest log lines differ: shim (left), Envoy (right)"
+    );
+    assert!(!envoy_logs.is_empty(), "{name}: no guest log line at all");
+    println!(
+        "{name}: {} exchanges and {} guest log lines the same in the shim and Envoy:\n{}",
+        shim.exchanges.len(),
+        envoy_logs.len(),
+        envoy_logs.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------- clients
+
+async fn send_all(scenario: &Value, port: u16) -> Vec<Exchange> {
+    let client = reqwest::Client::new();
+    let mut out = Vec::new();
+    for request in scenario["requests"].as_array().unwrap() {
+        out.push(send(&client, port, request).await);
+    }
+    if let Some(ms) = scenario["wait_ms"].as_u64() {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    out
+}
+
+async fn send(client: &reqwest::Client, port: u16, request: &Value) -> Exchange {
+    let method = reqwest::Method::from_bytes(request["method"].as_str().unwrap().as_bytes())
+        .expect("a method");
+    let url = format!(
+        "http://127.0.0.1:{port}{}",
+        request["path"].as_str().unwrap()
+    );
+    // The same authority for both hosts, whatever their ports.
+    let mut builder = client.request(method, url).header("host", "fidelity.test");
+    for pair in request["headers"].as_array().into_iter().flatten() {
+        builder = builder.header(pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
+    }
+    let chunks: Vec<String> = request["body"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    builder = match chunks.len() {
+        0 => builder,
+        1 => builder.body(chunks[0].clone()),
+        _ => {
+            let stream = futures::stream::unfold(chunks.into_iter(), |mut chunks| async move {
+                let chunk = chunks.next()?;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                Some((Ok::<_, Infallible>(chunk), chunks))
+            });
+            builder.body(reqwest::Body::wrap_stream(stream))
+        }
+    };
+    let response = builder.send().await.expect("a response");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (k.as_str().to_owned(), mask_header(k.as_str(), &value))
+        })
+        .collect();
+    let body = mask(&response.text().await.expect("a body"));
+    Exchange {
+        status,
+        headers,
+        body,
+    }
+}
+
+// ------------------------------------------------------------------ masks
+
+fn mask_header(name: &str, value: &str) -> String {
+    match name {
+        "date" => "<date>".into(),
+        "x-envoy-upstream-service-time" => "<ms>".into(),
+        _ => mask(value),
+    }
+}
+
+/// Request ids (UUIDs) and upstream service times, wherever they appear.
+fn mask(text: &str) -> String {
+    let mut out = mask_uuids(text);
+    let key = "x-envoy-upstream-service-time=";
+    let mut at = 0;
+    while let Some(i) = out[at..].find(key) {
+        let start = at + i + key.len();
+        let end = out[start..]
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "<ms>");
+        at = start;
+    }
+    out
+}
+
+fn mask_uuids(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let is_uuid = |s: &[u8]| {
+        s.len() == 36
+            && s.iter().enumerate().all(|(i, &b)| match i {
+                8 | 13 | 18 | 23 => b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            })
+    };
+    let mut out = String::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if i + 36 <= bytes.len() && is_uuid(&bytes[i..i + 36]) {
+            out.push_str("<id>");
+            i += 36;
+        } else {
+            let c = text[i..].chars().next().unwrap();
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+/// The guest's lines of an Envoy-format log: `<level> wasm log ...`, a
+/// message of several lines kept whole.
+fn guest_lines(log: &str) -> Vec<String> {
+    let mut records: Vec<String> = Vec::new();
+    for line in log.lines() {
+        if line.starts_with('[') {
+            records.push(line.to_owned());
+        } else if let Some(last) = records.last_mut() {
+            last.push('\n');
+            last.push_str(line);
+        }
+    }
+    records
+        .into_iter()
+        .filter_map(|r| {
+            let level = r.split("][").nth(2)?.to_owned();
+            let at = r.find("wasm log ")?;
+            Some(format!("{level} {}", mask(&r[at..])))
+        })
+        .collect()
+}
+
+/// Waits until a log stops growing (the callbacks after a response, such as
+/// `on_log`, run once it went out).
+async fn settled_log(read: impl Fn() -> String) -> String {
+    let mut last = read();
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = read();
+        if now == last || started.elapsed() > Duration::from_secs(10) {
+            return now;
+        }
+        last = now;
+    }
+}
+
+// ------------------------------------------------------------------ hosts
+
+async fn run_envoy(scenario: &Value, upstreams: &Upstreams) -> Run {
+    let ports = Ports::fresh(upstreams.http.port);
+    let config = envoy_config(scenario, ports, upstreams, &support::fidelity_filter_path());
+    let mut options = EnvoyOptions {
+        concurrency: 1,
+        ..EnvoyOptions::default()
+    };
+    if let Some(level) = scenario["log_level"].as_str() {
+        options.extra_args = vec!["--component-log-level".into(), format!("wasm:{level}")];
+    }
+    let envoy = Envoy::start(&config, ports, options).expect("Envoy starts with the filter");
+    let exchanges = send_all(scenario, ports.traffic).await;
+    let log = settled_log(|| envoy.log()).await;
+    Run {
+        exchanges,
+        logs: guest_lines(&log),
+    }
+}
+
+/// A cluster a scenario declares: a name (to the plain upstream, HTTP/1.1),
+/// or `{"name": N, "grpc": true}` (to the gRPC upstream, HTTP/2).
+struct Declared {
+    name: String,
+    port: u16,
+    h2: bool,
+}
+
+fn declared_clusters(scenario: &Value, upstreams: &Upstreams) -> Vec<Declared> {
+    scenario["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| match c.as_str() {
+            Some(name) => Declared {
+                name: name.to_owned(),
+                port: upstreams.http.port,
+                h2: false,
+            },
+            None => Declared {
+                name: c["name"].as_str().unwrap().to_owned(),
+                port: upstreams.grpc.port,
+                h2: true,
+            },
+        })
+        .collect()
+}
+
+/// One listener with the filter (as `fidelity`, vm_id `fidelity_vm`, the
+/// scenario's filter as its configuration) and the router, every route to
+/// the upstream with no route timeout (the shim has none), and the
+/// scenario's clusters.
+fn envoy_config(scenario: &Value, ports: Ports, upstreams: &Upstreams, wasm: &Path) -> EnvoyConfig {
+    let address =
+        |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    let cluster = |name: &str, port: u16| {
+        json!({
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "2s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": address(port)}}
+            ]}]}
+        })
+    };
+    let mut clusters = vec![cluster("upstream", ports.upstream)];
+    for declared in declared_clusters(scenario, upstreams) {
+        let mut c = cluster(&declared.name, declared.port);
+        if declared.h2 {
+            c["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}
+                }
+            });
+        }
+        clusters.push(c);
+    }
+    let vm_config = json!({
+        "vm_id": VM_ID,
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": wasm.display().to_string()}}
+    });
+    let mut bootstrap_extensions = Vec::new();
+    if let Some(config) = scenario["singleton"].as_str() {
+        bootstrap_extensions.push(json!({
+            "name": "envoy.bootstrap.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+                "singleton": true,
+                "config": {
+                    "name": "singleton",
+                    "root_id": "singleton",
+                    "vm_config": vm_config,
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": config
+                    }
+                }
+            }
+        }));
+    }
+    let doc = json!({
+        "admin": {"address": address(ports.admin)},
+        "bootstrap_extensions": bootstrap_extensions,
+        "static_resources": {
+            "listeners": [{
+                "name": "traffic",
+                "address": address(ports.traffic),
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "traffic",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "all",
+                            "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"},
+                                        "route": {"cluster": "upstream", "timeout": "0s"}}]
+                        }]},
+                        "http_filters": [
+                            {
+                                "name": "envoy.filters.http.wasm",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                                    "config": {
+                                        "name": PLUGIN,
+                                        "vm_config": vm_config,
+                                        "configuration": {
+                                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                                            "value": scenario["filter"]
+                                        }
+                                    }
+                                }
+                            },
+                            {
+                                "name": "envoy.filters.http.router",
+                                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+                            }
+                        ]
+                    }
+                }]}]
+            }],
+            "clusters": clusters
+        }
+    });
+    EnvoyConfig::from_yaml(&doc.to_string()).expect("a valid configuration document")
+}
+
+/// `drainpipe-shim serve` with the filter; killed on drop.
+struct Shim {
+    child: Child,
+    log: std::path::PathBuf,
+    _dir: Scratch,
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Shim {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+async fn start_shim(scenario: &Value, upstreams: &Upstreams, traffic: u16) -> Shim {
+    let upstream = upstreams.http.port;
+    let dir = Scratch::new("shim-fidelity").unwrap();
+    let config = dir.path().join("filter.txt");
+    std::fs::write(&config, scenario["filter"].as_str().unwrap()).unwrap();
+    let log = dir.path().join("shim.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_drainpipe-shim"));
+    command
+        .arg("serve")
+        .arg("--wasm")
+        .arg(support::fidelity_filter_path())
+        .arg("--config")
+        .arg(&config)
+        .args(["--name", PLUGIN, "--vm-id", VM_ID, "--workers", "1"])
+        .args(["--listen", &format!("127.0.0.1:{traffic}")])
+        .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+        .args(["--upstream", &format!("http://127.0.0.1:{upstream}")]);
+    if let Some(level) = scenario["log_level"].as_str() {
+        command.args(["--log-level", level]);
+    }
+    if let Some(singleton) = scenario["singleton"].as_str() {
+        let path = dir.path().join("singleton.txt");
+        std::fs::write(&path, singleton).unwrap();
+        command.arg("--singleton-config").arg(path);
+    }
+    for c in declared_clusters(scenario, upstreams) {
+        let scheme = if c.h2 { "h2c" } else { "http" };
+        command.args([
+            "--cluster",
+            &format!("{}={scheme}://127.0.0.1:{}", c.name, c.port),
+        ]);
+    }
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("drainpipe-shim serve starts");
+    let mut shim = Shim {
+        child,
+        log,
+        _dir: dir,
+    };
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", traffic)).await.is_err() {
+        if let Some(status) = shim.child.try_wait().unwrap() {
+            panic!(
+                "drainpipe-shim serve exited at start-up ({status}):\n{}",
+                shim.log()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "drainpipe-shim serve never listened on {traffic}:\n{}",
+            shim.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shim
+}
+
+async fn run_shim(scenario: &Value, upstreams: &Upstreams) -> Run {
+    let traffic = free_port();
+    let shim = start_shim(scenario, upstreams, traffic).await;
+    let exchanges = send_all(scenario, traffic).await;
+    let log = settled_log(|| shim.log()).await;
+    Run {
+        exchanges,
+        logs: guest_lines(&log),
+    }
+}
+
+// --------------------------------------------------------------- upstream
+
+/// A plain HTTP/1.1 upstream written on the socket, so that what it answers
+/// (header order, chunking) is exactly what it says.
+struct Upstream {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The scenario's upstreams: plain HTTP/1.1, and gRPC.
+struct Upstreams {
+    http: Upstream,
+    grpc: Upstream,
+}
+
+impl Upstream {
+    /// A gRPC server (HTTP/2 without TLS) for `fidelity.Check/Check`: the
+    /// message `deny` gets PERMISSION_DENIED, `slow` an answer after 2 s;
+    /// any other is answered `allowed <message>` with the request's path and
+    /// headers.
+    async fn start_grpc() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(conn), service_fn(grpc_check))
+                        .await;
+                });
+            }
+        });
+        Upstream { port, task }
+    }
+
+    async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = serve_connection(conn).await;
+                });
+            }
+        });
+        Upstream { port, task }
+    }
+}
+
+async fn serve_connection(conn: TcpStream) -> std::io::Result<()> {
+    let (read, mut write) = conn.into_split();
+    let mut read = BufReader::new(read);
+    loop {
+        let mut line = String::new();
+        if read.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            read.read_line(&mut line).await?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (k, v) = line.split_once(':').unwrap_or((line, ""));
+            headers.push((k.to_ascii_lowercase(), v.trim().to_owned()));
+        }
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let mut body = Vec::new();
+        if header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+            loop {
+                let mut size = String::new();
+                read.read_line(&mut size).await?;
+                let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                let mut chunk = vec![0; size + 2];
+                read.read_exact(&mut chunk).await?;
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else if let Some(len) = header("content-length").and_then(|l| l.parse().ok()) {
+            body.resize(len, 0);
+            read.read_exact(&mut body).await?;
+        }
+        let head = "HTTP/1.1 200 OK\r\nx-up-a: 1\r\nx-up-b: 2\r\n";
+        if let Some(n) = path.strip_prefix("/chunks/") {
+            let n: usize = n.parse().unwrap_or(1);
+            write
+                .write_all(format!("{head}transfer-encoding: chunked\r\n\r\n").as_bytes())
+                .await?;
+            for i in 0..n {
+                let chunk = format!("chunk {i}\n");
+                write
+                    .write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+                    .await?;
+                write.flush().await?;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            write.write_all(b"0\r\n\r\n").await?;
+            continue;
+        }
+        let mut text: String = headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+        text.push('\n');
+        text.push_str(&String::from_utf8_lossy(&body));
+        let status = match path.as_str() {
+            "/deny" => "403 Forbidden",
+            _ => "200 OK",
+        };
+        write
+            .write_all(
+                format!(
+                    "HTTP/1.1 {status}\r\nx-up-a: 1\r\nx-up-b: 2\r\ncontent-length: {}\r\n\r\n{text}",
+                    text.len()
+                )
+                .as_bytes(),
+            )
+            .await?;
+    }
+}
+
+type GrpcBody = UnsyncBoxBody<Bytes, Infallible>;
+
+async fn grpc_check(request: Request<Incoming>) -> Result<Response<GrpcBody>, Infallible> {
+    let path = request.uri().path().to_owned();
+    let authority = request.uri().authority().map(|a| a.to_string());
+    let headers: Vec<String> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(body.get(5..).unwrap_or_default()).into_owned();
+    let mut trailers = hyper::HeaderMap::new();
+    let mut frames = Vec::new();
+    match message.as_str() {
+        "deny" => {
+            trailers.insert("grpc-status", "7".parse().unwrap());
+            trailers.insert("grpc-message", "denied by policy".parse().unwrap());
+        }
+        _ => {
+            if message == "slow" {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            let answer = format!(
+                "allowed {message}; {path} at {authority:?}; {}",
+                headers.join(", ")
+            );
+            let mut frame = vec![0];
+            frame.extend_from_slice(&(answer.len() as u32).to_be_bytes());
+            frame.extend_from_slice(answer.as_bytes());
+            frames.push(Frame::data(Bytes::from(frame)));
+            trailers.insert("grpc-status", "0".parse().unwrap());
+        }
+    }
+    frames.push(Frame::trailers(trailers));
+    let body = StreamBody::new(futures::stream::iter(frames.into_iter().map(Ok))).boxed_unsync();
+    Ok(Response::builder()
+        .header("content-type", "application/grpc")
+        .body(body)
+        .unwrap())
+}
+
+// ------------------------------------------------------------------ tests
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_rewriter_gets_and_replaces_one_chunk_bodies_as_in_envoy() {
+    side_by_side("body-one-chunk").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_rewriter_pausing_on_many_chunks_gets_the_buffered_body_as_in_envoy() {
+    side_by_side("body-many-chunks").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_log_lines_panics_and_the_failed_vm_are_as_in_envoy() {
+    side_by_side("logs-and-trap").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_call_to_a_declared_cluster_allows_and_denies_as_in_envoy() {
+    side_by_side("http-call").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_unary_grpc_call_is_answered_refused_and_timed_out_as_in_envoy() {
+    side_by_side("grpc-call").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tick_counter_has_as_many_root_contexts_as_in_envoy() {
+    side_by_side("tick-counter").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_lines_below_the_log_level_are_left_out_as_in_envoy() {
+    side_by_side("logs-at-warning").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_singleton_plugin_has_one_root_context_as_in_envoy() {
+    side_by_side("singleton-tick").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replaced_headers_move_to_the_end_and_envoys_headers_are_there() {
+    side_by_side("header-order").await;
+}
