@@ -13,11 +13,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{
+    Action, ContextType, GrpcStatusCode, LogLevel, MapType, MetricType, Status,
+};
 
 use crate::admin::{self, Action as AdminAction};
 use crate::config::{Config, Role};
 use crate::counts;
+use crate::dialect;
 use crate::drain::{self, Drain, Phase, Windows, SHARED_KEY, WINDOWS_KEY};
 use crate::headers::{Headers as _, Wire};
 use crate::metrics;
@@ -302,8 +305,24 @@ fn send(ctx: &dyn HttpContext, reply: &LocalReply) {
         .iter()
         .map(|(n, v)| (*n, v.as_str()))
         .collect();
+    if let Some(status) = reply.grpc_status {
+        // A trailers-only gRPC answer: Envoy sends the status given (not
+        // one mapped from the HTTP status) and the body as `grpc-message`.
+        if let Err(e) = hostcalls::send_grpc_response(grpc_code(status), Some(&reply.body), vec![])
+        {
+            log::warn!("gRPC local reply failed: {e:?}");
+        }
+        return;
+    }
     let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
     ctx.send_http_response(reply.status, headers, body);
+}
+
+fn grpc_code(status: u32) -> GrpcStatusCode {
+    match status {
+        dialect::GRPC_DEADLINE_EXCEEDED => GrpcStatusCode::DeadlineExceeded,
+        _ => GrpcStatusCode::Unavailable,
+    }
 }
 
 /// One per plugin configuration and worker.
@@ -513,7 +532,7 @@ impl HttpContext for Traffic {
                 shared.count(Some(now), counts::Pending::admit);
                 self.counted = true;
                 self.deadline_unix_ms = forward.deadline_unix_ms;
-                self.body = sse::Body::forwarded();
+                self.body = sse::Body::forwarded_as(decision.dialect);
                 return Action::Continue;
             }
         }

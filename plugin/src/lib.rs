@@ -10,6 +10,7 @@
 //!   host's wire form of a header map, read in place;
 //! - [`traffic`]: readiness, admission and deadline decisions;
 //! - [`admin`]: the drain API;
+//! - [`dialect`]: which API a request speaks, and its refusals and endings;
 //! - [`reply`]: local replies;
 //! - [`sse`]: ending SSE streams with a final error event before a limit;
 //! - [`json`]: the small JSON reader and writer all of them use.
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod config;
 pub mod counts;
 pub mod deadline;
+pub mod dialect;
 pub mod drain;
 pub mod headers;
 pub mod json;

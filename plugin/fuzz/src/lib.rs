@@ -10,6 +10,7 @@
 use drainpipe::admin::{self, Action};
 use drainpipe::config::MAX_DURATION_MS;
 use drainpipe::deadline::{self, Incoming};
+use drainpipe::dialect;
 use drainpipe::drain::{Drain, Windows};
 use drainpipe::headers::{self as wire_headers, Headers, Wire};
 use drainpipe::sse::{self, ChunkAction, Cutter, Limit};
@@ -435,8 +436,7 @@ pub fn traffic_decide(data: &[u8]) {
                 set(deadline::REQUEST_DEADLINE),
                 Some(f.deadline_unix_ms.to_string().as_str())
             );
-            let grpc = traffic::header(&h, "content-type")
-                .is_some_and(|ct| ct.starts_with(b"application/grpc"));
+            let grpc = grpc_request(&cfg, &h);
             match set(deadline::GRPC_TIMEOUT) {
                 Some(v) => {
                     assert!(grpc);
@@ -448,10 +448,20 @@ pub fn traffic_decide(data: &[u8]) {
         }
         Verdict::RejectDraining(reply) => {
             assert!(drain.started_unix_ms.is_some(), "503 while serving: {h:?}");
+            if grpc_request(&cfg, &h) {
+                // A trailers-only gRPC answer: UNAVAILABLE, plain text.
+                assert_eq!(reply.grpc_status, Some(dialect::GRPC_UNAVAILABLE));
+                assert!(!reply.body.is_empty());
+                return;
+            }
             assert_eq!(reply.status, 503);
             assert_eq!(
                 reply.header("retry-after"),
                 Some(cfg.retry_after_s.to_string().as_str())
+            );
+            assert_eq!(
+                reply.header("retry-after-ms"),
+                Some((cfg.retry_after_s * 1000).to_string().as_str())
             );
             assert_eq!(reply.header("x-should-retry"), Some("true"));
             assert_json(&reply.body);
@@ -462,11 +472,20 @@ pub fn traffic_decide(data: &[u8]) {
                 .unwrap_or(d.default_timeout_ms)
                 .min(d.max_timeout_ms);
             assert!(budget < d.min_budget_ms, "504 for a budget of {budget}");
+            if grpc_request(&cfg, &h) {
+                assert_eq!(reply.grpc_status, Some(dialect::GRPC_DEADLINE_EXCEEDED));
+                return;
+            }
             assert_eq!(reply.status, 504);
             assert_eq!(reply.header("x-should-retry"), Some("false"));
             assert_json(&reply.body);
         }
     }
+}
+
+/// Whether a request is gRPC by the dialect rules.
+fn grpc_request(cfg: &Config, h: &dyn traffic::Headers) -> bool {
+    dialect::detect(&cfg.dialects, h) == dialect::Dialect::Grpc
 }
 
 /// Whether `stream` stops at an SSE event boundary, by the SSE
