@@ -66,6 +66,9 @@ pub mod metrics {
     pub const REJECTED_DEADLINE: &str = "drainpipe_rejected_deadline";
     pub const MALFORMED_DEADLINE: &str = "drainpipe_malformed_deadline";
     pub const STREAMS_ENDED: &str = "drainpipe_streams_ended";
+    /// Streams the plugin reset at the end of the grace period (no ending
+    /// of their dialect could go out in time, or they were silent).
+    pub const ENDED_AT_GRACE: &str = "drainpipe_ended_at_grace";
     /// Incremented after every change of the stored drain state (see
     /// [`crate::drain::Seen`]).
     pub const DRAIN_CHANGES: &str = "drainpipe_drain_changes";

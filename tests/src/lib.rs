@@ -2,6 +2,7 @@
 //! Envoy as a child process with the repository's configuration.
 
 pub mod envoy;
+pub mod fake_dialects;
 pub mod fake_llm;
 pub mod hardening;
 pub mod rollout;
