@@ -298,3 +298,36 @@ async fn grpc_stream_running_at_the_grace_end_is_reset_before_it_and_the_drain_c
     assert!(took < Duration::from_millis(3_000 + 1_500), "{took:?}");
     assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_stream_at_the_grace_end_is_ended_and_the_drain_completes_within_the_margin() {
+    let (_up, envoy) = setup().await;
+    // Admitted before the drain with a 60 s deadline; silent for 20 s after
+    // its first events, so no body callback comes near the grace end.
+    let resp = reqwest::Client::new()
+        .post(envoy.traffic("/v1/messages"))
+        .header("x-fake-chunks", "3")
+        .header("x-fake-chunk-delay-ms", "20000")
+        .json(&json!({"model": "m", "max_tokens": 8, "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::spawn(resp.bytes());
+    let started = std::time::Instant::now();
+    start_drain(&envoy).await;
+    let took = wait_drained(&envoy, started, Duration::from_secs(10)).await;
+    // Grace 3 s; ended by the next tick after it (100 ms apart near the
+    // grace end) and gone once Envoy deletes the stream.
+    assert!(
+        took >= Duration::from_millis(2_900) && took < Duration::from_millis(3_600),
+        "drained {took:?} after the drain started"
+    );
+    assert!(
+        body.await.unwrap().is_err(),
+        "the silent stream was reset, not completed"
+    );
+    assert_eq!(envoy.stat("drainpipe_ended_at_grace").await.unwrap(), 1);
+    assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 0);
+}
