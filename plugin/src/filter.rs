@@ -8,7 +8,7 @@
 //! gauge defined under one name by every worker is one stat).
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -28,6 +28,7 @@ use crate::metrics;
 use crate::reply::LocalReply;
 use crate::sse::{self, ChunkAction};
 use crate::traffic::{self, Verdict};
+use crate::websocket;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -99,9 +100,11 @@ struct Shared {
     /// How far `seen.read_unix_ms` may trail the clock: it is refreshed on
     /// every tick (two periods, for a late tick).
     clock_lag_ms: u64,
-    /// This worker's traffic streams counted in flight, by context id: the
-    /// tick ends those still running at the grace end.
-    streams: RefCell<BTreeSet<u32>>,
+    /// This worker's traffic streams counted in flight, by context id, and
+    /// whether the plugin has reset them: the tick ends those still running
+    /// at the grace end (once each), and keeps coming often until Envoy has
+    /// deleted them.
+    streams: RefCell<BTreeMap<u32, bool>>,
 }
 
 impl Shared {
@@ -401,7 +404,16 @@ impl Root {
     /// in its dialect's terms, so this is a reset). Each leaves the
     /// in-flight count when Envoy deletes its context.
     fn end_in_flight(&self, shared: &Shared) {
-        let ids = std::mem::take(&mut *shared.streams.borrow_mut());
+        let ids: Vec<u32> = shared
+            .streams
+            .borrow_mut()
+            .iter_mut()
+            .filter(|(_, reset)| !**reset)
+            .map(|(id, reset)| {
+                *reset = true;
+                *id
+            })
+            .collect();
         for id in &ids {
             let ended = hostcalls::set_effective_context(*id)
                 .and_then(|()| hostcalls::reset_http_response());
@@ -518,6 +530,7 @@ impl RootContext for Root {
                 context_id,
                 dialect: Dialect::Plain,
                 counted: false,
+                ws: websocket::Closer::default(),
                 deadline_unix_ms: 0,
                 body: sse::Body::default(),
             }),
@@ -541,6 +554,8 @@ struct Traffic {
     dialect: Dialect,
     /// Counted in flight, not yet released.
     counted: bool,
+    /// A WebSocket session's upstream bytes: ended with a close frame.
+    ws: websocket::Closer,
     /// The deadline given to the forwarded request.
     deadline_unix_ms: u64,
     /// The response body: an event stream is ended with a final event
@@ -591,7 +606,7 @@ impl HttpContext for Traffic {
                 Metrics::add(m.inflight, 1);
                 shared.count(Some(now), counts::Pending::admit);
                 self.counted = true;
-                shared.streams.borrow_mut().insert(self.context_id);
+                shared.streams.borrow_mut().insert(self.context_id, false);
                 self.dialect = decision.dialect;
                 self.deadline_unix_ms = forward.deadline_unix_ms;
                 self.body = sse::Body::forwarded_as(decision.dialect);
@@ -603,8 +618,10 @@ impl HttpContext for Traffic {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let shared = Rc::clone(&self.shared);
-        if !self.dialect.has_final_event() {
-            return self.on_other_body(&shared, end_of_stream);
+        match self.dialect {
+            Dialect::WebSocket => return self.on_websocket_body(&shared, body_size, end_of_stream),
+            Dialect::Grpc => return self.on_other_body(&shared, end_of_stream),
+            _ => {}
         }
         let mut body = std::mem::take(&mut self.body);
         let action = body.on_chunk(
@@ -629,7 +646,7 @@ impl HttpContext for Traffic {
                     // The final event went out with an earlier chunk: end
                     // the stream now rather than hold it open until the
                     // upstream finishes.
-                    shared.streams.borrow_mut().remove(&self.context_id);
+                    shared.streams.borrow_mut().insert(self.context_id, true);
                     self.reset_http_response();
                 }
             }
@@ -652,6 +669,38 @@ impl Traffic {
         )
     }
 
+    /// An upgraded WebSocket session's bytes from the upstream: every chunk
+    /// is followed (the frame boundaries cannot be found mid-stream), and
+    /// once the cut is due the client gets a close frame (1012) at the next
+    /// boundary; what comes after it is dropped and the stream ended.
+    fn on_websocket_body(
+        &mut self,
+        shared: &Shared,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        let chunk = match body_size {
+            0 => Vec::new(),
+            n => self.get_http_response_body(0, n).unwrap_or_default(),
+        };
+        let cut = !self.ws.closed() && self.counted && self.due(shared).is_some();
+        match self.ws.on_chunk(cut, &chunk) {
+            ChunkAction::Forward => {}
+            ChunkAction::Replace(bytes) => {
+                self.set_http_response_body(0, body_size, &bytes);
+                Metrics::add(shared.metrics.streams_ended, 1);
+            }
+            ChunkAction::Drop => {
+                self.set_http_response_body(0, body_size, &[]);
+                if !end_of_stream {
+                    shared.streams.borrow_mut().insert(self.context_id, true);
+                    self.reset_http_response();
+                }
+            }
+        }
+        Action::Continue
+    }
+
     /// A response with no final event (gRPC): at its drain cut it is reset,
     /// within the grace period (the client sees the stream fail, not end
     /// silently: a proxy-wasm filter cannot end a running response with
@@ -661,7 +710,7 @@ impl Traffic {
             return Action::Continue;
         }
         if self.due(shared) == Some(sse::Limit::Drain) {
-            shared.streams.borrow_mut().remove(&self.context_id);
+            shared.streams.borrow_mut().insert(self.context_id, true);
             Metrics::add(shared.metrics.ended_at_grace, 1);
             self.reset_http_response();
         }

@@ -13,6 +13,7 @@
 //! - [`dialect`]: which API a request speaks, and its refusals and endings;
 //! - [`reply`]: local replies;
 //! - [`sse`]: ending SSE streams with a final error event before a limit;
+//! - [`websocket`]: ending WebSocket sessions with a close frame at a frame boundary;
 //! - [`json`]: the small JSON reader and writer all of them use.
 //!
 //! The proxy-wasm glue (`filter`, wasm builds only) gathers what the host
@@ -29,6 +30,7 @@ pub mod json;
 pub mod reply;
 pub mod sse;
 pub mod traffic;
+pub mod websocket;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

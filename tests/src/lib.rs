@@ -4,6 +4,7 @@
 pub mod envoy;
 pub mod fake_dialects;
 pub mod fake_llm;
+pub mod fake_ws;
 pub mod hardening;
 pub mod rollout;
 
