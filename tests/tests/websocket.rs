@@ -28,9 +28,8 @@ fn url(envoy: &Envoy) -> String {
     format!("ws://127.0.0.1:{}/v1/realtime", envoy.ports.traffic)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(envoy: &Envoy) -> Ws {
     let (ws, resp) = tokio_tungstenite::connect_async(url(envoy))
@@ -134,7 +133,10 @@ async fn websocket_session_open_at_the_grace_end_gets_close_1012_before_it_then_
     assert!(ticks > 20, "{ticks} messages before the close");
     drop(ws);
     let took = wait_drained(&envoy, started, Duration::from_secs(10)).await;
-    assert!(took < Duration::from_millis(3_600), "drained after {took:?}");
+    assert!(
+        took < Duration::from_millis(3_600),
+        "drained after {took:?}"
+    );
     assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 0);
     assert_eq!(envoy.stat("drainpipe_streams_ended").await.unwrap(), 1);
 }
