@@ -705,3 +705,108 @@ pub fn sse_body(data: &[u8]) {
         }
     }
 }
+
+/// The frame starts of a whole WebSocket byte stream, by a direct reading
+/// of RFC 6455 section 5.2 (the oracle for [`ws_frames`]): every offset
+/// where a frame starts, and the stream's end if it ends a frame; it stops
+/// at a frame that is not valid framing.
+pub fn ws_frame_starts(stream: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut p = 0usize;
+    loop {
+        out.push(p);
+        let Some(&[b0, b1]) = stream
+            .get(p..p + 2)
+            .map(|s| <&[u8; 2]>::try_from(s).unwrap())
+        else {
+            return out;
+        };
+        let ext = match b1 & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+        let Some(ext_bytes) = stream.get(p + 2..p + 2 + ext) else {
+            return out;
+        };
+        let len: u128 = match ext {
+            0 => u128::from(b1 & 0x7F),
+            _ => ext_bytes.iter().fold(0u128, |n, &b| n << 8 | u128::from(b)),
+        };
+        let control = b0 & 0x08 != 0;
+        if len >= 1 << 63 || (control && (len > 125 || b0 & 0x80 == 0)) {
+            return out;
+        }
+        let end = (p + 2 + ext + mask) as u128 + len;
+        if end > stream.len() as u128 {
+            return out;
+        }
+        p = end as usize;
+    }
+}
+
+/// Input: a count byte `n` (mod 8), `n` split bytes, then the stream; and
+/// the chunk (by index) at which the close is due.
+/// Invariants: the frame boundaries found do not depend on how the stream
+/// is split, are the oracle's ([`ws_frame_starts`]); once due, the close
+/// frame follows exactly a boundary and nothing of the stream follows it.
+pub fn ws_frames(data: &[u8]) {
+    use drainpipe::websocket::{close_frame, Closer, Framing, CLOSE_CODE, CLOSE_REASON};
+    let mut r = Reader::new(data);
+    let n = usize::from(r.u8() % 8);
+    let due_at = usize::from(r.u8());
+    let mut splits: Vec<u8> = (0..n).map(|_| r.u8()).collect();
+    let stream = r.0;
+    let mut cuts: Vec<usize> = splits
+        .drain(..)
+        .map(|b| usize::from(b) * stream.len() / 256)
+        .collect();
+    cuts.sort_unstable();
+    cuts.push(stream.len());
+
+    let oracle = ws_frame_starts(stream);
+    let mut framing = Framing::default();
+    let mut found = Vec::new();
+    let mut start = 0;
+    for &end in &cuts {
+        for b in framing.feed(&stream[start..end]) {
+            assert!(b <= end - start);
+            found.push(start + b);
+        }
+        start = end;
+    }
+    found.dedup();
+    assert!(found.windows(2).all(|w| w[0] < w[1]), "{found:?}");
+    assert_eq!(found, oracle, "boundaries of {stream:?} split at {cuts:?}");
+
+    let mut closer = Closer::default();
+    let mut client = Vec::new();
+    let mut start = 0;
+    let close = close_frame(CLOSE_CODE, CLOSE_REASON);
+    for (i, &end) in cuts.iter().enumerate() {
+        let chunk = &stream[start..end];
+        match closer.on_chunk(i >= due_at % cuts.len(), chunk) {
+            ChunkAction::Forward => client.extend_from_slice(chunk),
+            ChunkAction::Replace(bytes) => {
+                assert!(bytes.ends_with(&close));
+                let kept = &bytes[..bytes.len() - close.len()];
+                assert_eq!(kept, &chunk[..kept.len()]);
+                client.extend_from_slice(kept);
+                assert!(
+                    oracle.contains(&client.len()),
+                    "close after {} bytes, not a boundary",
+                    client.len()
+                );
+                client.extend_from_slice(&close);
+            }
+            ChunkAction::Drop => assert!(closer.closed()),
+        }
+        start = end;
+    }
+    if closer.closed() {
+        assert!(client.ends_with(&close));
+    } else {
+        assert_eq!(client, stream);
+    }
+}
