@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use crate::dialect::{Dialect, PathDialect};
 use crate::json::{self, Map, Value};
 
 /// Longest accepted duration setting (7 days, in milliseconds): far above any
@@ -65,11 +66,16 @@ pub struct Config {
     /// /healthcheck/fail`), so Envoy closes keep-alive connections, and
     /// ending it calls `POST /healthcheck/ok`.
     pub envoy_admin_cluster: Option<String>,
-    /// SSE streams still running this long before their deadline or the end
-    /// of the grace period get a final error event instead of a reset.
+    /// Streams still running this long before their deadline or the end of
+    /// the grace period get their dialect's ending instead of a reset.
+    /// Defaults to the smaller of 1 s and `deadline.min_budget_ms`.
     pub final_event_margin_ms: u64,
     /// Traffic role: follow the drain state of an external controller.
     pub drain_controller: Option<ControllerConfig>,
+    /// Path prefixes whose requests speak a given dialect (the JSON object
+    /// `{"/prefix": "anthropic", ...}`), longest prefix first; other
+    /// requests follow the rules of [`crate::dialect`].
+    pub dialects: Vec<PathDialect>,
 }
 
 impl Default for Config {
@@ -87,8 +93,9 @@ impl Default for Config {
             },
             admin_token: None,
             envoy_admin_cluster: None,
-            final_event_margin_ms: 1_000,
+            final_event_margin_ms: DEFAULT_MARGIN_MS,
             drain_controller: None,
+            dialects: Vec::new(),
         }
     }
 }
@@ -147,6 +154,7 @@ impl Config {
             ));
         };
         let mut cfg = Config::default();
+        let mut margin = None;
         for (key, value) in &top {
             match key.as_str() {
                 "role" => {
@@ -164,17 +172,21 @@ impl Config {
                 "health_path" => cfg.health_path = string(key, value)?.to_string(),
                 "admit_window_ms" => cfg.admit_window_ms = duration(key, value)?,
                 "grace_ms" => cfg.grace_ms = duration(key, value)?,
-                "retry_after_s" => cfg.retry_after_s = integer(key, value, 0, 86_400)?,
+                "retry_after_s" => cfg.retry_after_s = retry_after(key, value)?,
                 "deadline" => parse_deadline(&mut cfg.deadline, value)?,
                 "admin_token" => cfg.admin_token = Some(string(key, value)?.to_string()),
                 "envoy_admin_cluster" => {
                     cfg.envoy_admin_cluster = Some(string(key, value)?.to_string())
                 }
-                "final_event_margin_ms" => cfg.final_event_margin_ms = duration(key, value)?,
+                "final_event_margin_ms" => margin = Some(duration(key, value)?),
                 "drain_controller" => cfg.drain_controller = Some(parse_controller(value)?),
+                "dialects" => cfg.dialects = parse_dialects(value)?,
                 _ => return Err(unknown_key(key, TOP_KEYS)),
             }
         }
+        // A default that depends on another key follows it: only a margin
+        // set explicitly can conflict with the minimum budget.
+        cfg.final_event_margin_ms = margin.unwrap_or_else(|| default_margin(&cfg.deadline));
         cfg.validate()?;
         Ok(cfg)
     }
@@ -275,6 +287,35 @@ impl Config {
     }
 }
 
+/// The longest `retry_after_s` accepted: the anthropic SDK ignores a
+/// Retry-After above 60 s (and falls back to its own back-off), the openai
+/// SDK does not retry at all above 120 s.
+pub const MAX_RETRY_AFTER_S: u64 = 60;
+
+/// The default `final_event_margin_ms`: 1 s, or the minimum budget when
+/// that is shorter (a stream is never due its final event on admission).
+pub fn default_margin(deadline: &DeadlineConfig) -> u64 {
+    DEFAULT_MARGIN_MS.min(deadline.min_budget_ms)
+}
+
+const DEFAULT_MARGIN_MS: u64 = 1_000;
+
+fn retry_after(key: &str, value: &Value) -> Result<u64, ConfigError> {
+    match value.as_u64() {
+        Some(n) if n <= MAX_RETRY_AFTER_S => Ok(n),
+        Some(n) => Err(ConfigError::new(
+            key,
+            format!(
+                "{n} exceeds {MAX_RETRY_AFTER_S}: the anthropic SDK ignores a Retry-After above 60 s and the openai SDK does not retry at all above 120 s"
+            ),
+        )),
+        None => Err(ConfigError::new(
+            key,
+            format!("expected an integer from 0 to {MAX_RETRY_AFTER_S}, got {value}"),
+        )),
+    }
+}
+
 const TOP_KEYS: &[&str] = &[
     "role",
     "health_path",
@@ -286,6 +327,7 @@ const TOP_KEYS: &[&str] = &[
     "envoy_admin_cluster",
     "final_event_margin_ms",
     "drain_controller",
+    "dialects",
 ];
 const CONTROLLER_KEYS: &[&str] = &["cluster", "path", "poll_ms"];
 const DEADLINE_KEYS: &[&str] = &["default_timeout_ms", "max_timeout_ms", "min_budget_ms"];
@@ -307,6 +349,43 @@ fn parse_deadline(d: &mut DeadlineConfig, value: &Value) -> Result<(), ConfigErr
         }
     }
     Ok(())
+}
+
+fn parse_dialects(value: &Value) -> Result<Vec<PathDialect>, ConfigError> {
+    let obj = value.as_object().ok_or_else(|| {
+        ConfigError::new(
+            "dialects",
+            format!(
+                "expected a JSON object of path prefixes and dialects, got {}",
+                kind(value)
+            ),
+        )
+    })?;
+    let mut out = Vec::new();
+    for (prefix, value) in obj {
+        let key = format!("dialects.{prefix}");
+        if !prefix.starts_with('/') || prefix.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                key,
+                "expected a path prefix like \"/custom/chat\"",
+            ));
+        }
+        let name = string(&key, value)?;
+        let dialect = Dialect::by_name(name).ok_or_else(|| {
+            ConfigError::new(
+                &key,
+                format!(
+                    "unknown dialect {name:?} (known: openai, openai_responses, anthropic, grpc, plain)"
+                ),
+            )
+        })?;
+        out.push(PathDialect {
+            prefix: prefix.clone(),
+            dialect,
+        });
+    }
+    out.sort_by_key(|d| std::cmp::Reverse(d.prefix.len()));
+    Ok(out)
 }
 
 fn parse_controller(value: &Value) -> Result<ControllerConfig, ConfigError> {
@@ -453,6 +532,54 @@ mod tests {
     }
 
     #[test]
+    fn the_margin_default_follows_the_minimum_budget() {
+        let c = Config::parse(br#"{"deadline":{"min_budget_ms":500}}"#).unwrap();
+        assert_eq!(c.final_event_margin_ms, 500);
+        let c = Config::parse(br#"{"deadline":{"min_budget_ms":0}}"#).unwrap();
+        assert_eq!(c.final_event_margin_ms, 0);
+        let c = Config::parse(br#"{"deadline":{"min_budget_ms":3000}}"#).unwrap();
+        assert_eq!(c.final_event_margin_ms, 1_000);
+        // An explicit margin is kept, whatever the order of the keys.
+        let c = Config::parse(br#"{"final_event_margin_ms":200,"deadline":{"min_budget_ms":500}}"#)
+            .unwrap();
+        assert_eq!(c.final_event_margin_ms, 200);
+    }
+
+    #[test]
+    fn dialect_overrides_are_read_longest_prefix_first() {
+        let c = Config::parse(br#"{"dialects":{"/a/":"anthropic","/a/b/":"openai_responses"}}"#)
+            .unwrap();
+        let got: Vec<_> = c
+            .dialects
+            .iter()
+            .map(|d| (d.prefix.as_str(), d.dialect))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/a/b/", Dialect::OpenAiResponses),
+                ("/a/", Dialect::Anthropic)
+            ]
+        );
+    }
+
+    #[test]
+    fn retry_after_is_at_most_what_the_sdks_honour() {
+        assert_eq!(
+            Config::parse(br#"{"retry_after_s":60}"#)
+                .unwrap()
+                .retry_after_s,
+            60
+        );
+        assert_eq!(
+            Config::parse(br#"{"retry_after_s":0}"#)
+                .unwrap()
+                .retry_after_s,
+            0
+        );
+    }
+
+    #[test]
     fn each_configuration_error_names_its_key() {
         let cases: &[(&str, &str, &str)] = &[
             ("[1]", "<root>", "expected a JSON object"),
@@ -477,7 +604,34 @@ mod tests {
             (
                 r#"{"retry_after_s":100000}"#,
                 "retry_after_s",
-                "expected an integer",
+                "the anthropic SDK ignores",
+            ),
+            (r#"{"dialects":[]}"#, "dialects", "expected a JSON object"),
+            (
+                r#"{"dialects":{"chat":"openai"}}"#,
+                "dialects.chat",
+                "path prefix",
+            ),
+            (
+                r#"{"dialects":{"/c":"websocket"}}"#,
+                "dialects./c",
+                "unknown dialect",
+            ),
+            (
+                r#"{"dialects":{"/c":1}}"#,
+                "dialects./c",
+                "expected a string",
+            ),
+            (r#"{"retry_after_s":61}"#, "retry_after_s", "exceeds 60"),
+            (
+                r#"{"retry_after_s":"5"}"#,
+                "retry_after_s",
+                "expected an integer from 0 to 60",
+            ),
+            (
+                r#"{"final_event_margin_ms":2000,"deadline":{"min_budget_ms":1500}}"#,
+                "final_event_margin_ms",
+                "exceeds deadline.min_budget_ms",
             ),
             (r#"{"health_path":"ready"}"#, "health_path", "absolute path"),
             (r#"{"health_path":"/a b"}"#, "health_path", "absolute path"),

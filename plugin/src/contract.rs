@@ -7,7 +7,8 @@
 //! test crates enable; the release plugin does not contain it.
 
 /// Asserts that a response is the drain rejection: status 503,
-/// `retry-after: <retry_after_s>`, `x-should-retry: true`, a JSON body that
+/// `retry-after: <retry_after_s>`, `retry-after-ms` the same in
+/// milliseconds, `x-should-retry: true`, a JSON body that
 /// is an OpenAI error object with code `service_draining`, type
 /// `server_error`, a null `param` and a message that says the server is
 /// draining. `header` gives a response header's value by (lowercase) name.
@@ -26,6 +27,12 @@ pub fn assert_drain_rejection(
         header("retry-after").as_deref(),
         Some(retry_after.as_str()),
         "retry-after"
+    );
+    let retry_after_ms = (retry_after_s * 1000).to_string();
+    assert_eq!(
+        header("retry-after-ms").as_deref(),
+        Some(retry_after_ms.as_str()),
+        "retry-after-ms"
     );
     assert_eq!(
         header("x-should-retry").as_deref(),

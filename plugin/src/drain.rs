@@ -214,6 +214,59 @@ pub fn follow(controller: Drain, local: Drain) -> Option<Drain> {
     }
 }
 
+/// What a worker's tick does: whether it ends the streams still in flight
+/// on this worker, and how soon it comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtTick {
+    /// The grace period is over: every stream still in flight is ended
+    /// now (nothing holds the drain past the grace).
+    pub end_in_flight: bool,
+    /// Milliseconds to the next tick.
+    pub period_ms: u64,
+}
+
+/// The tick's period near a grace end, so streams still in flight are
+/// ended within this long after it.
+pub const FAST_TICK_MS: u64 = 100;
+
+/// The tick's plan: every `normal_ms` while serving and far from the grace
+/// end; every [`FAST_TICK_MS`] from one normal period before the grace end
+/// for as long as streams are in flight on this worker (`in_flight_here`),
+/// which are all ended once the grace end has passed.
+pub fn at_tick(
+    drain: Drain,
+    now_unix_ms: u64,
+    windows: Windows,
+    normal_ms: u64,
+    in_flight_here: bool,
+) -> AtTick {
+    let normal = AtTick {
+        end_in_flight: false,
+        period_ms: normal_ms,
+    };
+    let Some(start) = drain.started_unix_ms else {
+        return normal;
+    };
+    let grace_end = start.saturating_add(windows.grace_ms);
+    if now_unix_ms >= grace_end {
+        return AtTick {
+            end_in_flight: in_flight_here,
+            period_ms: if in_flight_here {
+                FAST_TICK_MS
+            } else {
+                normal_ms
+            },
+        };
+    }
+    if in_flight_here && now_unix_ms.saturating_add(normal_ms) >= grace_end {
+        return AtTick {
+            end_in_flight: false,
+            period_ms: FAST_TICK_MS.min(normal_ms),
+        };
+    }
+    normal
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,5 +422,35 @@ mod tests {
         let blind = blind.refresh(5_000, None, || read(Drain::started_at(4_500)));
         assert_eq!(blind.drain, Drain::started_at(4_500));
         assert_eq!(reads, 4);
+    }
+
+    #[test]
+    fn ticks_come_fast_near_the_grace_end_and_end_what_is_left_after_it() {
+        let w = Windows {
+            admit_window_ms: 1_000,
+            grace_ms: 10_000,
+        };
+        let tick = |drain, now, here| at_tick(drain, now, w, 1_000, here);
+        let normal = AtTick {
+            end_in_flight: false,
+            period_ms: 1_000,
+        };
+        assert_eq!(tick(Drain::SERVING, 5_000, true), normal);
+        let d = Drain::started_at(100_000);
+        assert_eq!(tick(d, 100_500, true), normal);
+        assert_eq!(tick(d, 108_999, true), normal);
+        let fast = AtTick {
+            end_in_flight: false,
+            period_ms: FAST_TICK_MS,
+        };
+        assert_eq!(tick(d, 109_000, true), fast);
+        assert_eq!(tick(d, 109_000, false), normal);
+        let end = AtTick {
+            end_in_flight: true,
+            period_ms: FAST_TICK_MS,
+        };
+        assert_eq!(tick(d, 110_000, true), end);
+        assert_eq!(tick(d, 250_000, true), end);
+        assert_eq!(tick(d, 110_000, false), normal);
     }
 }

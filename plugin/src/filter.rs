@@ -7,27 +7,37 @@
 //! traffic and the admin filter instances) and the counts in Envoy stats (a
 //! gauge defined under one name by every worker is one stat).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{
+    Action, ContextType, GrpcStatusCode, LogLevel, MapType, MetricType, Status,
+};
 
 use crate::admin::{self, Action as AdminAction};
 use crate::config::{Config, Role};
 use crate::counts;
+use crate::dialect::{self, Dialect};
 use crate::drain::{self, Drain, Phase, Windows, SHARED_KEY, WINDOWS_KEY};
 use crate::headers::{Headers as _, Wire};
 use crate::metrics;
 use crate::reply::LocalReply;
 use crate::sse::{self, ChunkAction};
 use crate::traffic::{self, Verdict};
+use crate::websocket;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root {
+            context_id,
+            ..Root::default()
+        })
+    });
 }}
 
 /// How often each worker refreshes the state gauge.
@@ -46,6 +56,7 @@ struct Metrics {
     rejected_deadline: u32,
     malformed_deadline: u32,
     streams_ended: u32,
+    ended_at_grace: u32,
     drain_changes: u32,
 }
 
@@ -62,6 +73,7 @@ impl Metrics {
             rejected_deadline: counter(metrics::REJECTED_DEADLINE)?,
             malformed_deadline: counter(metrics::MALFORMED_DEADLINE)?,
             streams_ended: counter(metrics::STREAMS_ENDED)?,
+            ended_at_grace: counter(metrics::ENDED_AT_GRACE)?,
             drain_changes: counter(metrics::DRAIN_CHANGES)?,
         })
     }
@@ -88,6 +100,11 @@ struct Shared {
     /// How far `seen.read_unix_ms` may trail the clock: it is refreshed on
     /// every tick (two periods, for a late tick).
     clock_lag_ms: u64,
+    /// This worker's traffic streams counted in flight, by context id, and
+    /// whether the plugin has reset them: the tick ends those still running
+    /// at the grace end (once each), and keeps coming often until Envoy has
+    /// deleted them.
+    streams: RefCell<BTreeMap<u32, bool>>,
 }
 
 impl Shared {
@@ -302,14 +319,34 @@ fn send(ctx: &dyn HttpContext, reply: &LocalReply) {
         .iter()
         .map(|(n, v)| (*n, v.as_str()))
         .collect();
+    if let Some(status) = reply.grpc_status {
+        // A trailers-only gRPC answer: Envoy sends the status given (not
+        // one mapped from the HTTP status) and the body as `grpc-message`.
+        if let Err(e) = hostcalls::send_grpc_response(grpc_code(status), Some(&reply.body), vec![])
+        {
+            log::warn!("gRPC local reply failed: {e:?}");
+        }
+        return;
+    }
     let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
     ctx.send_http_response(reply.status, headers, body);
+}
+
+fn grpc_code(status: u32) -> GrpcStatusCode {
+    match status {
+        dialect::GRPC_DEADLINE_EXCEEDED => GrpcStatusCode::DeadlineExceeded,
+        _ => GrpcStatusCode::Unavailable,
+    }
 }
 
 /// One per plugin configuration and worker.
 #[derive(Default)]
 struct Root {
+    context_id: u32,
     shared: Option<Rc<Shared>>,
+    /// The tick period set, and the one used away from a grace end.
+    tick_ms: u64,
+    normal_tick_ms: u64,
     /// Drain controller polling: when the next poll is due, whether one is
     /// out, and whether the last one worked (to log changes only).
     next_poll_unix_ms: u64,
@@ -358,6 +395,42 @@ impl Root {
             }
         }
         self.controller_ok = Some(ok);
+    }
+}
+
+impl Root {
+    /// The grace period is over: ends every stream still in flight on this
+    /// worker (a silent stream never gets a body callback that could end it
+    /// in its dialect's terms, so this is a reset). Each leaves the
+    /// in-flight count when Envoy deletes its context.
+    fn end_in_flight(&self, shared: &Shared) {
+        let ids: Vec<u32> = shared
+            .streams
+            .borrow_mut()
+            .iter_mut()
+            .filter(|(_, reset)| !**reset)
+            .map(|(id, reset)| {
+                *reset = true;
+                *id
+            })
+            .collect();
+        for id in &ids {
+            let ended = hostcalls::set_effective_context(*id)
+                .and_then(|()| hostcalls::reset_http_response());
+            match ended {
+                Ok(()) => Metrics::add(shared.metrics.ended_at_grace, 1),
+                Err(status) => log::warn!("cannot end stream {id} at the grace end: {status:?}"),
+            }
+        }
+        if !ids.is_empty() {
+            log::info!(
+                "grace period over: {} stream(s) still in flight ended",
+                ids.len()
+            );
+            if let Err(status) = hostcalls::set_effective_context(self.context_id) {
+                log::warn!("cannot return to the root context: {status:?}");
+            }
+        }
     }
 }
 
@@ -422,26 +495,42 @@ impl RootContext for Root {
             seen: Cell::default(),
             pending: Cell::default(),
             clock_lag_ms: 2 * tick.as_millis() as u64,
+            streams: RefCell::default(),
         }));
+        self.normal_tick_ms = tick.as_millis() as u64;
+        self.tick_ms = self.normal_tick_ms;
         self.set_tick_period(tick);
         true
     }
 
     fn on_tick(&mut self) {
         let now = now_unix_ms(self);
-        if let Some(shared) = &self.shared {
-            shared.observe(now);
-            shared.flush(now);
-        }
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let (drain, _, _) = shared.observe(now);
+        shared.flush(now);
         self.poll_controller(now);
+        let here = !shared.streams.borrow().is_empty();
+        let plan = drain::at_tick(drain, now, shared.windows(), self.normal_tick_ms, here);
+        if plan.period_ms != self.tick_ms {
+            self.tick_ms = plan.period_ms;
+            self.set_tick_period(Duration::from_millis(plan.period_ms));
+        }
+        if plan.end_in_flight {
+            self.end_in_flight(&shared);
+        }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let shared = self.shared.clone()?;
         Some(match shared.cfg.role {
             Role::Traffic => Box::new(Traffic {
                 shared,
+                context_id,
+                dialect: Dialect::Plain,
                 counted: false,
+                ws: websocket::Closer::default(),
                 deadline_unix_ms: 0,
                 body: sse::Body::default(),
             }),
@@ -460,8 +549,13 @@ impl RootContext for Root {
 /// A stream on the traffic listener.
 struct Traffic {
     shared: Rc<Shared>,
+    context_id: u32,
+    /// The API the request speaks.
+    dialect: Dialect,
     /// Counted in flight, not yet released.
     counted: bool,
+    /// A WebSocket session's upstream bytes: ended with a close frame.
+    ws: websocket::Closer,
     /// The deadline given to the forwarded request.
     deadline_unix_ms: u64,
     /// The response body: an event stream is ended with a final event
@@ -512,8 +606,10 @@ impl HttpContext for Traffic {
                 Metrics::add(m.inflight, 1);
                 shared.count(Some(now), counts::Pending::admit);
                 self.counted = true;
+                shared.streams.borrow_mut().insert(self.context_id, false);
+                self.dialect = decision.dialect;
                 self.deadline_unix_ms = forward.deadline_unix_ms;
-                self.body = sse::Body::forwarded();
+                self.body = sse::Body::forwarded_as(decision.dialect);
                 return Action::Continue;
             }
         }
@@ -522,21 +618,16 @@ impl HttpContext for Traffic {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let shared = Rc::clone(&self.shared);
+        match self.dialect {
+            Dialect::WebSocket => return self.on_websocket_body(&shared, body_size, end_of_stream),
+            Dialect::Grpc => return self.on_other_body(&shared, end_of_stream),
+            _ => {}
+        }
         let mut body = std::mem::take(&mut self.body);
         let action = body.on_chunk(
             body_size,
             end_of_stream,
-            || {
-                sse::due(
-                    || now_unix_ms(self),
-                    self.deadline_unix_ms,
-                    shared.seen.get(),
-                    shared.cfg.windows(),
-                    shared.cfg.final_event_margin_ms,
-                    shared.clock_lag_ms,
-                    |now| shared.drain(now),
-                )
-            },
+            || self.due(&shared),
             || match body_size {
                 0 => Vec::new(),
                 n => self.get_http_response_body(0, n).unwrap_or_default(),
@@ -555,9 +646,73 @@ impl HttpContext for Traffic {
                     // The final event went out with an earlier chunk: end
                     // the stream now rather than hold it open until the
                     // upstream finishes.
+                    shared.streams.borrow_mut().insert(self.context_id, true);
                     self.reset_http_response();
                 }
             }
+        }
+        Action::Continue
+    }
+}
+
+impl Traffic {
+    /// Whether this stream's cut is due now, and why.
+    fn due(&self, shared: &Shared) -> Option<sse::Limit> {
+        sse::due(
+            || now_unix_ms(self),
+            self.deadline_unix_ms,
+            shared.seen.get(),
+            shared.cfg.windows(),
+            shared.cfg.final_event_margin_ms,
+            shared.clock_lag_ms,
+            |now| shared.drain(now),
+        )
+    }
+
+    /// An upgraded WebSocket session's bytes from the upstream: every chunk
+    /// is followed (the frame boundaries cannot be found mid-stream), and
+    /// once the cut is due the client gets a close frame (1012) at the next
+    /// boundary; what comes after it is dropped and the stream ended.
+    fn on_websocket_body(
+        &mut self,
+        shared: &Shared,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        let chunk = match body_size {
+            0 => Vec::new(),
+            n => self.get_http_response_body(0, n).unwrap_or_default(),
+        };
+        let cut = !self.ws.closed() && self.counted && self.due(shared).is_some();
+        match self.ws.on_chunk(cut, &chunk) {
+            ChunkAction::Forward => {}
+            ChunkAction::Replace(bytes) => {
+                self.set_http_response_body(0, body_size, &bytes);
+                Metrics::add(shared.metrics.streams_ended, 1);
+            }
+            ChunkAction::Drop => {
+                self.set_http_response_body(0, body_size, &[]);
+                if !end_of_stream {
+                    shared.streams.borrow_mut().insert(self.context_id, true);
+                    self.reset_http_response();
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    /// A response with no final event (gRPC): at its drain cut it is reset,
+    /// within the grace period (the client sees the stream fail, not end
+    /// silently: a proxy-wasm filter cannot end a running response with
+    /// trailers); at its own deadline the router ends it.
+    fn on_other_body(&mut self, shared: &Shared, end_of_stream: bool) -> Action {
+        if end_of_stream || !self.counted {
+            return Action::Continue;
+        }
+        if self.due(shared) == Some(sse::Limit::Drain) {
+            shared.streams.borrow_mut().insert(self.context_id, true);
+            Metrics::add(shared.metrics.ended_at_grace, 1);
+            self.reset_http_response();
         }
         Action::Continue
     }
@@ -570,6 +725,7 @@ impl Drop for Traffic {
     /// build, see [`crate::CALLBACKS`].)
     fn drop(&mut self) {
         if self.counted {
+            self.shared.streams.borrow_mut().remove(&self.context_id);
             Metrics::add(self.shared.metrics.inflight, -1);
             self.shared.count(None, counts::Pending::complete);
         }

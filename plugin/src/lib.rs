@@ -10,8 +10,10 @@
 //!   host's wire form of a header map, read in place;
 //! - [`traffic`]: readiness, admission and deadline decisions;
 //! - [`admin`]: the drain API;
+//! - [`dialect`]: which API a request speaks, and its refusals and endings;
 //! - [`reply`]: local replies;
 //! - [`sse`]: ending SSE streams with a final error event before a limit;
+//! - [`websocket`]: ending WebSocket sessions with a close frame at a frame boundary;
 //! - [`json`]: the small JSON reader and writer all of them use;
 //! - `contract` (tests and the `contract` feature): the drain rejection as
 //!   clients see it, asserted by one function.
@@ -25,12 +27,14 @@ pub mod config;
 pub mod contract;
 pub mod counts;
 pub mod deadline;
+pub mod dialect;
 pub mod drain;
 pub mod headers;
 pub mod json;
 pub mod reply;
 pub mod sse;
 pub mod traffic;
+pub mod websocket;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
@@ -69,6 +73,9 @@ pub mod metrics {
     pub const REJECTED_DEADLINE: &str = "drainpipe_rejected_deadline";
     pub const MALFORMED_DEADLINE: &str = "drainpipe_malformed_deadline";
     pub const STREAMS_ENDED: &str = "drainpipe_streams_ended";
+    /// Streams the plugin reset at the end of the grace period (no ending
+    /// of their dialect could go out in time, or they were silent).
+    pub const ENDED_AT_GRACE: &str = "drainpipe_ended_at_grace";
     /// Incremented after every change of the stored drain state (see
     /// [`crate::drain::Seen`]).
     pub const DRAIN_CHANGES: &str = "drainpipe_drain_changes";

@@ -1,9 +1,11 @@
-//! Local replies: readiness answers and OpenAI-style JSON errors.
+//! Local replies: readiness answers and JSON errors (each dialect's in
+//! [`crate::dialect`]).
 
 use crate::json::Value;
 use crate::json_object;
 
 use crate::config::Config;
+use crate::dialect::{self, Dialect};
 use crate::drain::Phase;
 
 /// A response the plugin sends itself instead of forwarding.
@@ -11,8 +13,10 @@ use crate::drain::Phase;
 pub struct LocalReply {
     pub status: u32,
     pub headers: Vec<(&'static str, String)>,
-    /// Empty for HEAD.
+    /// Empty for HEAD. With `grpc_status`, the `grpc-message` text.
     pub body: String,
+    /// A gRPC status: the host sends a trailers-only gRPC response.
+    pub grpc_status: Option<u32>,
 }
 
 impl LocalReply {
@@ -25,10 +29,15 @@ impl LocalReply {
                 ("cache-control", "no-store".to_string()),
             ],
             body: body.to_string(),
+            grpc_status: None,
         }
     }
 
-    fn with_header(mut self, name: &'static str, value: impl Into<String>) -> LocalReply {
+    pub(crate) fn with_header(
+        mut self,
+        name: &'static str,
+        value: impl Into<String>,
+    ) -> LocalReply {
         self.headers.push((name, value.into()));
         self
     }
@@ -60,27 +69,14 @@ pub fn health(phase: Phase, head: bool) -> LocalReply {
     reply
 }
 
-/// The drain rejection: 503, Retry-After, x-should-retry.
+/// The drain rejection in the plain dialect (see [`crate::dialect`]).
 pub fn draining(cfg: &Config) -> LocalReply {
-    openai_error(
-        503,
-        "This server is draining for shutdown and accepts no new requests; retry, another instance will serve it.",
-        "service_draining",
-    )
-    .with_header("retry-after", cfg.retry_after_s.to_string())
-    .with_header("x-should-retry", "true")
+    dialect::draining(Dialect::Plain, cfg.retry_after_s)
 }
 
-/// Refused early: the budget left cannot do useful work.
+/// The early deadline refusal in the plain dialect.
 pub fn deadline_exceeded(budget_ms: u64, min_budget_ms: u64) -> LocalReply {
-    openai_error(
-        504,
-        &format!(
-            "The request's deadline leaves {budget_ms} ms, less than the {min_budget_ms} ms minimum this server needs; it was not started."
-        ),
-        "deadline_exceeded",
-    )
-    .with_header("x-should-retry", "false")
+    dialect::deadline_exceeded(Dialect::Plain, budget_ms, min_budget_ms)
 }
 
 #[cfg(test)]

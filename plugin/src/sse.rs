@@ -10,9 +10,7 @@
 //! The event is only inserted at an event boundary (after a blank line), so
 //! the client never sees a torn event.
 
-use crate::json::Value;
-use crate::json_object;
-
+use crate::dialect::{self, Dialect};
 use crate::drain::{Drain, Seen, Windows};
 
 /// Why a stream is ended early.
@@ -25,14 +23,14 @@ pub enum Limit {
 }
 
 impl Limit {
-    fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Limit::Deadline => "deadline_exceeded",
             Limit::Drain => "service_draining",
         }
     }
 
-    fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             Limit::Deadline => "The stream reached its deadline and was ended before completion.",
             Limit::Drain => "This server is shutting down; the stream was ended before completion. Retry the request.",
@@ -57,10 +55,10 @@ pub fn cutoff(
     }
 }
 
-/// The final event: `data: {"error":{...}}` and a blank line.
+/// The final event in the plain dialect: `data: {"error":{...}}` and a
+/// blank line (each dialect's: [`dialect::final_event`]).
 pub fn final_event(limit: Limit) -> Vec<u8> {
-    let error = json_object! {"error": json_object! {"message": limit.message(), "type": "server_error", "param": Value::Null, "code": limit.code()}};
-    format!("data: {error}\n\n").into_bytes()
+    dialect::final_event(Dialect::Plain, limit)
 }
 
 /// What to do with one response body chunk.
@@ -90,14 +88,13 @@ pub struct Cutter {
     /// starts at a boundary; a chunk passed unread empties it.
     tail: Vec<u8>,
     ended: bool,
+    /// Whose final event ends the stream.
+    dialect: Dialect,
 }
 
 impl Default for Cutter {
     fn default() -> Self {
-        Cutter {
-            tail: b"\n\n".to_vec(),
-            ended: false,
-        }
+        Cutter::new(Dialect::Plain)
     }
 }
 
@@ -105,9 +102,24 @@ impl Cutter {
     /// A cutter taking over a stream whose earlier chunks passed unread:
     /// whether they ended at a boundary is unknown.
     pub fn mid_stream() -> Cutter {
+        Cutter::mid_stream_as(Dialect::Plain)
+    }
+
+    /// A cutter from the start of a stream that ends it in `dialect`'s terms.
+    pub fn new(dialect: Dialect) -> Cutter {
+        Cutter {
+            tail: b"\n\n".to_vec(),
+            ended: false,
+            dialect,
+        }
+    }
+
+    /// [`Cutter::mid_stream`] in `dialect`'s terms.
+    pub fn mid_stream_as(dialect: Dialect) -> Cutter {
         Cutter {
             tail: Vec::new(),
             ended: false,
+            dialect,
         }
     }
 
@@ -133,7 +145,7 @@ impl Cutter {
         if let Some(at) = self.last_boundary(&chunk) {
             self.ended = true;
             let mut out = chunk[..at].to_vec();
-            out.extend_from_slice(&final_event(limit));
+            out.extend_from_slice(&dialect::final_event(self.dialect, limit));
             return ChunkAction::Replace(out);
         }
         self.remember(&chunk);
@@ -183,7 +195,11 @@ pub enum Body {
     /// A forwarded response not told yet; `started` once a chunk with bytes
     /// passed (the next chunk may then start inside an event); `looked`:
     /// chunks read that showed no framing.
-    Unknown { started: bool, looked: u8 },
+    Unknown {
+        started: bool,
+        looked: u8,
+        dialect: Dialect,
+    },
     /// An event stream.
     Events(Cutter),
 }
@@ -191,9 +207,16 @@ pub enum Body {
 impl Body {
     /// The body of a response to a forwarded request.
     pub fn forwarded() -> Body {
+        Body::forwarded_as(Dialect::Plain)
+    }
+
+    /// The body of a response to a forwarded request in `dialect`: an event
+    /// stream is ended with that dialect's final event.
+    pub fn forwarded_as(dialect: Dialect) -> Body {
         Body::Unknown {
             started: false,
             looked: 0,
+            dialect,
         }
     }
 
@@ -218,7 +241,11 @@ impl Body {
         match self {
             Body::Other => ChunkAction::Forward,
             Body::Events(c) => c.on_chunk(cut(), read),
-            Body::Unknown { started, looked } => {
+            Body::Unknown {
+                started,
+                looked,
+                dialect,
+            } => {
                 let Some(limit) = cut() else {
                     *started |= len > 0;
                     return ChunkAction::Forward;
@@ -233,8 +260,8 @@ impl Body {
                 match events {
                     Some(true) => {
                         let mut cutter = match from_start {
-                            true => Cutter::default(),
-                            false => Cutter::mid_stream(),
+                            true => Cutter::new(*dialect),
+                            false => Cutter::mid_stream_as(*dialect),
                         };
                         let action = cutter.on_chunk(Some(limit), || chunk);
                         *self = Body::Events(cutter);

@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::deadline::{self, Incoming};
+use crate::dialect::{self, Dialect};
 use crate::drain::{Admit, Drain};
 use crate::reply::{self, LocalReply};
 
@@ -45,6 +46,8 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub verdict: Verdict,
+    /// The API the request speaks (see [`crate::dialect`]).
+    pub dialect: Dialect,
     /// Malformed deadline headers seen (skipped).
     pub malformed_deadlines: u32,
 }
@@ -63,6 +66,7 @@ pub fn decide(
         let phase = drain.phase(now_unix_ms, inflight(), cfg.windows());
         return Decision {
             verdict: Verdict::Health(reply::health(phase, method == b"HEAD")),
+            dialect: Dialect::Plain,
             malformed_deadlines: 0,
         };
     }
@@ -71,19 +75,23 @@ pub fn decide(
         budget_ms: asked,
         malformed,
     } = deadline::incoming(|name| header(headers, name), now_unix_ms);
+    let dialect = dialect::detect(&cfg.dialects, headers);
     let decision = |verdict| Decision {
         verdict,
+        dialect,
         malformed_deadlines: malformed,
     };
+    let draining = || Verdict::RejectDraining(dialect::draining(dialect, cfg.retry_after_s));
     let d = &cfg.deadline;
     let grace_left_ms = match drain.admit(now_unix_ms, cfg.windows()) {
         Admit::Unlimited => None,
         Admit::Within { grace_left_ms } => Some(grace_left_ms),
-        Admit::Reject => return decision(Verdict::RejectDraining(reply::draining(cfg))),
+        Admit::Reject => return decision(draining()),
     };
     let budget = asked.unwrap_or(d.default_timeout_ms).min(d.max_timeout_ms);
     if budget < d.min_budget_ms {
-        return decision(Verdict::RejectDeadline(reply::deadline_exceeded(
+        return decision(Verdict::RejectDeadline(dialect::deadline_exceeded(
+            dialect,
             budget,
             d.min_budget_ms,
         )));
@@ -92,9 +100,7 @@ pub fn decide(
         None => budget,
         // Too little grace left to do useful work: the drain is the cause, so
         // the client gets the retryable 503, not a 504.
-        Some(left) if left < d.min_budget_ms => {
-            return decision(Verdict::RejectDraining(reply::draining(cfg)))
-        }
+        Some(left) if left < d.min_budget_ms => return decision(draining()),
         Some(left) => budget.min(left),
     };
 
@@ -108,7 +114,7 @@ pub fn decide(
         (deadline::REQUEST_TIMEOUT, budget_text.clone()),
         (deadline::ENVOY_UPSTREAM_TIMEOUT, budget_text),
     ];
-    if is_grpc(headers) {
+    if dialect == Dialect::Grpc {
         set_headers.push((
             deadline::GRPC_TIMEOUT,
             deadline::format_grpc_timeout(budget),
@@ -119,10 +125,6 @@ pub fn decide(
         deadline_unix_ms,
         set_headers,
     }))
-}
-
-fn is_grpc(headers: &dyn Headers) -> bool {
-    header(headers, "content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"))
 }
 
 #[cfg(test)]
@@ -319,6 +321,41 @@ mod tests {
             r.body.as_bytes(),
             5,
         );
+    }
+
+    #[test]
+    fn refusals_speak_the_request_dialect() {
+        let c = cfg();
+        let late = Drain::started_at(NOW - 5_000);
+        let anthropic = req("POST", "/v1/messages", &[]);
+        let d = decide(&c, late, NOW, &anthropic, || 0);
+        assert_eq!(d.dialect, Dialect::Anthropic);
+        let Verdict::RejectDraining(r) = d.verdict else {
+            panic!("{d:?}")
+        };
+        assert!(
+            r.body.contains(r#""type":"overloaded_error""#),
+            "{}",
+            r.body
+        );
+        let grpc = req(
+            "POST",
+            "/pkg.Svc/Call",
+            &[
+                ("content-type", "application/grpc"),
+                ("grpc-timeout", "10m"),
+            ],
+        );
+        let d = decide(&c, Drain::SERVING, NOW, &grpc, || 0);
+        let Verdict::RejectDeadline(r) = d.verdict else {
+            panic!("{d:?}")
+        };
+        assert_eq!(r.grpc_status, Some(dialect::GRPC_DEADLINE_EXCEEDED));
+        let d = decide(&c, late, NOW, &grpc, || 0);
+        let Verdict::RejectDraining(r) = d.verdict else {
+            panic!("{d:?}")
+        };
+        assert_eq!(r.grpc_status, Some(dialect::GRPC_UNAVAILABLE));
     }
 
     #[test]

@@ -126,6 +126,11 @@ fn header_wire_form_reads_as_its_pairs_on_seeds_and_sweep() {
 }
 
 #[test]
+fn ws_frames_boundaries_are_split_independent_and_the_close_follows_one_on_seeds_and_sweep() {
+    sweep("ws_frames", 0x5eed_0008, invariants::ws_frames);
+}
+
+#[test]
 fn sse_boundary_oracle_follows_the_specification() {
     for (stream, boundary) in [
         (&b""[..], true),

@@ -22,7 +22,11 @@ pub mod procfs;
 pub mod rng;
 
 #[cfg(feature = "async")]
+pub mod fake_dialects;
+#[cfg(feature = "async")]
 pub mod fake_llm;
+#[cfg(feature = "async")]
+pub mod fake_ws;
 #[cfg(feature = "async")]
 pub mod rollout;
 #[cfg(feature = "async")]

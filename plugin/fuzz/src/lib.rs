@@ -10,6 +10,7 @@
 use drainpipe::admin::{self, Action};
 use drainpipe::config::MAX_DURATION_MS;
 use drainpipe::deadline::{self, Incoming};
+use drainpipe::dialect;
 use drainpipe::drain::{Drain, Windows};
 use drainpipe::headers::{self as wire_headers, Headers, Wire};
 use drainpipe::sse::{self, ChunkAction, Cutter, Limit};
@@ -435,8 +436,7 @@ pub fn traffic_decide(data: &[u8]) {
                 set(deadline::REQUEST_DEADLINE),
                 Some(f.deadline_unix_ms.to_string().as_str())
             );
-            let grpc = traffic::header(&h, "content-type")
-                .is_some_and(|ct| ct.starts_with(b"application/grpc"));
+            let grpc = grpc_request(&cfg, &h);
             match set(deadline::GRPC_TIMEOUT) {
                 Some(v) => {
                     assert!(grpc);
@@ -448,10 +448,20 @@ pub fn traffic_decide(data: &[u8]) {
         }
         Verdict::RejectDraining(reply) => {
             assert!(drain.started_unix_ms.is_some(), "503 while serving: {h:?}");
+            if grpc_request(&cfg, &h) {
+                // A trailers-only gRPC answer: UNAVAILABLE, plain text.
+                assert_eq!(reply.grpc_status, Some(dialect::GRPC_UNAVAILABLE));
+                assert!(!reply.body.is_empty());
+                return;
+            }
             assert_eq!(reply.status, 503);
             assert_eq!(
                 reply.header("retry-after"),
                 Some(cfg.retry_after_s.to_string().as_str())
+            );
+            assert_eq!(
+                reply.header("retry-after-ms"),
+                Some((cfg.retry_after_s * 1000).to_string().as_str())
             );
             assert_eq!(reply.header("x-should-retry"), Some("true"));
             assert_json(&reply.body);
@@ -462,11 +472,20 @@ pub fn traffic_decide(data: &[u8]) {
                 .unwrap_or(d.default_timeout_ms)
                 .min(d.max_timeout_ms);
             assert!(budget < d.min_budget_ms, "504 for a budget of {budget}");
+            if grpc_request(&cfg, &h) {
+                assert_eq!(reply.grpc_status, Some(dialect::GRPC_DEADLINE_EXCEEDED));
+                return;
+            }
             assert_eq!(reply.status, 504);
             assert_eq!(reply.header("x-should-retry"), Some("false"));
             assert_json(&reply.body);
         }
     }
+}
+
+/// Whether a request is gRPC by the dialect rules.
+fn grpc_request(cfg: &Config, h: &dyn traffic::Headers) -> bool {
+    dialect::detect(&cfg.dialects, h) == dialect::Dialect::Grpc
 }
 
 /// Whether `stream` stops at an SSE event boundary, by the SSE
@@ -684,5 +703,110 @@ pub fn sse_body(data: &[u8]) {
         if end_of_stream {
             break;
         }
+    }
+}
+
+/// The frame starts of a whole WebSocket byte stream, by a direct reading
+/// of RFC 6455 section 5.2 (the oracle for [`ws_frames`]): every offset
+/// where a frame starts, and the stream's end if it ends a frame; it stops
+/// at a frame that is not valid framing.
+pub fn ws_frame_starts(stream: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut p = 0usize;
+    loop {
+        out.push(p);
+        let Some(&[b0, b1]) = stream
+            .get(p..p + 2)
+            .map(|s| <&[u8; 2]>::try_from(s).unwrap())
+        else {
+            return out;
+        };
+        let ext = match b1 & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+        let Some(ext_bytes) = stream.get(p + 2..p + 2 + ext) else {
+            return out;
+        };
+        let len: u128 = match ext {
+            0 => u128::from(b1 & 0x7F),
+            _ => ext_bytes.iter().fold(0u128, |n, &b| n << 8 | u128::from(b)),
+        };
+        let control = b0 & 0x08 != 0;
+        if len >= 1 << 63 || (control && (len > 125 || b0 & 0x80 == 0)) {
+            return out;
+        }
+        let end = (p + 2 + ext + mask) as u128 + len;
+        if end > stream.len() as u128 {
+            return out;
+        }
+        p = end as usize;
+    }
+}
+
+/// Input: a count byte `n` (mod 8), `n` split bytes, then the stream; and
+/// the chunk (by index) at which the close is due.
+/// Invariants: the frame boundaries found do not depend on how the stream
+/// is split, are the oracle's ([`ws_frame_starts`]); once due, the close
+/// frame follows exactly a boundary and nothing of the stream follows it.
+pub fn ws_frames(data: &[u8]) {
+    use drainpipe::websocket::{close_frame, Closer, Framing, CLOSE_CODE, CLOSE_REASON};
+    let mut r = Reader::new(data);
+    let n = usize::from(r.u8() % 8);
+    let due_at = usize::from(r.u8());
+    let mut splits: Vec<u8> = (0..n).map(|_| r.u8()).collect();
+    let stream = r.0;
+    let mut cuts: Vec<usize> = splits
+        .drain(..)
+        .map(|b| usize::from(b) * stream.len() / 256)
+        .collect();
+    cuts.sort_unstable();
+    cuts.push(stream.len());
+
+    let oracle = ws_frame_starts(stream);
+    let mut framing = Framing::default();
+    let mut found = Vec::new();
+    let mut start = 0;
+    for &end in &cuts {
+        for b in framing.feed(&stream[start..end]) {
+            assert!(b <= end - start);
+            found.push(start + b);
+        }
+        start = end;
+    }
+    found.dedup();
+    assert!(found.windows(2).all(|w| w[0] < w[1]), "{found:?}");
+    assert_eq!(found, oracle, "boundaries of {stream:?} split at {cuts:?}");
+
+    let mut closer = Closer::default();
+    let mut client = Vec::new();
+    let mut start = 0;
+    let close = close_frame(CLOSE_CODE, CLOSE_REASON);
+    for (i, &end) in cuts.iter().enumerate() {
+        let chunk = &stream[start..end];
+        match closer.on_chunk(i >= due_at % cuts.len(), chunk) {
+            ChunkAction::Forward => client.extend_from_slice(chunk),
+            ChunkAction::Replace(bytes) => {
+                assert!(bytes.ends_with(&close));
+                let kept = &bytes[..bytes.len() - close.len()];
+                assert_eq!(kept, &chunk[..kept.len()]);
+                client.extend_from_slice(kept);
+                assert!(
+                    oracle.contains(&client.len()),
+                    "close after {} bytes, not a boundary",
+                    client.len()
+                );
+                client.extend_from_slice(&close);
+            }
+            ChunkAction::Drop => assert!(closer.closed()),
+        }
+        start = end;
+    }
+    if closer.closed() {
+        assert!(client.ends_with(&close));
+    } else {
+        assert_eq!(client, stream);
     }
 }

@@ -1,0 +1,230 @@
+//! WebSocket sessions through Envoy's upgrade and drainpipe, with a real
+//! client (tokio-tungstenite): messages flow; a session still open near the
+//! grace end gets a close frame with code 1012 before it, and the drain
+//! then completes; an upgrade after the admit window gets the 503; sessions
+//! aborted anywhere leave nothing in flight.
+
+use std::time::{Duration, Instant};
+
+use drainpipe_tests::envoy::COUNTS_SETTLE;
+use drainpipe_tests::fake_ws::FakeWs;
+use drainpipe_tests::{Envoy, EnvoyOptions};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+/// Grace 3 s, admit window 300 ms, margin 500 ms.
+async fn setup() -> (FakeWs, Envoy) {
+    let upstream = FakeWs::start().await.expect("fake WebSocket upstream");
+    let patch = json!({"admit_window_ms": 300, "grace_ms": 3000, "retry_after_s": 1,
+                       "final_event_margin_ms": 500, "deadline": {"min_budget_ms": 1000}});
+    let envoy = Envoy::start_repo_with(upstream.port(), patch, EnvoyOptions::default())
+        .expect("Envoy starts with the plugin");
+    (upstream, envoy)
+}
+
+fn url(envoy: &Envoy) -> String {
+    format!("ws://127.0.0.1:{}/v1/realtime", envoy.ports.traffic)
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(envoy: &Envoy) -> Ws {
+    let (ws, resp) = tokio_tungstenite::connect_async(url(envoy))
+        .await
+        .expect("the upgrade through Envoy");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+async fn next_text(ws: &mut Ws) -> String {
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+async fn start_drain(envoy: &Envoy) -> Instant {
+    let resp = reqwest::Client::new()
+        .post(envoy.drain_api())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    Instant::now()
+}
+
+async fn status(envoy: &Envoy) -> Value {
+    reqwest::get(envoy.drain_api())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_drained(envoy: &Envoy, from: Instant, limit: Duration) -> Duration {
+    loop {
+        let s = status(envoy).await;
+        if s["state"] == "drained" {
+            return from.elapsed();
+        }
+        assert!(from.elapsed() < limit, "not drained after {limit:?}: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_inflight(envoy: &Envoy, n: u64) {
+    let started = Instant::now();
+    while envoy.stat("drainpipe_inflight").await.unwrap_or(u64::MAX) != n {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "in flight never {n}: {}",
+            envoy.stat("drainpipe_inflight").await.unwrap_or(u64::MAX)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_messages_flow_through_the_upgrade_and_the_session_counts_in_flight() {
+    let (up, envoy) = setup().await;
+    let mut ws = connect(&envoy).await;
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "hello");
+    ws.send(Message::text("ticks 3 10")).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(next_text(&mut ws).await, format!("tick {i}"));
+    }
+    wait_inflight(&envoy, 1).await;
+    ws.close(None).await.unwrap();
+    drop(ws);
+    wait_inflight(&envoy, 0).await;
+    assert_eq!(up.sessions(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_session_open_at_the_grace_end_gets_close_1012_before_it_then_drained() {
+    let (_up, envoy) = setup().await;
+    let mut ws = connect(&envoy).await;
+    // 20 s of messages, 50 ms apart: far longer than the grace period.
+    ws.send(Message::text("ticks 400 50")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "tick 0");
+    let started = start_drain(&envoy).await;
+    let mut ticks = 1;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => ticks += 1,
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            other => panic!("after {ticks} messages: expected a close frame, got {other:?}"),
+        }
+    };
+    let closed_after = started.elapsed();
+    let frame = close.expect("the close frame has a code");
+    assert_eq!(frame.code, CloseCode::Restart, "{frame:?}");
+    assert_eq!(u16::from(frame.code), 1012);
+    // final_event_margin_ms (500 ms) before the 3 s grace end.
+    assert!(
+        closed_after < Duration::from_millis(3_000),
+        "close frame {closed_after:?} after the drain started"
+    );
+    assert!(ticks > 20, "{ticks} messages before the close");
+    drop(ws);
+    let took = wait_drained(&envoy, started, Duration::from_secs(10)).await;
+    assert!(
+        took < Duration::from_millis(3_600),
+        "drained after {took:?}"
+    );
+    assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 0);
+    assert_eq!(envoy.stat("drainpipe_streams_ended").await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_websocket_session_at_the_grace_end_is_ended_and_the_drain_completes() {
+    let (_up, envoy) = setup().await;
+    let mut ws = connect(&envoy).await;
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "hello");
+    let started = start_drain(&envoy).await;
+    // Nothing comes from the upstream, so no close frame can be placed:
+    // the session is reset once the grace period is over; Envoy then
+    // closes the client's connection after its delayed_close_timeout (1 s
+    // by default), and deletes the stream.
+    let end = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+    assert!(
+        matches!(end, Ok(None | Some(Err(_)))),
+        "the session ended: {end:?}"
+    );
+    let ended = started.elapsed();
+    let took = wait_drained(&envoy, started, Duration::from_secs(10)).await;
+    assert!(
+        took >= Duration::from_millis(2_900) && took < Duration::from_millis(4_600),
+        "drained after {took:?} (the client saw the end after {ended:?}); log:\n{}",
+        envoy.log_tail(30)
+    );
+    assert_eq!(envoy.stat("drainpipe_ended_at_grace").await.unwrap(), 1);
+    assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_upgrade_after_the_admit_window_gets_503() {
+    let (up, envoy) = setup().await;
+    start_drain(&envoy).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    match tokio_tungstenite::connect_async(url(&envoy)).await {
+        Err(WsError::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            assert_eq!(resp.headers()["retry-after-ms"], "1000");
+        }
+        other => panic!("expected a 503, got {:?}", other.map(|(_, r)| r)),
+    }
+    assert_eq!(up.sessions(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_sessions_aborted_at_random_points_leave_nothing_in_flight() {
+    let (_up, envoy) = setup().await;
+    // A fixed linear congruential sequence: the same points every run.
+    let mut seed: u64 = 0x5eed;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let mut sessions = Vec::new();
+    for _ in 0..24 {
+        let point = next(4);
+        let reads = next(10);
+        let url = url(&envoy);
+        sessions.push(tokio::spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            if point >= 1 {
+                ws.send(Message::text("ticks 100 5")).await.unwrap();
+            }
+            if point >= 2 {
+                for _ in 0..reads {
+                    let _ = ws.next().await;
+                }
+            }
+            if point == 3 {
+                // Mid-frame, from the client: half a text frame's header.
+                let mut inner = ws.into_inner();
+                use tokio::io::AsyncWriteExt;
+                let _ = inner.write_all(&[0x81]).await;
+                return;
+            }
+            // Abort: the connection dropped without a close frame.
+            drop(ws);
+        }));
+    }
+    for s in sessions {
+        s.await.unwrap();
+    }
+    tokio::time::sleep(COUNTS_SETTLE).await;
+    wait_inflight(&envoy, 0).await;
+    let s = status(&envoy).await;
+    assert_eq!(s["inflight"], 0, "{s}");
+}
