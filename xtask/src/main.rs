@@ -112,6 +112,14 @@ fn setup() -> anyhow::Result<()> {
         elsewhere: "macOS: not available",
     }
     .ensure()?;
+    // The alerting rules are checked and unit-tested with promtool.
+    system::Tool {
+        program: "promtool",
+        package: "prometheus",
+        needed_for: "to check and test the alerting rules in envoy/observability/",
+        elsewhere: "macOS: `brew install prometheus`",
+    }
+    .ensure()?;
     let python = venv().join("bin/python");
     if !python.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(venv()))
