@@ -4,6 +4,7 @@
 pub mod envoy;
 pub mod fake_llm;
 pub mod hardening;
+pub mod real_llm;
 pub mod rollout;
 
 pub use envoy::{Envoy, EnvoyConfig, EnvoyOptions, Ports};
