@@ -6,17 +6,12 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use drainpipe_tests::envoy::repo_root;
 use drainpipe_tests::real_llm::{self, Plan};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn harness_counts_whole_streams_behind_drainpipe_and_cuts_of_the_server_alone() {
-    let fake = repo_root().join("target/debug/fake-llm");
-    assert!(
-        fake.exists(),
-        "{} not built: cargo build -p drainpipe-tests --bins",
-        fake.display()
-    );
+    // Cargo builds the package's binaries for its integration tests.
+    let fake = std::path::PathBuf::from(env!("CARGO_BIN_EXE_fake-llm"));
     let plan = Plan {
         server: vec![fake.into(), OsString::from("127.0.0.1:{port}")],
         model: "drainpipe-demo-1".into(),

