@@ -3,14 +3,21 @@ behind BASE_URL goes away, and says what became of every stream.
 
 Usage: llm_drain_client.py BASE_URL MODEL [options]
 
-  --streams N        streams opened at once (default 8)
-  --long N           of them, this many asked for --long-tokens (default 2)
+  --streams N        streams opened one after another, 0.2 s apart (default 8)
+  --long N           the last N of them ask for --long-tokens (default 2)
   --tokens N         max_tokens of the short streams (default 48)
   --long-tokens N    max_tokens of the long ones, end of text suppressed (default 2000)
-  --drain-url URL    once every stream has its first token: POST here (a drain)
-  --kill-pid PID     once every stream has its first token: SIGTERM this process
+  --drain-url URL    once the first stream has its first token: POST here (a drain)
+  --kill-pid PID     once the first stream has its first token: SIGTERM this
+                     process, and SIGKILL it --kill-after seconds later if it
+                     is still running (as Kubernetes does at the end of the
+                     termination grace period)
+  --kill-after S     (default 15)
   --late N           requests sent ADMIT_S + 0.5 s after the drain started (default 4)
   --admit-s S        the admit window, seconds (default 2)
+
+A server that runs one completion at a time (llama.cpp's through
+llama-cpp-python) queues the others: they are in flight, waiting.
 
 The SDK does not retry (max_retries=0): every outcome is what the server
 gave. Prints one JSON object: each stream's outcome and token count, each
@@ -97,26 +104,32 @@ def main() -> None:
     p.add_argument("--long-tokens", type=int, default=2000)
     p.add_argument("--drain-url")
     p.add_argument("--kill-pid", type=int)
+    p.add_argument("--kill-after", type=float, default=15.0)
     p.add_argument("--late", type=int, default=4)
     p.add_argument("--admit-s", type=float, default=2.0)
     a = p.parse_args()
     client = openai.OpenAI(base_url=a.base_url, api_key="unused", max_retries=0, timeout=120)
 
     started = time.monotonic()
-    streams, threads, firsts = [], [], []
-    for i in range(a.streams):
-        long = i < a.long
-        out, first = {"long": long}, threading.Event()
-        t = threading.Thread(
+    streams = [{"long": i >= a.streams - a.long} for i in range(a.streams)]
+    firsts = [threading.Event() for _ in streams]
+    threads = [
+        threading.Thread(
             target=stream,
-            args=(client, a.model, a.long_tokens if long else a.tokens, long, first, out),
+            args=(client, a.model, a.long_tokens if s["long"] else a.tokens, s["long"], f, s),
         )
-        t.start()
-        streams.append(out)
-        threads.append(t)
-        firsts.append(first)
-    for f in firsts:
-        f.wait(120)
+        for s, f in zip(streams, firsts)
+    ]
+
+    def open_all():
+        for t in threads:
+            t.start()
+            time.sleep(0.2)
+
+    opener = threading.Thread(target=open_all)
+    opener.start()
+    firsts[0].wait(300)
+    time.sleep(0.3)
     event_s = round(time.monotonic() - started, 3)
     late = []
     if a.drain_url:
@@ -129,6 +142,22 @@ def main() -> None:
             late.append(out)
     elif a.kill_pid:
         os.kill(a.kill_pid, signal.SIGTERM)
+
+        def kill_later():
+            deadline = time.monotonic() + a.kill_after
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(a.kill_pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.1)
+            try:
+                os.kill(a.kill_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        threading.Thread(target=kill_later, daemon=True).start()
+    opener.join()
     for t in threads:
         t.join(600)
     counts = {}

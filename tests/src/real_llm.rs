@@ -11,7 +11,9 @@
 //!    the 503 contract, and streams longer than the grace period must end
 //!    with the final event, never a cut.
 //! 2. **alone**: server ← SDK, and the server gets SIGTERM at the same
-//!    moment: every stream it cuts is counted.
+//!    moment, then SIGKILL at the end of the same grace period if it is
+//!    still running (Kubernetes' termination): every stream it cuts is
+//!    counted.
 //!
 //! The server is any command that serves the OpenAI API on a port given to
 //! it: llama.cpp's (through `llama-cpp-python[server]`, with a model a PyPI
@@ -35,7 +37,8 @@ pub struct Plan {
     pub server: Vec<OsString>,
     /// The model name the server answers to.
     pub model: String,
-    /// Streams at once, and how many of them run past the grace period.
+    /// Streams (opened 0.2 s apart), and how many of them (the last) run
+    /// past the grace period.
     pub streams: u32,
     pub long: u32,
     /// max_tokens of the short streams and of the long ones.
@@ -224,6 +227,8 @@ pub async fn alone_on_sigterm(plan: &Plan) -> anyhow::Result<Phase> {
         vec![
             "--kill-pid".into(),
             pid.to_string(),
+            "--kill-after".into(),
+            (plan.grace_ms as f64 / 1000.0).to_string(),
             "--late".into(),
             "0".into(),
         ],
@@ -236,7 +241,7 @@ pub async fn alone_on_sigterm(plan: &Plan) -> anyhow::Result<Phase> {
     })
     .await?;
     Ok(Phase {
-        name: "alone, SIGTERM",
+        name: "alone, SIGTERM (SIGKILL after the grace period)",
         client,
         server_exit_ms: exit,
     })
