@@ -219,7 +219,9 @@ fn real_llm(args: &[&str]) -> anyhow::Result<()> {
         .args(["-m", "llama_cpp.server", "--model"])
         .arg(&model)
         .args(["--model_alias", "gemma-3-270m", "--host", "127.0.0.1"])
-        .args(["--port", "{port}", "--n_ctx", "2048"]);
+        .args(["--port", "{port}", "--n_ctx", "2048"])
+        // By default a new request ends the completion streaming: queue it.
+        .args(["--interrupt_requests", "False"]);
     run(&mut cmd)
 }
 
