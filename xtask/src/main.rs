@@ -214,11 +214,24 @@ fn real_llm(args: &[&str]) -> anyhow::Result<()> {
     .context("cannot assemble the Gemma 3 270M model file")?;
     run(cargo().args(["build", "--package", "drainpipe-tests", "--bin", "real-llm"]))?;
     let mut cmd = Command::new(root().join("target/debug/real-llm"));
-    cmd.args(["--model", "gemma-3-270m"]).args(args).arg("--");
+    // Three streams one after another (the server serves one at a time):
+    // two short, one asked for more tokens than the 12 s grace period allows.
+    cmd.args(["--model", "gemma-3-270m", "--streams", "3", "--long", "1"])
+        .args([
+            "--tokens",
+            "24",
+            "--long-tokens",
+            "1500",
+            "--grace-ms",
+            "12000",
+        ])
+        .args(args)
+        .arg("--");
     cmd.arg(&python)
         .args(["-m", "llama_cpp.server", "--model"])
         .arg(&model)
-        .args(["--model_alias", "gemma-3-270m", "--host", "127.0.0.1"])
+        .args(["--model_alias", "gemma-3-270m", "--chat_format", "gemma"])
+        .args(["--host", "127.0.0.1"])
         .args(["--port", "{port}", "--n_ctx", "2048"])
         // By default a new request ends the completion streaming: queue it.
         .args(["--interrupt_requests", "False"]);
