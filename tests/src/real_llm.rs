@@ -250,7 +250,7 @@ pub async fn alone_on_sigterm(plan: &Plan) -> anyhow::Result<Phase> {
 /// A report of both phases (Markdown).
 pub fn summary(plan: &Plan, phases: &[Phase]) -> String {
     let mut s = format!(
-        "real LLM: {} streams at once ({} of them longer than the {} ms grace period), \
+        "real LLM: {} streams opened 0.2 s apart ({} of them longer than the {} ms grace period), \
          the official openai SDK without retries; admit window {} ms\n\n\
          | server | streams whole | ended by the final event | cut | other errors | late requests: 503 contract / other |\n\
          |---|---:|---:|---:|---:|---|\n",
