@@ -23,6 +23,7 @@ use crate::config::{Config, Role};
 use crate::counts;
 use crate::dialect::{self, Dialect};
 use crate::drain::{self, Drain, Phase, Windows, SHARED_KEY, WINDOWS_KEY};
+use crate::drain_stats;
 use crate::headers::{Headers as _, Wire};
 use crate::metrics;
 use crate::reply::LocalReply;
@@ -58,6 +59,10 @@ struct Metrics {
     streams_ended: u32,
     ended_at_grace: u32,
     drain_changes: u32,
+    drain_started: u32,
+    drain_duration: u32,
+    drain_resets: u32,
+    grace: u32,
 }
 
 impl Metrics {
@@ -75,6 +80,10 @@ impl Metrics {
             streams_ended: counter(metrics::STREAMS_ENDED)?,
             ended_at_grace: counter(metrics::ENDED_AT_GRACE)?,
             drain_changes: counter(metrics::DRAIN_CHANGES)?,
+            drain_started: gauge(metrics::DRAIN_STARTED_UNIX_MS)?,
+            drain_duration: gauge(metrics::DRAIN_DURATION_MS)?,
+            drain_resets: counter(metrics::DRAIN_RESETS)?,
+            grace: gauge(metrics::GRACE_MS)?,
         })
     }
 
@@ -86,6 +95,26 @@ impl Metrics {
 
     fn get(id: u32) -> u64 {
         hostcalls::get_metric(id).unwrap_or(0)
+    }
+
+    fn set(id: u32, value: u64) {
+        if let Err(status) = hostcalls::record_metric(id, value) {
+            log::warn!("stat update failed: {status:?}");
+        }
+    }
+
+    fn drain_gauges(&self) -> drain_stats::Gauges {
+        drain_stats::Gauges {
+            started_unix_ms: Metrics::get(self.drain_started),
+            duration_ms: Metrics::get(self.drain_duration),
+        }
+    }
+
+    fn set_drain_gauges(&self, update: Option<drain_stats::Gauges>) {
+        if let Some(g) = update {
+            Metrics::set(self.drain_started, g.started_unix_ms);
+            Metrics::set(self.drain_duration, g.duration_ms);
+        }
     }
 }
 
@@ -176,10 +205,16 @@ impl Shared {
     fn observe(&self, now: u64) -> (Drain, Phase, u64) {
         let drain = self.drain(now);
         let inflight = Metrics::get(self.metrics.inflight);
-        let phase = drain.phase(now, inflight, self.windows());
-        if let Err(status) = hostcalls::record_metric(self.metrics.state, phase.gauge()) {
-            log::warn!("stat update failed: {status:?}");
-        }
+        let windows = self.windows();
+        let phase = drain.phase(now, inflight, windows);
+        Metrics::set(self.metrics.state, phase.gauge());
+        let m = &self.metrics;
+        m.set_drain_gauges(drain_stats::observed(
+            m.drain_gauges(),
+            drain,
+            phase,
+            windows,
+        ));
         (drain, phase, inflight)
     }
 
@@ -479,6 +514,7 @@ impl RootContext for Root {
             }
         };
         if cfg.role == Role::Traffic {
+            Metrics::set(metrics.grace, cfg.grace_ms);
             let windows = cfg.windows().encode();
             if let Err(status) = hostcalls::set_shared_data(WINDOWS_KEY, Some(&windows), None) {
                 log::error!("cannot publish the drain windows: {status:?}");
@@ -533,6 +569,7 @@ impl RootContext for Root {
                 ws: websocket::Closer::default(),
                 deadline_unix_ms: 0,
                 body: sse::Body::default(),
+                response: drain_stats::Response::default(),
             }),
             Role::Admin => Box::new(Admin {
                 shared,
@@ -561,6 +598,8 @@ struct Traffic {
     /// The response body: an event stream is ended with a final event
     /// before a limit.
     body: sse::Body,
+    /// How the response went, for the drain's stats.
+    response: drain_stats::Response,
 }
 
 impl Context for Traffic {}
@@ -618,6 +657,8 @@ impl HttpContext for Traffic {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let shared = Rc::clone(&self.shared);
+        self.response.body_started = true;
+        self.response.whole |= end_of_stream;
         match self.dialect {
             Dialect::WebSocket => return self.on_websocket_body(&shared, body_size, end_of_stream),
             Dialect::Grpc => return self.on_other_body(&shared, end_of_stream),
@@ -639,6 +680,7 @@ impl HttpContext for Traffic {
             ChunkAction::Replace(bytes) => {
                 self.set_http_response_body(0, body_size, &bytes);
                 Metrics::add(shared.metrics.streams_ended, 1);
+                self.response.final_event = true;
             }
             ChunkAction::Drop => {
                 self.set_http_response_body(0, body_size, &[]);
@@ -651,6 +693,11 @@ impl HttpContext for Traffic {
                 }
             }
         }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.response.whole = true;
         Action::Continue
     }
 }
@@ -689,6 +736,7 @@ impl Traffic {
             ChunkAction::Replace(bytes) => {
                 self.set_http_response_body(0, body_size, &bytes);
                 Metrics::add(shared.metrics.streams_ended, 1);
+                self.response.final_event = true;
             }
             ChunkAction::Drop => {
                 self.set_http_response_body(0, body_size, &[]);
@@ -724,10 +772,36 @@ impl Drop for Traffic {
     /// by then. (Not in `on_log`: that export is left out of the release
     /// build, see [`crate::CALLBACKS`].)
     fn drop(&mut self) {
-        if self.counted {
-            self.shared.streams.borrow_mut().remove(&self.context_id);
-            Metrics::add(self.shared.metrics.inflight, -1);
-            self.shared.count(None, counts::Pending::complete);
+        if !self.counted {
+            return;
+        }
+        let shared = &self.shared;
+        let m = &shared.metrics;
+        shared.streams.borrow_mut().remove(&self.context_id);
+        Metrics::add(m.inflight, -1);
+        shared.count(None, counts::Pending::complete);
+        // A request's end moves the drain's stats only while a drain is on
+        // (as this worker last read it), or if it may have been cut: a
+        // request served whole costs nothing more here.
+        let r = self.response;
+        let maybe_cut = r.body_started && !r.whole && !r.final_event;
+        if shared.seen.get().drain.started_unix_ms.is_none() && !maybe_cut {
+            return;
+        }
+        let now = now_unix_ms(self);
+        let drain = shared.drain(now);
+        if drain_stats::cut(self.response, drain) {
+            Metrics::add(m.drain_resets, 1);
+        }
+        if drain.started_unix_ms.is_some() {
+            let inflight = Metrics::get(m.inflight);
+            m.set_drain_gauges(drain_stats::request_ended(
+                m.drain_gauges(),
+                drain,
+                now,
+                inflight,
+                shared.cfg.windows(),
+            ));
         }
     }
 }

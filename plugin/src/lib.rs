@@ -5,6 +5,7 @@
 //! - [`config`]: the plugin configuration, parsed and validated once;
 //! - [`counts`]: the admitted/completed counters, batched per worker;
 //! - [`drain`]: the drain state machine (serving, draining, rejecting, drained);
+//! - [`drain_stats`]: the drain's start, duration and cut responses, as stats;
 //! - [`deadline`]: deadline header parsing and formatting;
 //! - [`headers`]: request headers as the decisions read them, and the
 //!   host's wire form of a header map, read in place;
@@ -29,6 +30,7 @@ pub mod counts;
 pub mod deadline;
 pub mod dialect;
 pub mod drain;
+pub mod drain_stats;
 pub mod headers;
 pub mod json;
 pub mod reply;
@@ -46,9 +48,11 @@ pub use drain::{Drain, Phase};
 /// xtask build`) removes the SDK's exports of every other `proxy_on_*`
 /// callback, so Envoy does not enter the VM for events the plugin ignores:
 /// request bodies and trailers, response headers (an event stream is told
-/// by its body, see [`sse::Body`]) and trailers, `proxy_on_done` (the SDK's
-/// answer is the ABI's default, done) and `proxy_on_log` (a stream's
-/// in-flight count is released when its context is deleted). A callback
+/// by its body, see [`sse::Body`]), `proxy_on_done` (the SDK's answer is
+/// the ABI's default, done) and `proxy_on_log` (a stream's in-flight count
+/// is released when its context is deleted). Response trailers are handled
+/// (only responses that have them, gRPC's, enter the VM for them): they end
+/// a response whole, for [`drain_stats::cut`]. A callback
 /// added to the filter must be added here, or the release build never runs
 /// it; `tests/callbacks.rs` checks the list against the filter's trait
 /// implementations.
@@ -60,6 +64,7 @@ pub const CALLBACKS: &[&str] = &[
     "proxy_on_http_call_response",
     "proxy_on_request_headers",
     "proxy_on_response_body",
+    "proxy_on_response_trailers",
     "proxy_on_delete",
 ];
 
@@ -79,4 +84,16 @@ pub mod metrics {
     /// Incremented after every change of the stored drain state (see
     /// [`crate::drain::Seen`]).
     pub const DRAIN_CHANGES: &str = "drainpipe_drain_changes";
+    /// Gauge: the start of the drain under way, unix ms; 0 while serving
+    /// (see [`crate::drain_stats`]).
+    pub const DRAIN_STARTED_UNIX_MS: &str = "drainpipe_drain_started_unix_ms";
+    /// Gauge: the last drain's time from its start to `drained`, ms; 0
+    /// while a drain has not reached it.
+    pub const DRAIN_DURATION_MS: &str = "drainpipe_drain_duration_ms";
+    /// Counter: responses cut mid-body while a drain was on, other than by
+    /// the final event ([`STREAMS_ENDED`]).
+    pub const DRAIN_RESETS: &str = "drainpipe_drain_resets";
+    /// Gauge: the traffic role's `grace_ms`, for alerts on drains that
+    /// outlast it.
+    pub const GRACE_MS: &str = "drainpipe_grace_ms";
 }

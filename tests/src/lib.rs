@@ -28,6 +28,8 @@ pub mod fake_llm;
 #[cfg(feature = "async")]
 pub mod fake_ws;
 #[cfg(feature = "async")]
+pub mod real_llm;
+#[cfg(feature = "async")]
 pub mod rollout;
 #[cfg(feature = "async")]
 pub mod stats;

@@ -1,157 +1,307 @@
-//! The rollout harness: load through real Envoys while one is drained with
-//! `envoy/prestop.sh` and stopped as Kubernetes would, counting what every
-//! request got.
+//! The rollout harness: a rolling update of drainpipe replicas behind a
+//! real Envoy front proxy, under continuous load, counting what every
+//! request got at the client.
 //!
-//! The load is a deterministic mix over a fake OpenAI-compatible upstream:
-//! 30 % streamed completions (1 to 10 s, a token every 50 ms), 50 % plain
-//! completions, 20 % `GET /v1/models`. With one instance, the run shows the
-//! drain itself: requests in flight finish whole, later ones get the 503
-//! contract, and Envoy exits inside the grace period. With two instances
-//! behind a round-robin front (a client-side picker that skips instances
-//! that are gone, as a load balancer with health checks does) and clients
-//! retrying as Retry-After says, no request fails at all.
+//! The topology users run: clients → front Envoy → replicas, each replica a
+//! real Envoy with the plugin in front of its own fake OpenAI-compatible
+//! model server. The front's endpoints come from an EDS file the harness
+//! rewrites as Kubernetes' endpoint controller does: it probes every
+//! replica's readiness (the plugin's health path), and a replica whose
+//! probe fails is removed, one that passes is added, after a propagation
+//! delay. The front retries what drainpipe says is safe to retry, on
+//! another replica ([`front::retry_policy`]); the clients never retry, so
+//! a failure anywhere shows at the client.
+//!
+//! The rolling update is a Deployment's with maxSurge 1 and maxUnavailable
+//! 0: a new replica starts, and once it is ready and in the endpoints one
+//! old replica is drained by its preStop hook (`envoy/prestop.sh`: drain,
+//! wait for `drained`, stop Envoy), then gets SIGTERM; the next new replica
+//! starts as the old one begins terminating.
+//!
+//! The load: streamed chat completions of 1 to 10 s (a token every 100 ms)
+//! on `stream_concurrency` connections, and plain completions (70 %) and
+//! model listings (30 %) on `concurrency` more, without a pause, from before
+//! the rollout until it is over and at least `requests` have been sent.
 
+mod front;
+mod plot;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::{json, Value};
 
-use crate::envoy::{plugin_wasm, prometheus_value, repo_root, EnvoyConfig};
+use crate::envoy::{plugin_wasm, prometheus_value, repo_root, EnvoyConfig, Scratch};
 use crate::fake_llm::sse_events;
 use crate::{Envoy, EnvoyOptions, FakeLlm, Ports};
+
+pub use front::Retries;
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// At least this many requests; the load goes on until the rollout is
+    /// over too.
     pub requests: u64,
+    /// Connections sending plain completions and model listings.
     pub concurrency: usize,
-    /// 1: drain the only instance. 2: drain one of two, clients retry.
-    pub instances: usize,
-    /// The drain starts once this share of the requests has started.
-    pub drain_after: f64,
+    /// Connections sending streamed completions.
+    pub stream_concurrency: usize,
+    pub replicas: usize,
+    /// From a readiness change to the endpoints' change at the front.
+    pub propagation_ms: u64,
+    /// How often each replica's readiness is probed.
+    pub probe_ms: u64,
+    /// Load before the rollout starts.
+    pub warmup_ms: u64,
     pub admit_window_ms: u64,
     pub grace_ms: u64,
-    pub retry_after_s: u64,
     pub envoy_concurrency: u32,
-    /// Where the CSV and SVG timeline go (none if `None`).
+    /// Where the CSV, SVG and report go (none if `None`).
     pub out_dir: Option<PathBuf>,
 }
 
 impl Default for Plan {
     fn default() -> Self {
         Plan {
-            requests: 2_000,
-            concurrency: 64,
-            instances: 1,
-            drain_after: 0.4,
-            admit_window_ms: 1_000,
-            grace_ms: 15_000,
-            retry_after_s: 1,
+            requests: 20_000,
+            concurrency: 32,
+            stream_concurrency: 48,
+            replicas: 3,
+            propagation_ms: 2_000,
+            probe_ms: 500,
+            warmup_ms: 5_000,
+            // Covers a probe period and the propagation delay with margin:
+            // the front stops sending before the replica stops admitting.
+            admit_window_ms: 4_000,
+            // The longest stream (10 s) admitted at the end of the admit
+            // window ends inside it, final-event margin included.
+            grace_ms: 20_000,
             envoy_concurrency: 2,
             out_dir: None,
         }
     }
 }
 
-/// What one request got in the end.
+impl Plan {
+    /// Refuses plans the rollout cannot run as described.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.replicas == 0 || self.replicas > 20 {
+            return Err(format!("replicas must be 1 to 20, got {}", self.replicas));
+        }
+        if self.concurrency == 0 || self.stream_concurrency == 0 {
+            return Err("concurrency and stream concurrency must be at least 1".into());
+        }
+        if self.probe_ms == 0 {
+            return Err("the probe period must be at least 1 ms".into());
+        }
+        if self.admit_window_ms > self.grace_ms {
+            return Err(format!(
+                "the admit window ({} ms) must not exceed the grace period ({} ms)",
+                self.admit_window_ms, self.grace_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What one request got at the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     /// 200 and the whole body (streams: every token and `[DONE]`).
     Completed,
-    /// The 503 drain contract, exactly.
-    Rejected,
-    /// A stream ended by the plugin's final error event.
+    /// A stream the plugin ended with its final error event.
     EndedByEvent,
-    /// A stream that ended without `[DONE]`, or a reset mid-body.
+    /// A body that broke off, or a stream without `[DONE]`.
     Truncated,
-    /// Anything else: another status, a reset before the response, a 503
-    /// that is not the contract.
+    /// No response, or a status other than 200.
     Failed,
-    /// Could not connect: the instance was gone before the request was sent.
-    Unsent,
 }
 
-/// Counters shared by the load tasks and the sampler.
+/// A request of the mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Stream { chunks: u64 },
+    Plain,
+    Models,
+}
+
+/// splitmix64: a fixed, well-spread sequence.
+fn mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The `i`-th streamed request: 10 to 100 tokens 100 ms apart (1 to 10 s).
+fn stream_kind(i: u64) -> Kind {
+    Kind::Stream {
+        chunks: 10 + mix(i) % 91,
+    }
+}
+
+/// The `i`-th short request: 70 % plain completions, 30 % model listings.
+fn short_kind(i: u64) -> Kind {
+    match mix(i) % 10 {
+        0..=6 => Kind::Plain,
+        _ => Kind::Models,
+    }
+}
+
+/// What the client saw, by phase.
 #[derive(Default)]
 struct Counts {
-    started: AtomicU64,
+    sent: AtomicU64,
     inflight: AtomicU64,
     completed: AtomicU64,
-    rejected: AtomicU64,
     ended_by_event: AtomicU64,
     truncated: AtomicU64,
     failed: AtomicU64,
-    unsent: AtomicU64,
-    retries: AtomicU64,
+    streams: AtomicU64,
 }
 
-impl Counts {
-    fn record(&self, outcome: Outcome) {
-        let c = match outcome {
-            Outcome::Completed => &self.completed,
-            Outcome::Rejected => &self.rejected,
-            Outcome::EndedByEvent => &self.ended_by_event,
-            Outcome::Truncated => &self.truncated,
-            Outcome::Failed => &self.failed,
-            Outcome::Unsent => &self.unsent,
+/// One finished request: when it started (ms since the load began), its
+/// time to the response headers, and what it got.
+#[derive(Debug, Clone, Copy)]
+struct Done {
+    start_ms: u64,
+    headers_ms: u64,
+    outcome: Outcome,
+}
+
+/// A replica's life, in ms since the load began.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaLife {
+    pub name: String,
+    pub traffic_port: u16,
+    pub admin_port: u16,
+    pub started_ms: u64,
+    pub ready_ms: Option<u64>,
+    pub added_ms: Option<u64>,
+    pub drain_ms: Option<u64>,
+    pub removed_ms: Option<u64>,
+    pub exited_ms: Option<u64>,
+    /// `drainpipe_drain_duration_ms`, the last value read.
+    pub drain_duration_ms: Option<u64>,
+    /// `drainpipe_streams_ended` and `drainpipe_drain_resets`, last read.
+    pub streams_ended: u64,
+    pub drain_resets: u64,
+    pub prestop_exit: Option<i32>,
+    pub prestop_output: String,
+    /// Gone (exited): no more probes or samples.
+    gone: bool,
+    /// The last probe passed.
+    probe_ok: bool,
+    /// In the front's endpoints.
+    in_endpoints: bool,
+    /// A change of the endpoints waiting for the propagation delay.
+    pending: Option<(bool, u64)>,
+}
+
+/// One sample of the timeline: each replica's in-flight count (by index
+/// into the replicas; absent when it could not be read).
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub t_ms: u64,
+    pub client_inflight: u64,
+    pub replica_inflight: Vec<Option<u64>>,
+}
+
+/// Latency percentiles of the time to response headers, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency {
+    pub requests: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Latency {
+    fn of(mut ms: Vec<u64>) -> Latency {
+        ms.sort_unstable();
+        let at = |q: f64| match ms.len() {
+            0 => 0.0,
+            n => ms[((n as f64 * q).ceil() as usize).clamp(1, n) - 1] as f64,
         };
-        c.fetch_add(1, SeqCst);
+        Latency {
+            requests: ms.len() as u64,
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+        }
     }
 }
 
 /// The result of a run.
 #[derive(Debug, Clone)]
 pub struct Report {
-    pub plan_requests: u64,
-    pub instances: usize,
-    pub started: u64,
+    pub plan: Plan,
+    pub sent: u64,
+    pub streams: u64,
     pub completed: u64,
-    pub rejected_503: u64,
     pub ended_by_event: u64,
     pub truncated_or_reset: u64,
-    pub failed_otherwise: u64,
-    pub unsent_instance_gone: u64,
-    pub retries: u64,
-    /// Requests never started because every instance was gone.
-    pub not_started: u64,
-    pub drain_to_exit_ms: Option<u64>,
-    pub grace_ms: u64,
-    pub prestop_exit: Option<i32>,
-    pub prestop_output: String,
+    pub failed: u64,
+    pub before: Latency,
+    pub during: Latency,
+    pub rollout_start_ms: u64,
+    pub rollout_end_ms: u64,
+    pub load_ms: u64,
+    pub front: Retries,
+    pub replicas: Vec<ReplicaLife>,
+    pub samples: Vec<Sample>,
     pub files: Vec<PathBuf>,
 }
 
 impl Report {
-    /// The pass criteria: nothing in flight is truncated or reset, nothing
-    /// fails otherwise, Envoy exits inside the grace period; with two
-    /// instances, every request completes.
+    /// The pass criteria: every request completed whole at the client
+    /// (nothing failed, truncated, reset or ended early), every old replica
+    /// drained and exited inside its grace period.
     pub fn verdict(&self) -> Result<(), String> {
         let mut problems = Vec::new();
-        if self.truncated_or_reset > 0 {
-            problems.push(format!("{} truncated or reset", self.truncated_or_reset));
+        for (n, what) in [
+            (self.failed, "failed"),
+            (self.truncated_or_reset, "truncated or reset"),
+            (self.ended_by_event, "ended by the final event"),
+        ] {
+            if n > 0 {
+                problems.push(format!("{n} {what} at the client"));
+            }
         }
-        if self.failed_otherwise > 0 {
-            problems.push(format!("{} failed otherwise", self.failed_otherwise));
+        if self.completed != self.sent {
+            problems.push(format!("{} of {} completed", self.completed, self.sent));
         }
-        match self.drain_to_exit_ms {
-            Some(ms) if ms <= self.grace_ms => {}
-            Some(ms) => problems.push(format!(
-                "Envoy exited {ms} ms after the drain start, past the {} ms grace period",
-                self.grace_ms
-            )),
-            None => problems.push("Envoy did not exit".into()),
+        for r in self.replicas.iter().filter(|r| r.drain_ms.is_some()) {
+            match (r.drain_ms, r.exited_ms) {
+                (Some(d), Some(e)) if e - d <= self.plan.grace_ms => {}
+                (Some(d), Some(e)) => problems.push(format!(
+                    "{} exited {} ms after its drain started, past the {} ms grace period",
+                    r.name,
+                    e - d,
+                    self.plan.grace_ms
+                )),
+                _ => problems.push(format!("{} did not exit", r.name)),
+            }
+            if r.prestop_exit != Some(0) {
+                problems.push(format!(
+                    "{}: prestop.sh exited {:?}",
+                    r.name, r.prestop_exit
+                ));
+            }
         }
-        if self.prestop_exit != Some(0) {
-            problems.push(format!("prestop.sh exited {:?}", self.prestop_exit));
-        }
-        if self.instances > 1 && self.completed != self.plan_requests {
+        let drained = self
+            .replicas
+            .iter()
+            .filter(|r| r.exited_ms.is_some())
+            .count();
+        if drained != self.plan.replicas {
             problems.push(format!(
-                "{} of {} requests completed end to end",
-                self.completed, self.plan_requests
+                "{drained} of {} old replicas replaced",
+                self.plan.replicas
             ));
         }
         if problems.is_empty() {
@@ -161,38 +311,71 @@ impl Report {
         }
     }
 
-    /// A human-readable summary.
+    /// The report, as text (Markdown tables).
     pub fn summary(&self) -> String {
+        let p = &self.plan;
         let mut s = format!(
-            "rollout: {} instance(s), {} requests planned\n\
-             \x20 started              {}\n\
-             \x20 completed whole      {}\n\
-             \x20 rejected (503)       {}\n\
-             \x20 ended by final event {}\n\
-             \x20 truncated or reset   {}\n\
-             \x20 failed otherwise     {}\n\
-             \x20 unsent (instance gone, retried where another exists) {}\n\
-             \x20 retries              {}\n\
-             \x20 not started (no instance left) {}\n\
-             \x20 drain start to Envoy exit: {} (grace {} ms)\n",
-            self.instances,
-            self.plan_requests,
-            self.started,
+            "rollout: {} replicas, maxSurge 1, maxUnavailable 0, behind an Envoy front (EDS, \
+             propagation {} ms); admit window {} ms, grace {} ms\n\
+             load: {} requests in {:.1} s ({} streams of 1-10 s on {} connections, the rest plain \
+             completions and model listings on {}); rollout from {:.1} s to {:.1} s\n\n\
+             | at the client | requests |\n|---|---:|\n\
+             | sent | {} |\n| completed whole | {} |\n| failed | {} |\n\
+             | truncated or reset | {} |\n| ended by the final event | {} |\n\n\
+             | time to response headers | requests | p50 | p99 |\n|---|---:|---:|---:|\n\
+             | before the rollout | {} | {:.0} ms | {:.0} ms |\n\
+             | during the rollout | {} | {:.0} ms | {:.0} ms |\n\n\
+             front Envoy: {} requests to replicas, {} retried ({} of them succeeded), {} retries refused\n\n\
+             | replica | added | drain start | drained after | removed | exited | drain start to exit | final events | cut mid-body |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            p.replicas,
+            p.propagation_ms,
+            p.admit_window_ms,
+            p.grace_ms,
+            self.sent,
+            self.load_ms as f64 / 1000.0,
+            self.streams,
+            p.stream_concurrency,
+            p.concurrency,
+            self.rollout_start_ms as f64 / 1000.0,
+            self.rollout_end_ms as f64 / 1000.0,
+            self.sent,
             self.completed,
-            self.rejected_503,
-            self.ended_by_event,
+            self.failed,
             self.truncated_or_reset,
-            self.failed_otherwise,
-            self.unsent_instance_gone,
-            self.retries,
-            self.not_started,
-            self.drain_to_exit_ms
-                .map(|ms| format!("{ms} ms"))
-                .unwrap_or_else(|| "no exit".into()),
-            self.grace_ms,
+            self.ended_by_event,
+            self.before.requests,
+            self.before.p50_ms,
+            self.before.p99_ms,
+            self.during.requests,
+            self.during.p50_ms,
+            self.during.p99_ms,
+            self.front.upstream_requests,
+            self.front.retried,
+            self.front.succeeded,
+            self.front.refused,
         );
+        let secs = |v: Option<u64>| {
+            v.map(|ms| format!("{:.1} s", ms as f64 / 1000.0))
+                .unwrap_or_else(|| "-".into())
+        };
+        for r in &self.replicas {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r.name,
+                secs(r.added_ms),
+                secs(r.drain_ms),
+                secs(r.drain_duration_ms.filter(|_| r.drain_ms.is_some())),
+                secs(r.removed_ms),
+                secs(r.exited_ms),
+                secs(r.drain_ms.zip(r.exited_ms).map(|(d, e)| e - d)),
+                r.streams_ended,
+                r.drain_resets,
+            ));
+        }
+        s.push('\n');
         for f in &self.files {
-            s.push_str(&format!("  wrote {}\n", f.display()));
+            s.push_str(&format!("wrote {}\n", f.display()));
         }
         s.push_str(&match self.verdict() {
             Ok(()) => "rollout: PASS\n".to_string(),
@@ -202,284 +385,460 @@ impl Report {
     }
 }
 
-/// One sample of the timeline.
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    t_ms: u64,
-    inflight: u64,
-    completed: u64,
-    rejected: u64,
-    failed: u64,
-    envoy_inflight: Option<u64>,
+/// A running replica: its Envoy (taken by the drain) and its model server.
+struct Replica {
+    envoy: Option<Envoy>,
+    _upstream: FakeLlm,
 }
 
-/// A request of the mix, by index (deterministic).
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Stream { chunks: u64 },
-    Plain,
-    Models,
+/// Everything the harness's tasks share.
+struct World {
+    epoch: Instant,
+    lives: Mutex<Vec<ReplicaLife>>,
+    eds_dir: PathBuf,
+    eds_version: AtomicU64,
+    plan: Plan,
 }
 
-fn kind(i: u64) -> Kind {
-    // splitmix64: a fixed, well-spread sequence.
-    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    match z % 10 {
-        0..=2 => Kind::Stream {
-            chunks: 20 + (z >> 8) % 181,
-        },
-        3..=7 => Kind::Plain,
-        _ => Kind::Models,
+impl World {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Writes the endpoints: every replica marked in them.
+    fn publish(&self, lives: &[ReplicaLife]) -> anyhow::Result<()> {
+        let ports: Vec<u16> = lives
+            .iter()
+            .filter(|l| l.in_endpoints)
+            .map(|l| l.traffic_port)
+            .collect();
+        let version = self.eds_version.fetch_add(1, SeqCst) + 1;
+        front::write_endpoints(&self.eds_dir, version, &ports).map(drop)
     }
 }
 
-/// The instances behind the round-robin front. Like a load balancer with
-/// health checks, it routes to instances whose readiness probe passes
-/// (checked every 100 ms), and to any live one if none passes.
-struct Front {
-    urls: Vec<String>,
-    alive: Vec<AtomicBool>,
-    ready: Vec<AtomicBool>,
-    next: AtomicUsize,
+/// Starts a replica: a model server and an Envoy with the plugin.
+fn start_replica(plan: &Plan, upstream: FakeLlm, wasm: &Path) -> anyhow::Result<Replica> {
+    let ports = Ports::fresh(upstream.port());
+    let cfg = EnvoyConfig::repo()?.localize(ports, wasm).patch_plugin(
+        "drainpipe",
+        json!({"admit_window_ms": plan.admit_window_ms, "grace_ms": plan.grace_ms}),
+    );
+    let opts = EnvoyOptions {
+        concurrency: plan.envoy_concurrency,
+        ..EnvoyOptions::default()
+    };
+    let envoy = Envoy::start(&cfg, ports, opts).context("starting a replica's Envoy")?;
+    Ok(Replica {
+        envoy: Some(envoy),
+        _upstream: upstream,
+    })
 }
 
-impl Front {
-    fn any_alive(&self) -> bool {
-        self.alive.iter().any(|a| a.load(SeqCst))
-    }
-
-    /// The next ready instance, round robin; else the next live one.
-    fn pick(&self) -> Option<usize> {
-        let n = self.urls.len();
-        let start = self.next.fetch_add(1, SeqCst);
-        let live = |i: &usize| self.alive[*i].load(SeqCst);
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|i| live(i) && self.ready[*i].load(SeqCst))
-            .or_else(|| (0..n).map(|k| (start + k) % n).find(live))
-    }
-}
-
-/// Runs the plan: starts the upstream and the Envoys, drives the load,
-/// drains instance 0 mid-load, writes the timeline, and reports.
+/// Runs the plan: replicas, the front, the load and the rolling update;
+/// writes the timeline and reports.
 pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
-    let upstream = FakeLlm::start().await?;
+    plan.validate().map_err(anyhow::Error::msg)?;
     let wasm = plugin_wasm()?;
-    let mut envoys = Vec::new();
-    for _ in 0..plan.instances {
-        let ports = Ports::fresh(upstream.port());
-        let cfg = EnvoyConfig::repo()?.localize(ports, &wasm).patch_plugin(
-            "drainpipe",
-            json!({"admit_window_ms": plan.admit_window_ms, "grace_ms": plan.grace_ms,
-                   "retry_after_s": plan.retry_after_s}),
-        );
-        let opts = EnvoyOptions {
-            concurrency: plan.envoy_concurrency,
-            ..EnvoyOptions::default()
-        };
-        envoys.push(Envoy::start(&cfg, ports, opts).context("starting Envoy")?);
+    let eds = Scratch::new("rollout-eds")?;
+
+    // The old replicas, ready and in the endpoints before the front starts.
+    let mut replicas = Vec::new();
+    let mut lives = Vec::new();
+    for i in 0..plan.replicas {
+        let r = start_replica(plan, FakeLlm::start().await?, &wasm)?;
+        let envoy = r.envoy.as_ref().expect("just started");
+        lives.push(ReplicaLife {
+            name: format!("old-{i}"),
+            traffic_port: envoy.ports.traffic,
+            admin_port: envoy.ports.admin,
+            started_ms: 0,
+            ready_ms: Some(0),
+            added_ms: Some(0),
+            probe_ok: true,
+            in_endpoints: true,
+            ..ReplicaLife::default()
+        });
+        replicas.push(r);
     }
-    let front = Arc::new(Front {
-        urls: envoys.iter().map(|e| e.traffic("")).collect(),
-        alive: envoys.iter().map(|_| AtomicBool::new(true)).collect(),
-        ready: envoys.iter().map(|_| AtomicBool::new(true)).collect(),
-        next: AtomicUsize::new(0),
-    });
-    let admin0 = envoys[0].admin("/stats/prometheus");
-    let counts = Arc::new(Counts::default());
-    let epoch = Instant::now();
+    let ports: Vec<u16> = lives.iter().map(|l| l.traffic_port).collect();
+    front::write_endpoints(eds.path(), 1, &ports)?;
+    let front_ports = Ports::fresh(0);
+    let front_cfg = front::config(front_ports.traffic, front_ports.admin, eds.path());
+    let front = Envoy::start(
+        &EnvoyConfig::from_yaml(&front_cfg.to_string())?,
+        front_ports,
+        EnvoyOptions::default(),
+    )
+    .context("starting the front Envoy")?;
+    let base = front.traffic("");
+    wait_for_endpoints(&front, plan.replicas).await?;
+
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(plan.concurrency)
+        .pool_max_idle_per_host(plan.concurrency + plan.stream_concurrency)
         .build()?;
+    // Everything is timed from the start of the load.
+    let epoch = Instant::now();
+    let world = Arc::new(World {
+        epoch,
+        lives: Mutex::new(lives),
+        eds_dir: eds.path().to_path_buf(),
+        eds_version: AtomicU64::new(1),
+        plan: plan.clone(),
+    });
+    let counts = Arc::new(Counts::default());
+    let done_log = Arc::new(Mutex::new(Vec::<Done>::new()));
+    let rollout_over = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
 
-    // The sampler: every 100 ms until the load is done.
+    let controller = tokio::spawn(endpoint_controller(
+        world.clone(),
+        client.clone(),
+        stop.clone(),
+    ));
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (counts, samples, done, client) = (
-            counts.clone(),
-            samples.clone(),
-            done.clone(),
-            client.clone(),
-        );
-        let front = front.clone();
-        tokio::spawn(async move {
-            while !done.load(SeqCst) {
-                let envoy_inflight = if front.alive[0].load(SeqCst) {
-                    match client
-                        .get(&admin0)
-                        .timeout(Duration::from_millis(500))
-                        .send()
-                        .await
-                    {
-                        Ok(r) => r
-                            .text()
-                            .await
-                            .ok()
-                            .and_then(|t| prometheus_value(&t, "drainpipe_inflight")),
-                        Err(_) => None,
-                    }
-                } else {
-                    None
-                };
-                for (i, url) in front.urls.iter().enumerate() {
-                    let probe = client
-                        .get(format!("{url}/healthz/ready"))
-                        .timeout(Duration::from_millis(500))
-                        .send()
-                        .await;
-                    let ok = probe.is_ok_and(|r| r.status() == 200);
-                    front.ready[i].store(ok, SeqCst);
-                }
-                samples.lock().unwrap().push(Sample {
-                    t_ms: epoch.elapsed().as_millis() as u64,
-                    inflight: counts.inflight.load(SeqCst),
-                    completed: counts.completed.load(SeqCst),
-                    rejected: counts.rejected.load(SeqCst),
-                    failed: counts.failed.load(SeqCst) + counts.truncated.load(SeqCst),
-                    envoy_inflight,
-                });
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
-
-    // The drain of instance 0, once enough load has started.
-    let drain_at = (plan.requests as f64 * plan.drain_after) as u64;
-    let first = envoys.remove(0);
-    let drain = {
-        let (counts, front) = (counts.clone(), front.clone());
-        let timeout_s = plan.grace_ms.div_ceil(1000) + 5;
-        tokio::spawn(async move {
-            while counts.started.load(SeqCst) < drain_at {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let drain_start = epoch.elapsed();
-            let mut envoy = first;
-            let (prestop, envoy, exited) = tokio::task::spawn_blocking(move || {
-                let out = Command::new("sh")
-                    .arg(repo_root().join("envoy/prestop.sh"))
-                    .env("DRAIN_URL", envoy.drain_api())
-                    .env("ENVOY_ADMIN", envoy.admin(""))
-                    .env("DRAIN_TIMEOUT_S", timeout_s.to_string())
-                    .output();
-                // Kubernetes sends SIGTERM once preStop returns.
-                envoy.sigterm();
-                let exited = envoy
-                    .wait_exit(Duration::from_secs(10))
-                    .map(|_| epoch.elapsed());
-                (out, envoy, exited)
-            })
-            .await
-            .expect("drain task");
-            front.alive[0].store(false, SeqCst);
-            (drain_start, prestop, exited, envoy)
-        })
-    };
+    let sampler = tokio::spawn(sampler(
+        world.clone(),
+        client.clone(),
+        counts.clone(),
+        samples.clone(),
+        stop.clone(),
+    ));
 
     // The load.
     let next = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
-    for _ in 0..plan.concurrency {
-        let (client, front, counts, next) =
-            (client.clone(), front.clone(), counts.clone(), next.clone());
-        let (total, retry) = (plan.requests, plan.instances > 1);
+    for w in 0..plan.concurrency + plan.stream_concurrency {
+        let streams = w >= plan.concurrency;
+        let (client, counts, log, next, over, base) = (
+            client.clone(),
+            counts.clone(),
+            done_log.clone(),
+            next.clone(),
+            rollout_over.clone(),
+            base.clone(),
+        );
+        let total = plan.requests;
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, SeqCst);
-                if i >= total {
+                if i >= total && over.load(SeqCst) {
                     return;
                 }
-                if !front.any_alive() {
-                    next.fetch_sub(1, SeqCst);
-                    return;
+                let kind = match streams {
+                    true => stream_kind(i),
+                    false => short_kind(i),
+                };
+                counts.sent.fetch_add(1, SeqCst);
+                if streams {
+                    counts.streams.fetch_add(1, SeqCst);
                 }
-                counts.started.fetch_add(1, SeqCst);
                 counts.inflight.fetch_add(1, SeqCst);
-                let outcome = request_with_retries(&client, &front, &counts, kind(i), retry).await;
+                let start = epoch.elapsed();
+                let (outcome, headers) = request(&client, &base, kind).await;
                 counts.inflight.fetch_sub(1, SeqCst);
-                counts.record(outcome);
+                let c = match outcome {
+                    Outcome::Completed => &counts.completed,
+                    Outcome::EndedByEvent => &counts.ended_by_event,
+                    Outcome::Truncated => &counts.truncated,
+                    Outcome::Failed => &counts.failed,
+                };
+                c.fetch_add(1, SeqCst);
+                log.lock().unwrap().push(Done {
+                    start_ms: start.as_millis() as u64,
+                    headers_ms: headers.as_millis() as u64,
+                    outcome,
+                });
             }
         }));
     }
+
+    // The rolling update.
+    tokio::time::sleep(Duration::from_millis(plan.warmup_ms)).await;
+    let rollout_start_ms = world.now_ms();
+    let mut drains = Vec::new();
+    for k in 0..plan.replicas {
+        let upstream = FakeLlm::start().await?;
+        let (p, w) = (plan.clone(), wasm.clone());
+        let started_ms = world.now_ms();
+        let replica =
+            tokio::task::spawn_blocking(move || start_replica(&p, upstream, &w)).await??;
+        let envoy = replica.envoy.as_ref().expect("just started");
+        let index = {
+            let mut lives = world.lives.lock().unwrap();
+            lives.push(ReplicaLife {
+                name: format!("new-{k}"),
+                traffic_port: envoy.ports.traffic,
+                admin_port: envoy.ports.admin,
+                started_ms,
+                ..ReplicaLife::default()
+            });
+            lives.len() - 1
+        };
+        replicas.push(replica);
+        // maxUnavailable 0: an old replica goes only once its replacement
+        // is ready and in the front's endpoints.
+        let limit = Instant::now() + Duration::from_secs(60);
+        while world.lives.lock().unwrap()[index].added_ms.is_none() {
+            anyhow::ensure!(
+                Instant::now() < limit,
+                "new-{k} was not in the endpoints within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let old = replicas[k]
+            .envoy
+            .take()
+            .expect("an old replica drains once");
+        drains.push(tokio::spawn(terminate(world.clone(), k, old)));
+    }
+    for d in drains {
+        d.await?;
+    }
+    let rollout_end_ms = world.now_ms();
+    rollout_over.store(true, SeqCst);
     for w in workers {
         w.await?;
     }
-    let (drain_start, prestop, exited, _envoy0) = drain.await?;
-    done.store(true, SeqCst);
+    let load_ms = world.now_ms();
+    stop.store(true, SeqCst);
+    controller.await??;
     sampler.await?;
-    drop(envoys);
-    drop(upstream);
 
-    let prestop = prestop.context("running envoy/prestop.sh")?;
-    let samples = samples.lock().unwrap().clone();
-    let exit_at = exited.map(|t| t.as_millis() as u64);
-    let drain_ms = drain_start.as_millis() as u64;
-    let mut files = Vec::new();
-    if let Some(dir) = &plan.out_dir {
-        std::fs::create_dir_all(dir)?;
-        let csv = dir.join(format!("rollout-{}.csv", plan.instances));
-        std::fs::write(&csv, timeline_csv(&samples))?;
-        let svg = dir.join(format!("rollout-{}.svg", plan.instances));
-        std::fs::write(&svg, timeline_svg(&samples, drain_ms, exit_at, plan))?;
-        files.extend([csv, svg]);
-    }
+    let stats = reqwest::get(front.admin("/stats?filter=^cluster\\.replicas\\.upstream_rq_"))
+        .await?
+        .text()
+        .await?;
+    let front_retries = Retries::parse(&stats);
+    drop(front);
+    drop(replicas);
+
+    let log = done_log.lock().unwrap().clone();
+    let latency = |from: u64, to: u64| {
+        Latency::of(
+            log.iter()
+                .filter(|d| {
+                    d.start_ms >= from && d.start_ms < to && d.outcome == Outcome::Completed
+                })
+                .map(|d| d.headers_ms)
+                .collect(),
+        )
+    };
     let c = &counts;
-    let started = c.started.load(SeqCst);
-    Ok(Report {
-        plan_requests: plan.requests,
-        instances: plan.instances,
-        started,
+    let mut report = Report {
+        plan: plan.clone(),
+        sent: c.sent.load(SeqCst),
+        streams: c.streams.load(SeqCst),
         completed: c.completed.load(SeqCst),
-        rejected_503: c.rejected.load(SeqCst),
         ended_by_event: c.ended_by_event.load(SeqCst),
         truncated_or_reset: c.truncated.load(SeqCst),
-        failed_otherwise: c.failed.load(SeqCst),
-        unsent_instance_gone: c.unsent.load(SeqCst),
-        retries: c.retries.load(SeqCst),
-        not_started: plan.requests - started,
-        drain_to_exit_ms: exit_at.map(|t| t.saturating_sub(drain_ms)),
-        grace_ms: plan.grace_ms,
-        prestop_exit: prestop.status.code(),
-        prestop_output: String::from_utf8_lossy(&prestop.stdout).into_owned(),
-        files,
-    })
-}
-
-/// One request; with `retry`, a 503 contract is retried after Retry-After and
-/// a refused connection at once, on the next instance.
-async fn request_with_retries(
-    client: &reqwest::Client,
-    front: &Front,
-    counts: &Counts,
-    kind: Kind,
-    retry: bool,
-) -> Outcome {
-    for attempt in 0..6 {
-        let Some(instance) = front.pick() else {
-            return Outcome::Unsent;
-        };
-        if attempt > 0 {
-            counts.retries.fetch_add(1, SeqCst);
-        }
-        let (outcome, retry_after) = request(client, &front.urls[instance], kind).await;
-        if outcome == Outcome::Unsent {
-            front.alive[instance].store(false, SeqCst);
-        }
-        match outcome {
-            Outcome::Rejected | Outcome::Unsent if retry => {
-                tokio::time::sleep(retry_after).await;
-            }
-            other => return other,
-        }
+        failed: c.failed.load(SeqCst),
+        before: latency(0, rollout_start_ms),
+        during: latency(rollout_start_ms, rollout_end_ms),
+        rollout_start_ms,
+        rollout_end_ms,
+        load_ms,
+        front: front_retries,
+        replicas: world.lives.lock().unwrap().clone(),
+        samples: samples.lock().unwrap().clone(),
+        files: Vec::new(),
+    };
+    if let Some(dir) = &plan.out_dir {
+        std::fs::create_dir_all(dir)?;
+        let name = format!("rollout-{}", plan.replicas);
+        let csv = dir.join(format!("{name}.csv"));
+        std::fs::write(&csv, timeline_csv(&report))?;
+        let svg = dir.join(format!("{name}.svg"));
+        plot::timeline(&report, &svg)?;
+        report.files.extend([csv, svg]);
     }
-    Outcome::Failed
+    Ok(report)
 }
 
-/// Sends one request and classifies what came back.
+/// Waits until the front has `n` endpoints from the EDS file.
+async fn wait_for_endpoints(front: &Envoy, n: usize) -> anyhow::Result<()> {
+    let url = front.admin(&format!(
+        "/stats?filter=^cluster\\.{}\\.membership_total$",
+        front::CLUSTER
+    ));
+    let limit = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = reqwest::get(&url).await?.text().await?;
+        let members = text
+            .lines()
+            .find_map(|l| l.split(": ").nth(1)?.trim().parse::<usize>().ok());
+        if members == Some(n) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < limit,
+            "the front Envoy did not load {n} endpoints from its EDS file ({members:?}); log tail:\n{}",
+            front.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kubernetes' endpoint controller and the mesh's propagation: probes each
+/// replica's readiness every `probe_ms`; a change of it reaches the front's
+/// endpoints `propagation_ms` later.
+async fn endpoint_controller(
+    world: Arc<World>,
+    client: reqwest::Client,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let plan = &world.plan;
+    let mut next_probe = 0u64;
+    while !stop.load(SeqCst) {
+        let now = world.now_ms();
+        if now >= next_probe {
+            next_probe = now + plan.probe_ms;
+            let targets: Vec<(usize, u16)> = world
+                .lives
+                .lock()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.gone)
+                .map(|(i, l)| (i, l.traffic_port))
+                .collect();
+            for (i, port) in targets {
+                let ok = client
+                    .get(format!("http://127.0.0.1:{port}/healthz/ready"))
+                    .timeout(Duration::from_millis(400))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                let at = world.now_ms();
+                let mut lives = world.lives.lock().unwrap();
+                let l = &mut lives[i];
+                if ok && l.ready_ms.is_none() {
+                    l.ready_ms = Some(at);
+                }
+                if ok != l.probe_ok {
+                    l.probe_ok = ok;
+                    l.pending = Some((ok, at + plan.propagation_ms));
+                }
+            }
+        }
+        world.apply_due(world.now_ms())?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+impl World {
+    /// Applies the endpoint changes whose propagation delay is over.
+    fn apply_due(&self, now: u64) -> anyhow::Result<()> {
+        let mut lives = self.lives.lock().unwrap();
+        let mut changed = false;
+        for l in lives.iter_mut() {
+            if let Some((add, due)) = l.pending {
+                if now >= due {
+                    l.pending = None;
+                    if l.in_endpoints != add {
+                        l.in_endpoints = add;
+                        changed = true;
+                        match add {
+                            true => l.added_ms = Some(now),
+                            false => l.removed_ms = Some(now),
+                        }
+                    }
+                }
+            }
+        }
+        if changed {
+            self.publish(&lives)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every 200 ms: each live replica's plugin stats, and the client's count
+/// in flight.
+async fn sampler(
+    world: Arc<World>,
+    client: reqwest::Client,
+    counts: Arc<Counts>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(SeqCst) {
+        let targets: Vec<(usize, u16)> = world
+            .lives
+            .lock()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.gone)
+            .map(|(i, l)| (i, l.admin_port))
+            .collect();
+        let t_ms = world.now_ms();
+        let mut inflight = vec![None; world.lives.lock().unwrap().len()];
+        for (i, port) in targets {
+            let text = match client
+                .get(format!("http://127.0.0.1:{port}/stats/prometheus"))
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+            {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => continue,
+            };
+            let stat = |name| prometheus_value(&text, name);
+            inflight[i] = stat(drainpipe::metrics::INFLIGHT);
+            let mut lives = world.lives.lock().unwrap();
+            let l = &mut lives[i];
+            if let Some(d) = stat(drainpipe::metrics::DRAIN_DURATION_MS).filter(|&d| d > 0) {
+                l.drain_duration_ms = Some(d);
+            }
+            l.streams_ended = stat(drainpipe::metrics::STREAMS_ENDED).unwrap_or(l.streams_ended);
+            l.drain_resets = stat(drainpipe::metrics::DRAIN_RESETS).unwrap_or(l.drain_resets);
+        }
+        samples.lock().unwrap().push(Sample {
+            t_ms,
+            client_inflight: counts.inflight.load(SeqCst),
+            replica_inflight: inflight,
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Terminates old replica `index` as Kubernetes does: its preStop hook
+/// (`envoy/prestop.sh`), then SIGTERM.
+async fn terminate(world: Arc<World>, index: usize, mut envoy: Envoy) {
+    let timeout_s = world.plan.grace_ms.div_ceil(1000) + 5;
+    world.lives.lock().unwrap()[index].drain_ms = Some(world.now_ms());
+    let w = world.clone();
+    let (out, exited) = tokio::task::spawn_blocking(move || {
+        let out = Command::new("sh")
+            .arg(repo_root().join("envoy/prestop.sh"))
+            .env("DRAIN_URL", envoy.drain_api())
+            .env("ENVOY_ADMIN", envoy.admin(""))
+            .env("DRAIN_TIMEOUT_S", timeout_s.to_string())
+            .output();
+        envoy.sigterm();
+        let exited = envoy.wait_exit(Duration::from_secs(10)).map(|_| w.now_ms());
+        (out, exited)
+    })
+    .await
+    .unwrap_or_else(|e| (Err(std::io::Error::other(e.to_string())), None));
+    let mut lives = world.lives.lock().unwrap();
+    let l = &mut lives[index];
+    l.exited_ms = exited;
+    l.gone = true;
+    match out {
+        Ok(o) => {
+            l.prestop_exit = o.status.code();
+            l.prestop_output = String::from_utf8_lossy(&o.stdout).into_owned()
+                + &String::from_utf8_lossy(&o.stderr);
+        }
+        Err(e) => l.prestop_output = format!("cannot run envoy/prestop.sh: {e}"),
+    }
+}
+
+/// Sends one request through the front and classifies what came back;
+/// also returns the time to the response headers.
 async fn request(client: &reqwest::Client, base: &str, kind: Kind) -> (Outcome, Duration) {
     let req = match kind {
         Kind::Models => client.get(format!("{base}/v1/models")),
@@ -489,27 +848,21 @@ async fn request(client: &reqwest::Client, base: &str, kind: Kind) -> (Outcome, 
         Kind::Stream { chunks } => client
             .post(format!("{base}/v1/chat/completions"))
             .header("x-fake-chunks", chunks.to_string())
-            .header("x-fake-chunk-delay-ms", "50")
+            .header("x-fake-chunk-delay-ms", "100")
             .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true})),
     };
+    let started = Instant::now();
     let resp = match req.send().await {
         Ok(r) => r,
-        Err(e) if e.is_connect() => return (Outcome::Unsent, Duration::ZERO),
-        Err(_) => return (Outcome::Failed, Duration::ZERO),
+        Err(_) => return (Outcome::Failed, started.elapsed()),
     };
-    let status = resp.status().as_u16();
-    if status == 503 {
-        return match drain_contract(resp).await {
-            Some(after) => (Outcome::Rejected, after),
-            None => (Outcome::Failed, Duration::ZERO),
-        };
-    }
-    if status != 200 {
-        return (Outcome::Failed, Duration::ZERO);
+    let headers = started.elapsed();
+    if resp.status() != 200 {
+        return (Outcome::Failed, headers);
     }
     let body = match resp.bytes().await {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(_) => return (Outcome::Truncated, Duration::ZERO),
+        Err(_) => return (Outcome::Truncated, headers),
     };
     let outcome = match kind {
         Kind::Stream { chunks } => {
@@ -527,149 +880,42 @@ async fn request(client: &reqwest::Client, base: &str, kind: Kind) -> (Outcome, 
             Err(_) => Outcome::Truncated,
         },
     };
-    (outcome, Duration::ZERO)
+    (outcome, headers)
 }
 
-/// Checks the 503 drain contract; returns the Retry-After wait if it holds.
-async fn drain_contract(resp: reqwest::Response) -> Option<Duration> {
-    let h = resp.headers().clone();
-    let header = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let after: u64 = header("retry-after")?.parse().ok()?;
-    if header("x-should-retry").as_deref() != Some("true")
-        || header("content-type").as_deref() != Some("application/json")
-    {
-        return None;
+fn timeline_csv(report: &Report) -> String {
+    let mut out = String::from("t_ms,client_inflight");
+    for r in &report.replicas {
+        out.push_str(&format!(",{}_inflight", r.name));
     }
-    let body: Value = resp.json().await.ok()?;
-    (body["error"]["code"] == "service_draining" && body["error"]["type"] == "server_error")
-        .then(|| Duration::from_secs(after))
-}
-
-fn timeline_csv(samples: &[Sample]) -> String {
-    let mut out =
-        String::from("t_ms,client_inflight,envoy_inflight,completed,rejected_503,failed\n");
-    for s in samples {
-        out.push_str(&format!(
-            "{},{},{},{},{},{}\n",
-            s.t_ms,
-            s.inflight,
-            s.envoy_inflight.map(|v| v.to_string()).unwrap_or_default(),
-            s.completed,
-            s.rejected,
-            s.failed
-        ));
+    out.push('\n');
+    for s in &report.samples {
+        out.push_str(&format!("{},{}", s.t_ms, s.client_inflight));
+        for i in 0..report.replicas.len() {
+            out.push(',');
+            if let Some(v) = s.replica_inflight.get(i).copied().flatten() {
+                out.push_str(&v.to_string());
+            }
+        }
+        out.push('\n');
     }
     out
 }
 
-/// A plotted line: label, colour, panel, value.
-type Series = (
-    &'static str,
-    &'static str,
-    usize,
-    fn(&Sample) -> Option<u64>,
-);
-
-/// Two panels: requests in flight (client side and Envoy's gauge), and the
-/// cumulative completed / rejected / failed; drain start and Envoy's exit
-/// marked.
-fn timeline_svg(samples: &[Sample], drain_ms: u64, exit_ms: Option<u64>, plan: &Plan) -> String {
-    let (w, h, left, top, panel, gap) = (900.0, 560.0, 70.0, 40.0, 200.0, 60.0);
-    let t_max = samples.last().map(|s| s.t_ms).unwrap_or(1).max(1) as f64;
-    let x = |t: u64| left + (t as f64 / t_max) * (w - left - 60.0);
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"22\" font-size=\"15\">drainpipe rollout: {} requests, concurrency {}, {} instance(s), grace {} ms</text>\n",
-        plan.requests, plan.concurrency, plan.instances, plan.grace_ms
-    );
-    let series: [Series; 5] = [
-        ("in flight (clients)", "#1f77b4", 0, |s| Some(s.inflight)),
-        (
-            "in flight (drainpipe_inflight, instance 0)",
-            "#ff7f0e",
-            0,
-            |s| s.envoy_inflight,
-        ),
-        ("completed (cumulative)", "#2ca02c", 1, |s| {
-            Some(s.completed)
-        }),
-        ("rejected 503 (cumulative)", "#d62728", 1, |s| {
-            Some(s.rejected)
-        }),
-        ("failed or truncated (cumulative)", "#000000", 1, |s| {
-            Some(s.failed)
-        }),
-    ];
-    for p in 0..2 {
-        let y0 = top + p as f64 * (panel + gap);
-        let max = series
-            .iter()
-            .filter(|s| s.2 == p)
-            .flat_map(|s| samples.iter().filter_map(s.3))
-            .max()
-            .unwrap_or(1)
-            .max(1) as f64;
-        svg.push_str(&format!(
-            "<rect x=\"{left}\" y=\"{y0}\" width=\"{}\" height=\"{panel}\" fill=\"none\" stroke=\"#999\"/>\n\
-             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{max}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">0</text>\n",
-            w - left - 60.0,
-            left - 6.0,
-            y0 + 12.0,
-            left - 6.0,
-            y0 + panel
-        ));
-        for (n, (label, color, _, get)) in series.iter().filter(|s| s.2 == p).enumerate() {
-            let points: Vec<String> = samples
-                .iter()
-                .filter_map(|s| {
-                    get(s).map(|v| {
-                        format!(
-                            "{:.1},{:.1}",
-                            x(s.t_ms),
-                            y0 + panel - v as f64 / max * panel
-                        )
-                    })
-                })
-                .collect();
-            svg.push_str(&format!(
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n\
-                 <text x=\"{}\" y=\"{}\" fill=\"{color}\">{label}</text>\n",
-                points.join(" "),
-                left + 8.0,
-                y0 + 16.0 + 15.0 * n as f64
-            ));
-        }
-    }
-    let bottom = top + 2.0 * panel + gap;
-    let mut mark = |t: u64, label: &str, color: &str| {
-        svg.push_str(&format!(
-            "<line x1=\"{0:.1}\" y1=\"{top}\" x2=\"{0:.1}\" y2=\"{bottom}\" stroke=\"{color}\" stroke-dasharray=\"5,4\"/>\n\
-             <text x=\"{0:.1}\" y=\"{1}\" fill=\"{color}\" text-anchor=\"middle\">{label}</text>\n",
-            x(t),
-            bottom + 16.0
-        ));
-    };
-    mark(drain_ms, "drain start", "#9467bd");
-    if let Some(e) = exit_ms {
-        mark(e, "Envoy exit", "#8c564b");
-    }
-    svg.push_str(&format!(
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">time (s), 0 to {:.1}</text>\n</svg>\n",
-        w / 2.0,
-        h - 10.0,
-        t_max / 1000.0
-    ));
-    svg
-}
-
 /// Writes the report next to the timeline.
 pub fn write_report(report: &Report, dir: &Path) -> anyhow::Result<PathBuf> {
-    let path = dir.join(format!("rollout-{}.txt", report.instances));
-    std::fs::write(
-        &path,
-        report.summary() + "\nprestop.sh:\n" + &report.prestop_output,
-    )?;
+    let path = dir.join(format!("rollout-{}.md", report.plan.replicas));
+    let mut text = report.summary();
+    let prestops: BTreeMap<&str, &str> = report
+        .replicas
+        .iter()
+        .filter(|r| r.drain_ms.is_some())
+        .map(|r| (r.name.as_str(), r.prestop_output.as_str()))
+        .collect();
+    for (name, out) in prestops {
+        text.push_str(&format!("\n{name}: prestop.sh said:\n```\n{out}```\n"));
+    }
+    std::fs::write(&path, text)?;
     Ok(path)
 }
 
@@ -678,26 +924,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_mix_is_deterministic_and_about_30_50_20() {
-        let (mut s, mut p, mut m) = (0, 0, 0);
+    fn streams_last_1_to_10_s_and_short_requests_are_about_70_30() {
+        let (mut plain, mut models) = (0, 0);
         for i in 0..10_000 {
-            match kind(i) {
-                Kind::Stream { chunks } => {
-                    assert!((20..=200).contains(&chunks));
-                    s += 1
-                }
-                Kind::Plain => p += 1,
-                Kind::Models => m += 1,
+            match stream_kind(i) {
+                Kind::Stream { chunks } => assert!((10..=100).contains(&chunks)),
+                other => panic!("{other:?}"),
+            }
+            match short_kind(i) {
+                Kind::Plain => plain += 1,
+                Kind::Models => models += 1,
+                other => panic!("{other:?}"),
             }
         }
-        assert!((2_700..3_300).contains(&s), "{s}");
-        assert!((4_500..5_500).contains(&p), "{p}");
-        assert!((1_700..2_300).contains(&m), "{m}");
-        assert!(matches!(
-            (kind(7), kind(7)),
-            (Kind::Plain, Kind::Plain)
-                | (Kind::Models, Kind::Models)
-                | (Kind::Stream { .. }, Kind::Stream { .. })
-        ));
+        assert!((6_500..7_500).contains(&plain), "{plain}");
+        assert!((2_500..3_500).contains(&models), "{models}");
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let l = Latency::of((1..=100).collect());
+        assert_eq!((l.requests, l.p50_ms, l.p99_ms), (100, 50.0, 99.0));
+        assert_eq!(Latency::of(vec![]).p99_ms, 0.0);
+        assert_eq!(Latency::of(vec![7]).p50_ms, 7.0);
+    }
+
+    #[test]
+    fn plans_the_rollout_cannot_run_are_refused() {
+        assert!(Plan::default().validate().is_ok());
+        let bad = Plan {
+            replicas: 0,
+            ..Plan::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("replicas"));
+        let bad = Plan {
+            admit_window_ms: 30_000,
+            ..Plan::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("admit window"));
     }
 }

