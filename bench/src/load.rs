@@ -23,8 +23,9 @@ pub enum Workload {
     /// A streamed chat completion, forwarded: [`STREAM_CHUNKS`] SSE events,
     /// then `data: [DONE]`, as fast as the upstream writes them.
     Streamed,
-    /// The JSON completion answered by Envoy itself (the direct-response
-    /// route, [`crate::variants::DIRECT_PATH`]): no upstream.
+    /// The JSON completion answered by Envoy itself to a GET (the
+    /// direct-response route, [`crate::variants::DIRECT_PATH`]): no
+    /// upstream.
     Direct,
     /// A long streamed completion, forwarded: `events` SSE events, one every
     /// `interval_ms`, as an LLM writes tokens; then `data: [DONE]`. Per
@@ -66,12 +67,20 @@ impl Workload {
         const UNARY: &str =
             r#"{"model":"drainpipe-demo-1","messages":[{"role":"user","content":"hi"}]}"#;
         const STREAMED: &str = r#"{"model":"drainpipe-demo-1","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
-        let (path, body) = match self {
-            Workload::Unary => ("/v1/chat/completions", UNARY),
-            Workload::Streamed | Workload::Tokens { .. } => ("/v1/chat/completions", STREAMED),
-            Workload::Direct => (crate::variants::DIRECT_PATH, UNARY),
+        // The direct response is a GET: Envoy answers on the request
+        // headers, and an HTTP/1.1 request body still to come then closes
+        // the connection.
+        if self == Workload::Direct {
+            return Ok(Request::get(crate::variants::DIRECT_PATH)
+                .header("host", addr.to_string())
+                .header("x-bench", "1")
+                .body(Full::new(Bytes::new()))?);
+        }
+        let body = match self {
+            Workload::Unary | Workload::Direct => UNARY,
+            Workload::Streamed | Workload::Tokens { .. } => STREAMED,
         };
-        let mut request = Request::post(path)
+        let mut request = Request::post("/v1/chat/completions")
             .header("host", addr.to_string())
             .header("content-type", "application/json")
             .header("x-bench", "1");
