@@ -52,8 +52,9 @@ struct Args {
     direct_requests: Option<usize>,
     /// Token streams per proxy (--token-events events each, one every
     /// --token-interval-ms): timed, the time to first token under that
-    /// steady load of streams (default 768, split over the rounds); with
-    /// --instructions, per batch, one at a time (default 4). 0 skips the set.
+    /// steady load of streams (default: --requests / 625, 768 at the
+    /// default, split over the rounds); with --instructions, per batch, one
+    /// at a time (default: REQUESTS / 250, at least 1). 0 skips the set.
     #[arg(long)]
     token_streams: Option<usize>,
     /// Events in each token stream.
@@ -191,7 +192,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let direct_requests = args.direct_requests.unwrap_or(args.requests);
-    let token_streams = args.token_streams.unwrap_or(768);
+    let token_streams = args.token_streams.unwrap_or(args.requests / 625);
     let mut workloads = vec![Workload::Unary];
     if stream_requests >= args.rounds {
         workloads.push(Workload::Streamed);
@@ -473,7 +474,7 @@ fn count_instructions(
     };
     let streams = args.stream_requests.unwrap_or(requests * 3 / 10);
     let direct = args.direct_requests.unwrap_or(requests);
-    let token_streams = args.token_streams.unwrap_or(4);
+    let token_streams = args.token_streams.unwrap_or((requests / 250).max(1));
     let mut workloads = vec![load(Workload::Unary, requests)];
     if streams > 0 {
         workloads.push(load(Workload::Streamed, streams));
