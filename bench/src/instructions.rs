@@ -22,7 +22,7 @@ use drainpipe_tests::envoy::Scratch;
 use drainpipe_tests::EnvoyOptions;
 
 use crate::load::{self, Workload};
-use crate::variants::{Target, Variant};
+use crate::variants::{Setup, Target, Variant};
 
 /// How long an Envoy under callgrind may take to be live (V8 compiles the
 /// plugin under the instrumentation: a minute or two on a loaded machine).
@@ -145,17 +145,32 @@ pub fn summary(dump: &str) -> Option<u64> {
 /// Instructions per request of one proxy, per workload and batch.
 pub struct Counted {
     pub variant: Variant,
-    /// `(workload, per-request counts of each batch)`.
-    pub sets: Vec<(Workload, Vec<f64>)>,
+    pub sets: Vec<Set>,
 }
 
-/// What to count: the workloads with their requests per batch, and how many
-/// batches.
-pub struct Plan {
-    pub workloads: Vec<(Workload, usize)>,
-    pub batches: usize,
+/// One proxy's batches of one workload.
+pub struct Set {
+    pub workload: Workload,
+    /// Instructions per request, each batch.
+    pub per_request: Vec<f64>,
+    /// Response body chunks per request the client received, each batch.
+    pub chunks: Vec<f64>,
+}
+
+/// One workload to count: requests per batch, warm-up requests, and the
+/// load generator's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub workload: Workload,
+    pub requests: usize,
     pub warmup: usize,
     pub connections: usize,
+}
+
+/// What to count: the workloads, and how many batches of each.
+pub struct Plan {
+    pub workloads: Vec<Load>,
+    pub batches: usize,
     pub concurrency: u32,
 }
 
@@ -165,7 +180,7 @@ pub struct Plan {
 pub fn run(
     rt: &tokio::runtime::Runtime,
     plan: &Plan,
-    variants: &[(Variant, &Path)],
+    variants: &[Setup],
     upstream_port: u16,
     minimal_wasm: &Path,
 ) -> anyhow::Result<Vec<Counted>> {
@@ -178,15 +193,14 @@ pub fn run(
         let started = std::thread::scope(|s| {
             let handles: Vec<_> = chunk
                 .iter()
-                .map(|&(variant, wasm)| {
+                .map(|setup| {
                     let callgrind = &callgrind;
                     s.spawn(move || {
                         crate::start_twice(|| {
                             Target::envoy(
-                                variant,
+                                setup,
                                 upstream_port,
                                 minimal_wasm,
-                                wasm,
                                 callgrind.envoy_options(plan.concurrency),
                             )
                         })
@@ -206,8 +220,8 @@ pub fn run(
     );
     rt.block_on(async {
         let warm = targets.iter().map(|t| async move {
-            for &(w, _) in &plan.workloads {
-                let out = load::drive(t.addr, w, plan.warmup, plan.connections).await?;
+            for l in &plan.workloads {
+                let out = load::drive(t.addr, l.workload, l.warmup, l.connections).await?;
                 crate::check(t, &out)?;
             }
             anyhow::Ok(())
@@ -221,9 +235,14 @@ pub fn run(
             sets: Vec::new(),
         })
         .collect();
-    for &(workload, requests) in &plan.workloads {
+    for l in &plan.workloads {
+        let (workload, requests) = (l.workload, l.requests);
         for c in counted.iter_mut() {
-            c.sets.push((workload, Vec::new()));
+            c.sets.push(Set {
+                workload,
+                per_request: Vec::new(),
+                chunks: Vec::new(),
+            });
         }
         for batch in 0..plan.batches {
             let per_request = rt.block_on(async {
@@ -231,10 +250,11 @@ pub fn run(
                     let callgrind = &callgrind;
                     async move {
                         callgrind.zero(t.pid()).await?;
-                        let out = load::drive(t.addr, workload, requests, plan.connections).await?;
+                        let out = load::drive(t.addr, workload, requests, l.connections).await?;
                         let instructions = callgrind.dump(t.pid()).await?;
                         crate::check(t, &out)?;
-                        anyhow::Ok(instructions as f64 / requests as f64)
+                        let n = requests as f64;
+                        anyhow::Ok((instructions as f64 / n, out.chunks as f64 / n))
                     }
                 });
                 futures::future::try_join_all(batches).await
@@ -242,9 +262,11 @@ pub fn run(
             let line: Vec<String> = counted
                 .iter_mut()
                 .zip(&per_request)
-                .map(|(c, &n)| {
-                    c.sets.last_mut().expect("pushed above").1.push(n);
-                    format!("{} {:.0}", c.variant.label(), n)
+                .map(|(c, &(n, chunks))| {
+                    let set = c.sets.last_mut().expect("pushed above");
+                    set.per_request.push(n);
+                    set.chunks.push(chunks);
+                    format!("{} {:.0} ({:.1} chunks)", c.variant.label(), n, chunks)
                 })
                 .collect();
             eprintln!(
@@ -259,67 +281,178 @@ pub fn run(
     Ok(counted)
 }
 
-/// The report's section: instructions per request of each proxy and batch,
-/// what each filter adds over Envoy without one, and the ratios.
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+impl Counted {
+    fn set(&self, workload: Workload) -> Option<&Set> {
+        self.sets.iter().find(|s| s.workload == workload)
+    }
+
+    /// Instructions per request of `workload`, mean of the batches.
+    fn per_request(&self, workload: Workload) -> Option<f64> {
+        self.set(workload).map(|s| mean(&s.per_request))
+    }
+
+    /// Instructions per response chunk: what a long stream costs beyond a
+    /// plain request, over the chunks it has beyond the plain response's
+    /// (each from this proxy's own batches: a slower proxy may get the
+    /// upstream's events in fewer, larger reads). `None` without both sets
+    /// or without more chunks in the stream.
+    pub fn per_chunk(&self) -> Option<f64> {
+        let stream = self
+            .sets
+            .iter()
+            .find(|s| matches!(s.workload, Workload::Tokens { .. }))?;
+        let plain = self.set(Workload::Unary)?;
+        let extra_chunks = mean(&stream.chunks) - mean(&plain.chunks);
+        (extra_chunks >= 1.0)
+            .then(|| (mean(&stream.per_request) - mean(&plain.per_request)) / extra_chunks)
+    }
+}
+
+/// The report's section: a summary (what each filter adds, per request on
+/// both routes and per response chunk, and the ratio to the minimal
+/// filter's), then instructions per request of each proxy and batch.
 pub fn markdown(counted: &[Counted], plan: &Plan, out: &mut String) {
     use std::fmt::Write as _;
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let of = |variant: Variant, set: usize| -> Option<f64> {
-        counted
-            .iter()
-            .find(|c| c.variant == variant)
-            .and_then(|c| c.sets.get(set))
-            .map(|(_, v)| mean(v))
+    let find = |variant: Variant| counted.iter().find(|c| c.variant == variant);
+    let added = |c: &Counted, w: Workload| -> Option<f64> {
+        Some(c.per_request(w)? - find(Variant::NoFilter)?.per_request(w)?)
     };
-    out.push_str("## Instructions per request (callgrind)\n\n");
+    let added_per_chunk = |c: &Counted| -> Option<f64> {
+        Some(c.per_chunk()? - find(Variant::NoFilter)?.per_chunk()?)
+    };
+    let ratio = |a: Option<f64>, m: Option<f64>| match (a, m) {
+        (Some(a), Some(m)) if m > 0.0 => format!("{:.2}", a / m),
+        _ => String::new(),
+    };
+    let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.0}"));
+
+    out.push_str("## Instructions (callgrind)\n\n");
     let _ = writeln!(
         out,
         "Every Envoy under `valgrind --tool=callgrind` (`--concurrency {}`), \
-         {} warm-up requests per proxy and set, then {} batches per set, \
-         counters zeroed before each batch; instructions of the whole \
-         process (every thread) divided by the batch's requests.\n",
-        plan.concurrency, plan.warmup, plan.batches
+         warmed up, then {} batches per set, counters zeroed before each batch; \
+         instructions of the whole process (every thread) divided by the batch's \
+         requests.\n",
+        plan.concurrency, plan.batches
     );
-    for (set, &(workload, requests)) in plan.workloads.iter().enumerate() {
+    out.push_str("### Summary: instructions added over Envoy without a filter\n\n");
+    out.push_str(
+        "Per request (mean of the batches) on each route, and per response chunk; \
+         in brackets, the ratio to the minimal filter's. Per chunk: (a token stream's \
+         instructions − a plain request's) / (its response chunks − the plain \
+         response's), for each proxy; what it adds over the minimal filter (and \
+         over the minimal filter with a response body callback that does nothing) \
+         is in the last columns.\n\n",
+    );
+    let sets: Vec<Workload> = plan
+        .workloads
+        .iter()
+        .map(|l| l.workload)
+        .filter(|w| !matches!(w, Workload::Tokens { .. }))
+        .collect();
+    let tokens = plan
+        .workloads
+        .iter()
+        .any(|l| matches!(l.workload, Workload::Tokens { .. }));
+    out.push_str("| variant |");
+    for w in &sets {
+        let _ = write!(
+            out,
+            " {}: per request | {}: / minimal |",
+            w.short(),
+            w.short()
+        );
+    }
+    let minimal_body = find(Variant::MinimalBody);
+    if tokens {
+        out.push_str(" per chunk | per chunk, over the minimal filter |");
+        if minimal_body.is_some() {
+            out.push_str(" per chunk, over the minimal filter + body callback |");
+        }
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---:|---:|".repeat(sets.len()));
+    if tokens {
+        out.push_str("---:|---:|");
+        if minimal_body.is_some() {
+            out.push_str("---:|");
+        }
+    }
+    out.push('\n');
+    let minimal = find(Variant::Minimal);
+    for c in counted.iter().filter(|c| c.variant != Variant::NoFilter) {
+        let _ = write!(out, "| {} |", c.variant.label());
+        for &w in &sets {
+            let a = added(c, w);
+            let m = minimal.and_then(|m| added(m, w));
+            let _ = write!(out, " {} | {} |", num(a), ratio(a, m));
+        }
+        if tokens {
+            let over =
+                |base: Option<&Counted>| match (c.per_chunk(), base.and_then(Counted::per_chunk)) {
+                    (Some(a), Some(m)) => Some(a - m),
+                    _ => None,
+                };
+            let _ = write!(
+                out,
+                " {} | {} |",
+                num(added_per_chunk(c)),
+                num(over(minimal))
+            );
+            if minimal_body.is_some() {
+                let _ = write!(out, " {} |", num(over(minimal_body)));
+            }
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+
+    for l in &plan.workloads {
         let _ = writeln!(
             out,
-            "### {} ({requests} requests per batch)\n",
-            workload.title()
+            "### {} ({} requests per batch, after {} to warm up; {} connections)\n",
+            l.workload.title(),
+            l.requests,
+            l.warmup,
+            l.connections
         );
         let batches: String = (1..=plan.batches)
             .map(|b| format!(" batch {b} |"))
             .collect();
         let _ = writeln!(
             out,
-            "| variant |{batches} spread | added over no filter | added / minimal filter's |"
+            "| variant |{batches} spread | chunks per response | added over no filter | added / minimal filter's |"
         );
-        let _ = writeln!(out, "|---|{}---:|---:|---:|", "---:|".repeat(plan.batches));
-        let base = of(Variant::NoFilter, set);
-        let minimal_added = match (of(Variant::Minimal, set), base) {
-            (Some(m), Some(b)) => Some(m - b),
-            _ => None,
-        };
+        let _ = writeln!(
+            out,
+            "|---|{}---:|---:|---:|---:|",
+            "---:|".repeat(plan.batches)
+        );
         for c in counted {
-            let Some((_, v)) = c.sets.get(set) else {
+            let Some(set) = c.set(l.workload) else {
                 continue;
             };
+            let v = &set.per_request;
             let cells: String = v.iter().map(|n| format!(" {n:.0} |")).collect();
             let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
             let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let spread = format!("{:.2} %", (hi - lo) / mean(v) * 100.0);
-            let added = base.map(|b| mean(v) - b);
-            let added_cell = match (c.variant, added) {
-                (Variant::NoFilter, _) | (_, None) => String::new(),
-                (_, Some(a)) => format!("{a:.0}"),
-            };
-            let ratio_cell = match (c.variant, added, minimal_added) {
-                (Variant::NoFilter, _, _) => String::new(),
-                (_, Some(a), Some(m)) if m > 0.0 => format!("{:.2}", a / m),
-                _ => String::new(),
+            let chunks = format!("{:.1}", mean(&set.chunks));
+            let (added_cell, ratio_cell) = match c.variant {
+                Variant::NoFilter => (String::new(), String::new()),
+                _ => {
+                    let a = added(c, l.workload);
+                    let m = minimal.and_then(|m| added(m, l.workload));
+                    (num(a), ratio(a, m))
+                }
             };
             let _ = writeln!(
                 out,
-                "| {} |{cells} {spread} | {added_cell} | {ratio_cell} |",
+                "| {} |{cells} {spread} | {chunks} | {added_cell} | {ratio_cell} |",
                 c.variant.label()
             );
         }

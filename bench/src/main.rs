@@ -47,6 +47,23 @@ struct Args {
     /// Requests per proxy in the SSE set (default: three tenths of --requests; 0 skips the set).
     #[arg(long)]
     stream_requests: Option<usize>,
+    /// Requests per proxy in the direct-response set (Envoy answers itself,
+    /// no upstream; default: as many as --requests; 0 skips the set).
+    #[arg(long)]
+    direct_requests: Option<usize>,
+    /// Token streams per proxy (--token-events events each, one every
+    /// --token-interval-ms): timed, the time to first token under that
+    /// steady load of streams (default: --requests / 625, 768 at the
+    /// default, split over the rounds); with --instructions, per batch, one
+    /// at a time (default: REQUESTS / 250, at least 1). 0 skips the set.
+    #[arg(long)]
+    token_streams: Option<usize>,
+    /// Events in each token stream.
+    #[arg(long, default_value_t = 1_000)]
+    token_events: u32,
+    /// Milliseconds between a token stream's events.
+    #[arg(long, default_value_t = 1)]
+    token_interval_ms: u32,
     /// Rounds per set; each round drives every proxy once, in turn (the
     /// order turning by one each round).
     #[arg(long, default_value_t = 12)]
@@ -71,9 +88,22 @@ struct Args {
     /// order given): how a change is judged on a shared machine. Repeatable.
     #[arg(long)]
     candidate_wasm: Vec<PathBuf>,
+    /// This build of the plugin with its traffic configuration patched (a
+    /// JSON object merged into envoy/envoy.yaml's, e.g.
+    /// '{"deadline":{"upstream_headers":"all"}}'), measured as a candidate
+    /// after the --candidate-wasm ones: what a configuration choice costs.
+    /// Repeatable.
+    #[arg(long, value_parser = parse_json_object)]
+    candidate_config: Vec<serde_json::Value>,
     /// The minimal filter (default: built from bench/minimal-filter).
     #[arg(long)]
     minimal_wasm: Option<PathBuf>,
+    /// The minimal filter with its response body callback exported
+    /// ("Envoy, minimal filter + body callback", counted with
+    /// --instructions only; default: the --minimal-wasm module, which then
+    /// must export it, as a plain cargo build of it does).
+    #[arg(long)]
+    minimal_body_wasm: Option<PathBuf>,
     /// Keep one process per proxy for the whole run, and report its memory
     /// at checkpoints (the memory run). Without it, every round starts the
     /// proxies afresh, so no one process's luck (code placement, when V8
@@ -139,10 +169,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let load_before = loadavg();
     let upstream = rt.block_on(Upstream::start())?;
+    let minimal_body_wasm = args
+        .minimal_body_wasm
+        .clone()
+        .unwrap_or_else(|| minimal_wasm.clone());
     let mut proxies = Proxies {
         args: &args,
         upstream_port: upstream.port(),
         minimal_wasm: &minimal_wasm,
+        minimal_body_wasm: &minimal_body_wasm,
         drainpipe_wasm: &drainpipe_wasm,
         shim: args.shim.clone(),
         cpus: pinning.as_ref().map(|(_, proxies)| proxies.clone()),
@@ -157,9 +192,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         notes.push("The shim was not measured (no --shim given).".to_string());
     }
 
+    let direct_requests = args.direct_requests.unwrap_or(args.requests);
+    let token_streams = args.token_streams.unwrap_or(args.requests / 625);
     let mut workloads = vec![Workload::Unary];
     if stream_requests >= args.rounds {
         workloads.push(Workload::Streamed);
+    }
+    if direct_requests >= args.rounds {
+        workloads.push(Workload::Direct);
+    }
+    if token_streams >= args.rounds {
+        workloads.push(tokens(&args));
     }
     // With --keep-processes, one process per proxy for the whole run (the
     // memory table follows it); otherwise every round starts them afresh.
@@ -180,6 +223,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         let total = match workload {
             Workload::Unary => args.requests,
             Workload::Streamed => stream_requests,
+            Workload::Direct => direct_requests,
+            Workload::Tokens { .. } => token_streams,
         };
         let per_round = total / args.rounds;
         let mut samples: Vec<Vec<Sample>> = Vec::new();
@@ -225,10 +270,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             );
         }
         if let (Some(targets), Some(memory)) = (&kept, &mut memory) {
-            memory.checkpoints.push(format!(
-                "after {}",
-                workload.title().split(' ').next().unwrap_or("")
-            ));
+            memory
+                .checkpoints
+                .push(format!("after {}", workload.short()));
             record_rss(targets, memory)?;
         }
         sets.push(SetResult {
@@ -239,13 +283,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         });
     }
 
-    let per_proxy = workloads.len() * args.warmup
-        + args.requests / args.rounds * args.rounds
-        + if workloads.len() > 1 {
-            stream_requests / args.rounds * args.rounds
-        } else {
-            0
-        };
+    let per_proxy: usize = sets
+        .iter()
+        .map(|set| warmup(&args, set.workload) + set.requests_per_round * args.rounds)
+        .sum();
     let mut md = String::from("# drainpipe benchmark report\n\n");
     md.push_str(&setup_lines(
         &args,
@@ -289,6 +330,7 @@ struct Proxies<'a> {
     args: &'a Args,
     upstream_port: u16,
     minimal_wasm: &'a std::path::Path,
+    minimal_body_wasm: &'a std::path::Path,
     drainpipe_wasm: &'a std::path::Path,
     /// The shim's binary, until it fails to start (then it is left out).
     shim: Option<PathBuf>,
@@ -310,14 +352,34 @@ fn start_twice(start: impl Fn() -> anyhow::Result<Target>) -> anyhow::Result<Tar
 
 impl Proxies<'_> {
     /// The Envoy variants, in round order, each with the plugin it runs.
-    fn envoy_variants(&self) -> Vec<(Variant, &std::path::Path)> {
+    /// Counting instructions adds the minimal filter with its body callback
+    /// (what a filter that looks at bodies pays per chunk at the least).
+    fn envoy_variants(&self) -> Vec<variants::Setup<'_>> {
+        let setup = |variant, wasm| variants::Setup {
+            variant,
+            wasm,
+            patch: None,
+        };
         let mut variants = vec![
-            (Variant::NoFilter, self.drainpipe_wasm),
-            (Variant::Minimal, self.drainpipe_wasm),
-            (Variant::Drainpipe, self.drainpipe_wasm),
+            setup(Variant::NoFilter, self.drainpipe_wasm),
+            setup(Variant::Minimal, self.drainpipe_wasm),
         ];
-        for (i, candidate) in self.args.candidate_wasm.iter().enumerate() {
-            variants.push((Variant::Candidate(i + 1), candidate.as_path()));
+        if self.args.instructions.is_some() {
+            variants.push(setup(Variant::MinimalBody, self.minimal_body_wasm));
+        }
+        variants.push(setup(Variant::Drainpipe, self.drainpipe_wasm));
+        let wasms = self.args.candidate_wasm.iter().map(|w| (w.as_path(), None));
+        let configs = self
+            .args
+            .candidate_config
+            .iter()
+            .map(|patch| (self.drainpipe_wasm, Some(patch)));
+        for (i, (wasm, patch)) in wasms.chain(configs).enumerate() {
+            variants.push(variants::Setup {
+                variant: Variant::Candidate(i + 1),
+                wasm,
+                patch,
+            });
         }
         variants
     }
@@ -332,13 +394,13 @@ impl Proxies<'_> {
     ) -> anyhow::Result<Vec<Target>> {
         let args = self.args;
         let mut targets = Vec::new();
-        for (variant, wasm) in self.envoy_variants() {
+        for setup in self.envoy_variants() {
             targets.push(start_twice(|| {
                 let opts = EnvoyOptions {
                     concurrency: args.concurrency,
                     ..EnvoyOptions::default()
                 };
-                Target::envoy(variant, self.upstream_port, self.minimal_wasm, wasm, opts)
+                Target::envoy(&setup, self.upstream_port, self.minimal_wasm, opts)
             })?);
         }
         if let Some(bin) = &self.shim {
@@ -370,11 +432,28 @@ impl Proxies<'_> {
         }
         for t in &targets {
             for &w in workloads {
-                let out = rt.block_on(load::drive(t.addr, w, args.warmup, args.connections))?;
+                let out = rt.block_on(load::drive(t.addr, w, warmup(args, w), args.connections))?;
                 check(t, &out)?;
             }
         }
         Ok(targets)
+    }
+}
+
+/// The token-stream workload the arguments ask for.
+fn tokens(args: &Args) -> Workload {
+    Workload::Tokens {
+        events: args.token_events,
+        interval_ms: args.token_interval_ms,
+    }
+}
+
+/// Warm-up requests of `workload` per proxy: --warmup, but for token
+/// streams one per connection (each is a thousand chunks).
+fn warmup(args: &Args, workload: Workload) -> usize {
+    match workload {
+        Workload::Tokens { .. } => args.connections.min(args.warmup),
+        _ => args.warmup,
     }
 }
 
@@ -388,16 +467,34 @@ fn count_instructions(
     if requests == 0 {
         bail!("--instructions must be at least 1");
     }
+    let load = |workload, requests| instructions::Load {
+        workload,
+        requests,
+        warmup: args.warmup,
+        connections: args.connections,
+    };
     let streams = args.stream_requests.unwrap_or(requests * 3 / 10);
-    let mut workloads = vec![(Workload::Unary, requests)];
+    let direct = args.direct_requests.unwrap_or(requests);
+    let token_streams = args.token_streams.unwrap_or((requests / 250).max(1));
+    let mut workloads = vec![load(Workload::Unary, requests)];
     if streams > 0 {
-        workloads.push((Workload::Streamed, streams));
+        workloads.push(load(Workload::Streamed, streams));
+    }
+    if direct > 0 {
+        workloads.push(load(Workload::Direct, direct));
+    }
+    if token_streams > 0 {
+        // One stream at a time, after one to warm up: a proxy slowed down
+        // by callgrind then still gets most events as chunks of their own.
+        workloads.push(instructions::Load {
+            warmup: 1,
+            connections: 1,
+            ..load(tokens(args), token_streams)
+        });
     }
     let plan = instructions::Plan {
         workloads,
         batches: 2,
-        warmup: args.warmup,
-        connections: args.connections,
         concurrency: args.concurrency,
     };
     let counted = instructions::run(
@@ -416,6 +513,15 @@ fn count_instructions(
     md.push('\n');
     instructions::markdown(&counted, &plan, &mut md);
     Ok(md)
+}
+
+/// `--candidate-config`'s value: a JSON object.
+fn parse_json_object(text: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str(text) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        Ok(_) => Err("expected a JSON object".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
 }
 
 /// Every request must have succeeded: a benchmark with failures measures
@@ -505,18 +611,18 @@ fn machine_lines(
         .lines()
         .filter(|l| l.starts_with("processor"))
         .count();
-    let candidates: String = args
+    let wasms = args
         .candidate_wasm
         .iter()
+        .map(|p| format!("{} ({} bytes)", p.display(), size(p)));
+    let configs = args
+        .candidate_config
+        .iter()
+        .map(|patch| format!("this drainpipe.wasm, its configuration patched with `{patch}`"));
+    let candidates: String = wasms
+        .chain(configs)
         .enumerate()
-        .map(|(i, p)| {
-            format!(
-                "- drainpipe candidate {}: {} ({} bytes)\n",
-                i + 1,
-                p.display(),
-                size(p)
-            )
-        })
+        .map(|(i, what)| format!("- drainpipe candidate {}: {what}\n", i + 1))
         .collect();
     format!(
         "- machine: {nproc} CPUs ({cpu_model}), {mem_total} memory\n\

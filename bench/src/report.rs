@@ -14,6 +14,11 @@ pub struct Sample {
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
+    /// Time to the first response body byte (a stream's first token).
+    pub first_byte_p50_ms: f64,
+    pub first_byte_p99_ms: f64,
+    /// Response body chunks per request, as the client received them.
+    pub chunks_per_request: f64,
 }
 
 impl Sample {
@@ -22,12 +27,18 @@ impl Sample {
         lat.sort_unstable();
         let n = lat.len().max(1) as f64;
         let pct = |p: f64| percentile(&lat, p) as f64 / 1000.0;
+        let mut first = outcome.first_byte_us.clone();
+        first.sort_unstable();
+        let first_pct = |p: f64| percentile(&first, p) as f64 / 1000.0;
         Sample {
             cpu_us_per_request: cpu_us as f64 / n,
             requests_per_second: n / outcome.elapsed.as_secs_f64().max(1e-9),
             p50_ms: pct(50.0),
             p90_ms: pct(90.0),
             p99_ms: pct(99.0),
+            first_byte_p50_ms: first_pct(50.0),
+            first_byte_p99_ms: first_pct(99.0),
+            chunks_per_request: outcome.chunks as f64 / n,
         }
     }
 }
@@ -76,13 +87,15 @@ impl SetResult {
     /// Median over rounds of `variant`'s CPU per request minus no filter's in
     /// the same round.
     pub fn added_cpu(&self, variant: Variant) -> Option<f64> {
-        let base = self.column(Variant::NoFilter)?;
+        self.added(variant, Variant::NoFilter, |s| s.cpu_us_per_request)
+    }
+
+    /// Median over rounds of `variant`'s `f` minus `base`'s in the same
+    /// round.
+    pub fn added(&self, variant: Variant, base: Variant, f: fn(&Sample) -> f64) -> Option<f64> {
+        let base = self.column(base)?;
         let it = self.column(variant)?;
-        let diffs: Vec<f64> = base
-            .iter()
-            .zip(it)
-            .map(|(b, s)| s.cpu_us_per_request - b.cpu_us_per_request)
-            .collect();
+        let diffs: Vec<f64> = base.iter().zip(it).map(|(b, s)| f(s) - f(b)).collect();
         Some(median(&diffs))
     }
 
@@ -103,20 +116,25 @@ impl SetResult {
             self.requests_per_round,
             rounds
         );
-        out.push_str("Medians over rounds.\n\n");
-        out.push_str("| variant | CPU µs/request | requests/s | p50 ms | p90 ms | p99 ms |\n");
-        out.push_str("|---|---:|---:|---:|---:|---:|\n");
+        out.push_str("Medians over rounds. First byte: time to the first response body byte (a stream's first token).\n\n");
+        out.push_str("| variant | CPU µs/request | requests/s | p50 ms | p90 ms | p99 ms | first byte p50 ms | first byte p99 ms | chunks/response | CPU µs/chunk |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for &v in &self.variants {
             let m = |f: fn(&Sample) -> f64| self.median_of(v, f).unwrap_or(0.0);
+            let chunks = m(|s| s.chunks_per_request);
             let _ = writeln!(
                 out,
-                "| {} | {:.1} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {:.1} | {:.0} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.1} | {:.2} |",
                 v.label(),
                 m(|s| s.cpu_us_per_request),
                 m(|s| s.requests_per_second),
                 m(|s| s.p50_ms),
                 m(|s| s.p90_ms),
                 m(|s| s.p99_ms),
+                m(|s| s.first_byte_p50_ms),
+                m(|s| s.first_byte_p99_ms),
+                chunks,
+                m(|s| s.cpu_us_per_request / s.chunks_per_request.max(1.0)),
             );
         }
         out.push_str("\nCPU µs/request by round:\n\n| round |");
@@ -165,6 +183,9 @@ impl SetResult {
                 );
             }
         }
+        if matches!(self.workload, Workload::Tokens { .. }) {
+            self.first_byte_markdown(out);
+        }
         let total = |v| self.median_of(v, |s| s.cpu_us_per_request);
         if let (Some(d), Some(n)) = (total(Variant::Drainpipe), total(Variant::NoFilter)) {
             if n > 0.0 {
@@ -185,6 +206,38 @@ impl SetResult {
             }
         }
         out.push('\n');
+    }
+}
+
+impl SetResult {
+    /// Time to first byte added by each filter, over Envoy without one and
+    /// over the minimal filter (medians of the per-round differences).
+    fn first_byte_markdown(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "\nTime to first token added (ms; median over rounds of the per-round difference of p50, and of p99):\n\n\
+             | variant | over no filter: p50 | over no filter: p99 | over the minimal filter: p50 | over the minimal filter: p99 |\n\
+             |---|---:|---:|---:|---:|"
+        );
+        for &v in self.variants.iter().filter(|v| **v != Variant::NoFilter) {
+            let cell = |base, f: fn(&Sample) -> f64| {
+                self.added(v, base, f)
+                    .map_or(String::new(), |d| format!("{d:+.3}"))
+            };
+            let minimal = |f| match v {
+                Variant::Minimal => String::new(),
+                _ => cell(Variant::Minimal, f),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                v.label(),
+                cell(Variant::NoFilter, |s| s.first_byte_p50_ms),
+                cell(Variant::NoFilter, |s| s.first_byte_p99_ms),
+                minimal(|s| s.first_byte_p50_ms),
+                minimal(|s| s.first_byte_p99_ms),
+            );
+        }
     }
 }
 
@@ -254,6 +307,9 @@ mod tests {
             p50_ms: 1.0,
             p90_ms: 1.0,
             p99_ms: 1.0,
+            first_byte_p50_ms: 1.0,
+            first_byte_p99_ms: 1.0,
+            chunks_per_request: 1.0,
         }
     }
 
@@ -283,6 +339,8 @@ mod tests {
     fn sample_from_outcome() {
         let outcome = Outcome {
             latencies_us: vec![1000, 3000, 2000, 4000],
+            first_byte_us: vec![500, 700, 600, 800],
+            chunks: 8,
             errors: 0,
             first_error: None,
             elapsed: Duration::from_secs(2),
@@ -292,5 +350,8 @@ mod tests {
         assert_eq!(s.requests_per_second, 2.0);
         assert_eq!(s.p50_ms, 2.0);
         assert_eq!(s.p99_ms, 4.0);
+        assert_eq!(s.first_byte_p50_ms, 0.6);
+        assert_eq!(s.first_byte_p99_ms, 0.8);
+        assert_eq!(s.chunks_per_request, 2.0);
     }
 }

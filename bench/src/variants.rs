@@ -2,6 +2,10 @@
 //! wasm filter, Envoy with the minimal filter, Envoy with drainpipe (all
 //! three from the shipped `envoy/envoy.yaml`), and the shim's reverse proxy
 //! with drainpipe.
+//!
+//! Every Envoy variant has, besides the shipped route to the upstream, one
+//! route that Envoy answers itself ([`DIRECT_PATH`], a `direct_response`):
+//! what a filter costs where Envoy does the least work of its own.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,10 @@ pub enum Variant {
     NoFilter,
     /// Envoy, the shipped config with the minimal filter instead of drainpipe.
     Minimal,
+    /// The same with the minimal filter's response body callback exported
+    /// too (it does nothing there): the least any filter that looks at
+    /// response bodies pays per chunk, Envoy entering its VM.
+    MinimalBody,
     /// Envoy, the shipped config as is.
     Drainpipe,
     /// `drainpipe-shim serve` with drainpipe.
@@ -36,6 +44,7 @@ impl Variant {
         match self {
             Variant::NoFilter => "Envoy, no filter".into(),
             Variant::Minimal => "Envoy, minimal filter".into(),
+            Variant::MinimalBody => "Envoy, minimal filter + body callback".into(),
             Variant::Drainpipe => "Envoy, drainpipe".into(),
             Variant::Shim => "shim, drainpipe".into(),
             Variant::Candidate(n) => format!("Envoy, drainpipe candidate {n}"),
@@ -43,21 +52,34 @@ impl Variant {
     }
 }
 
-/// The shipped Envoy config for `variant`, on `ports`: for drainpipe as is;
-/// otherwise without the drain listener (it exists only for drainpipe's
-/// admin role) and with the traffic listener's wasm filter removed or
-/// replaced by the minimal filter. Everything else (route, timeouts,
-/// retries, cluster, circuit breakers) stays as shipped.
+/// The path of the route Envoy answers itself, with [`DIRECT_BODY`].
+pub const DIRECT_PATH: &str = "/bench/direct";
+/// The direct response's body: the upstream's JSON completion.
+pub const DIRECT_BODY: &str = crate::upstream::COMPLETION;
+
+/// The shipped Envoy config for `variant`, on `ports`, with the direct
+/// route added: for drainpipe as is; otherwise without the drain listener
+/// (it exists only for drainpipe's admin role) and with the traffic
+/// listener's wasm filter removed or replaced by the minimal filter.
+/// Everything else (route, timeouts, retries, cluster, circuit breakers)
+/// stays as shipped. `wasm` is the variant's own module: drainpipe's build,
+/// or the minimal filter's build with its body callback
+/// ([`Variant::MinimalBody`]).
 pub fn envoy_config(
     variant: Variant,
     ports: Ports,
     minimal_wasm: &Path,
-    drainpipe_wasm: &Path,
+    wasm: &Path,
 ) -> anyhow::Result<EnvoyConfig> {
     let mut doc = EnvoyConfig::repo()?.doc().clone();
+    add_direct_route(&mut doc)?;
     let wasm = match variant {
-        Variant::Drainpipe | Variant::Candidate(_) => drainpipe_wasm,
-        Variant::NoFilter | Variant::Minimal => {
+        Variant::Drainpipe | Variant::Candidate(_) => wasm,
+        Variant::NoFilter | Variant::Minimal | Variant::MinimalBody => {
+            let minimal_wasm = match variant {
+                Variant::MinimalBody => wasm,
+                _ => minimal_wasm,
+            };
             drop_listener(&mut doc, "drain")?;
             let edited = edit_wasm_filters(&mut doc, &mut |filters| {
                 let before = filters.len();
@@ -80,6 +102,32 @@ pub fn envoy_config(
     // JSON is YAML: the edited document goes back through the same loader.
     let cfg = EnvoyConfig::from_yaml(&serde_json::to_string(&doc)?)?;
     Ok(cfg.localize(ports, wasm))
+}
+
+/// Puts the direct-response route ([`DIRECT_PATH`]) first in the traffic
+/// listener's virtual host; the shipped routes follow unchanged.
+fn add_direct_route(doc: &mut Value) -> anyhow::Result<()> {
+    let listeners = doc
+        .pointer_mut("/static_resources/listeners")
+        .and_then(Value::as_array_mut)
+        .context("envoy/envoy.yaml has no static_resources.listeners")?;
+    let traffic = listeners
+        .iter_mut()
+        .find(|l| l.get("name").and_then(Value::as_str) == Some("traffic"))
+        .context("envoy/envoy.yaml has no listener named traffic")?;
+    let routes = traffic
+        .pointer_mut("/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes")
+        .and_then(Value::as_array_mut)
+        .context("the traffic listener has no route list in its first virtual host")?;
+    routes.insert(
+        0,
+        serde_json::json!({
+            "match": {"path": DIRECT_PATH},
+            "direct_response": {"status": 200, "body": {"inline_string": DIRECT_BODY}},
+            "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
+        }),
+    );
+    Ok(())
 }
 
 fn is_wasm_filter(f: &Value) -> bool {
@@ -139,6 +187,14 @@ fn make_minimal(filter: &mut Value, wasm: &Path) {
     }
 }
 
+/// What an Envoy variant runs: its filter's module and, for a candidate,
+/// a patch to drainpipe's traffic configuration.
+pub struct Setup<'a> {
+    pub variant: Variant,
+    pub wasm: &'a Path,
+    pub patch: Option<&'a Value>,
+}
+
 /// A running proxy under test.
 pub struct Target {
     pub variant: Variant,
@@ -154,14 +210,17 @@ enum Process {
 impl Target {
     /// Envoy for `variant` in front of `upstream_port`, live.
     pub fn envoy(
-        variant: Variant,
+        setup: &Setup,
         upstream_port: u16,
         minimal_wasm: &Path,
-        drainpipe_wasm: &Path,
         opts: EnvoyOptions,
     ) -> anyhow::Result<Target> {
+        let variant = setup.variant;
         let ports = Ports::fresh(upstream_port);
-        let cfg = envoy_config(variant, ports, minimal_wasm, drainpipe_wasm)?;
+        let mut cfg = envoy_config(variant, ports, minimal_wasm, setup.wasm)?;
+        if let Some(patch) = setup.patch {
+            cfg = cfg.patch_plugin("drainpipe", patch.clone());
+        }
         let envoy = Envoy::start(&cfg, ports, opts)
             .with_context(|| format!("starting {}", variant.label()))?;
         Ok(Target {
@@ -301,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn drainpipe_variant_is_the_shipped_config() {
+    fn drainpipe_variant_is_the_shipped_config_with_the_direct_route() {
         let ports = ports();
         let cfg = envoy_config(
             Variant::Drainpipe,
@@ -312,8 +371,26 @@ mod tests {
         .unwrap();
         let shipped = EnvoyConfig::repo()
             .unwrap()
-            .localize(ports, Path::new("dp.wasm"));
-        assert_eq!(cfg.doc(), shipped.doc());
+            .localize(ports, Path::new("dp.wasm"))
+            .doc()
+            .clone();
+        let routes = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes";
+        let mut ours = cfg.doc().clone();
+        let direct = ours
+            .pointer_mut(routes)
+            .unwrap()
+            .as_array_mut()
+            .unwrap()
+            .remove(0);
+        assert_eq!(direct["match"]["path"], DIRECT_PATH);
+        assert_eq!(direct["direct_response"]["status"], 200);
+        assert_eq!(ours, shipped);
+        // Every variant has it.
+        for variant in [Variant::NoFilter, Variant::Minimal] {
+            let cfg =
+                envoy_config(variant, ports, Path::new("min.wasm"), Path::new("dp.wasm")).unwrap();
+            assert_eq!(cfg.doc().pointer(routes).unwrap()[0], direct);
+        }
     }
 
     #[test]

@@ -31,6 +31,24 @@ pub struct DeadlineConfig {
     pub max_timeout_ms: u64,
     /// Below this budget the request is refused early with a 504.
     pub min_budget_ms: u64,
+    /// Which deadline headers a forwarded request carries to the upstream.
+    pub upstream_headers: UpstreamHeaders,
+}
+
+/// Which deadline headers go to the upstream (`deadline.upstream_headers`).
+/// Each header set costs Envoy a header write (BENCHMARKS.md gives the
+/// instructions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamHeaders {
+    /// `"router"`: `x-envoy-upstream-rq-timeout-ms`, which Envoy's router
+    /// enforces and passes on as `x-envoy-expected-rq-timeout-ms`;
+    /// `grpc-timeout` on gRPC requests; and `x-request-deadline-ms` and
+    /// `x-request-timeout-ms` only where the request carries them itself,
+    /// rewritten to the deadline given.
+    Router,
+    /// `"all"`: also `x-request-deadline-ms` and `x-request-timeout-ms` on
+    /// every forwarded request, for upstreams that read them.
+    All,
 }
 
 /// Where the traffic role polls an external drain controller.
@@ -90,6 +108,7 @@ impl Default for Config {
                 default_timeout_ms: 60_000,
                 max_timeout_ms: 600_000,
                 min_budget_ms: 5_000,
+                upstream_headers: UpstreamHeaders::Router,
             },
             admin_token: None,
             envoy_admin_cluster: None,
@@ -330,7 +349,12 @@ const TOP_KEYS: &[&str] = &[
     "dialects",
 ];
 const CONTROLLER_KEYS: &[&str] = &["cluster", "path", "poll_ms"];
-const DEADLINE_KEYS: &[&str] = &["default_timeout_ms", "max_timeout_ms", "min_budget_ms"];
+const DEADLINE_KEYS: &[&str] = &[
+    "default_timeout_ms",
+    "max_timeout_ms",
+    "min_budget_ms",
+    "upstream_headers",
+];
 
 fn parse_deadline(d: &mut DeadlineConfig, value: &Value) -> Result<(), ConfigError> {
     let obj: &Map = value.as_object().ok_or_else(|| {
@@ -345,6 +369,18 @@ fn parse_deadline(d: &mut DeadlineConfig, value: &Value) -> Result<(), ConfigErr
             "default_timeout_ms" => d.default_timeout_ms = duration(&path, value)?,
             "max_timeout_ms" => d.max_timeout_ms = duration(&path, value)?,
             "min_budget_ms" => d.min_budget_ms = duration(&path, value)?,
+            "upstream_headers" => {
+                d.upstream_headers = match string(&path, value)? {
+                    "router" => UpstreamHeaders::Router,
+                    "all" => UpstreamHeaders::All,
+                    other => {
+                        return Err(ConfigError::new(
+                            path,
+                            format!("expected \"router\" or \"all\", got {other:?}"),
+                        ))
+                    }
+                }
+            }
             _ => return Err(unknown_key(&path, DEADLINE_KEYS)),
         }
     }
@@ -490,6 +526,7 @@ mod tests {
             ),
             (60_000, 600_000, 5_000)
         );
+        assert_eq!(d.deadline.upstream_headers, UpstreamHeaders::Router);
         assert_eq!(d.admin_token, None);
         assert_eq!(d.final_event_margin_ms, 1_000);
         assert_eq!(d.drain_controller, None);
@@ -508,7 +545,7 @@ mod tests {
     fn every_key_is_read() {
         let cfg = Config::parse(
             br#"{"role":"admin","health_path":"/ready","admit_window_ms":1000,"grace_ms":2000,
-                "retry_after_s":7,"deadline":{"default_timeout_ms":300,"max_timeout_ms":400,"min_budget_ms":100},
+                "retry_after_s":7,"deadline":{"default_timeout_ms":300,"max_timeout_ms":400,"min_budget_ms":100,"upstream_headers":"all"},
                 "admin_token":"s3cret","envoy_admin_cluster":"envoy_admin","final_event_margin_ms":50}"#,
         )
         .unwrap();
@@ -523,7 +560,8 @@ mod tests {
             DeadlineConfig {
                 default_timeout_ms: 300,
                 max_timeout_ms: 400,
-                min_budget_ms: 100
+                min_budget_ms: 100,
+                upstream_headers: UpstreamHeaders::All,
             }
         );
         assert_eq!(cfg.admin_token.as_deref(), Some("s3cret"));
@@ -587,6 +625,16 @@ mod tests {
             (r#"{"grace":1}"#, "grace", "unknown key"),
             (r#"{"deadline":{"max":1}}"#, "deadline.max", "unknown key"),
             (r#"{"deadline":5}"#, "deadline", "expected a JSON object"),
+            (
+                r#"{"deadline":{"upstream_headers":"none"}}"#,
+                "deadline.upstream_headers",
+                "expected \"router\" or \"all\"",
+            ),
+            (
+                r#"{"deadline":{"upstream_headers":true}}"#,
+                "deadline.upstream_headers",
+                "expected a string",
+            ),
             (
                 r#"{"role":"both"}"#,
                 "role",

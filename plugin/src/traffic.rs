@@ -1,7 +1,7 @@
 //! Decisions for the traffic role: answer readiness, admit and set a
 //! deadline, or refuse with a local reply.
 
-use crate::config::Config;
+use crate::config::{Config, UpstreamHeaders};
 use crate::deadline::{self, Incoming};
 use crate::dialect::{self, Dialect};
 use crate::drain::{Admit, Drain};
@@ -106,14 +106,22 @@ pub fn decide(
 
     let deadline_unix_ms = now_unix_ms.saturating_add(budget);
     let budget_text = deadline::decimal(budget);
-    let mut set_headers = vec![
-        (
+    // Every header set is a write in Envoy: `x-request-*` only where the
+    // configuration asks for them on every request, or where the request
+    // carries them itself (so no other deadline than the one given reaches
+    // the upstream).
+    let all = d.upstream_headers == UpstreamHeaders::All;
+    let mut set_headers = Vec::with_capacity(4);
+    if all || header(headers, deadline::REQUEST_DEADLINE).is_some() {
+        set_headers.push((
             deadline::REQUEST_DEADLINE,
             deadline::decimal(deadline_unix_ms),
-        ),
-        (deadline::REQUEST_TIMEOUT, budget_text.clone()),
-        (deadline::ENVOY_UPSTREAM_TIMEOUT, budget_text),
-    ];
+        ));
+    }
+    if all || header(headers, deadline::REQUEST_TIMEOUT).is_some() {
+        set_headers.push((deadline::REQUEST_TIMEOUT, budget_text.clone()));
+    }
+    set_headers.push((deadline::ENVOY_UPSTREAM_TIMEOUT, budget_text));
     if dialect == Dialect::Grpc {
         set_headers.push((
             deadline::GRPC_TIMEOUT,
@@ -152,6 +160,10 @@ mod tests {
         Config::default()
     }
 
+    fn cfg_all() -> Config {
+        Config::parse(br#"{"deadline":{"upstream_headers":"all"}}"#).unwrap()
+    }
+
     fn forward(d: Decision) -> Forward {
         match d.verdict {
             Verdict::Forward(f) => f,
@@ -167,18 +179,67 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_request_gets_all_deadline_headers() {
+    fn forwarded_request_gets_all_deadline_headers_when_configured() {
         let h = req(
             "POST",
             "/v1/chat/completions",
             &[("x-request-timeout-ms", "12000")],
         );
-        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        let f = forward(decide(&cfg_all(), Drain::SERVING, NOW, &h, || 0));
         assert_eq!(f.budget_ms, 12_000);
         assert_eq!(set(&f, "x-request-deadline-ms"), Some("1764000012000"));
         assert_eq!(set(&f, "x-request-timeout-ms"), Some("12000"));
         assert_eq!(set(&f, "x-envoy-upstream-rq-timeout-ms"), Some("12000"));
         assert_eq!(set(&f, "grpc-timeout"), None);
+        let f = forward(decide(
+            &cfg_all(),
+            Drain::SERVING,
+            NOW,
+            &req("POST", "/", &[]),
+            || 0,
+        ));
+        assert_eq!(f.set_headers.len(), 3);
+        assert_eq!(set(&f, "x-request-timeout-ms"), Some("60000"));
+    }
+
+    #[test]
+    fn by_default_only_the_router_header_and_the_requests_own_deadline_headers_are_set() {
+        // Nothing asked: only what Envoy's router enforces.
+        let f = forward(decide(
+            &cfg(),
+            Drain::SERVING,
+            NOW,
+            &req("POST", "/", &[]),
+            || 0,
+        ));
+        assert_eq!(
+            f.set_headers,
+            [("x-envoy-upstream-rq-timeout-ms", "60000".to_string())]
+        );
+        // A deadline header the request carries is rewritten to the
+        // deadline given (capped here), the other is not added.
+        let h = req("POST", "/", &[("x-request-timeout-ms", "99999999")]);
+        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        assert_eq!(
+            f.set_headers,
+            [
+                ("x-request-timeout-ms", "600000".to_string()),
+                ("x-envoy-upstream-rq-timeout-ms", "600000".to_string())
+            ]
+        );
+        let h = req("POST", "/", &[("x-request-deadline-ms", "1764000020000")]);
+        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        assert_eq!(
+            f.set_headers,
+            [
+                ("x-request-deadline-ms", "1764000020000".to_string()),
+                ("x-envoy-upstream-rq-timeout-ms", "20000".to_string())
+            ]
+        );
+        // A malformed one is replaced too.
+        let h = req("POST", "/", &[("x-request-timeout-ms", "soon")]);
+        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        assert_eq!(set(&f, "x-request-timeout-ms"), Some("60000"));
     }
 
     #[test]

@@ -91,6 +91,13 @@ pub const MINIMAL_FILTER: Guest = Guest {
     env: &[],
 };
 
+/// [`MINIMAL_FILTER`] again, in a target directory of its own: the
+/// benchmark builds it a second time with its response body callback kept.
+pub const MINIMAL_FILTER_BODY: Guest = Guest {
+    target: "guests/minimal-filter-body",
+    ..MINIMAL_FILTER
+};
+
 /// The benchmark's host-call probe (`bench/probe-filter`) that calls
 /// nothing; [`Guest::probe`] gives the others.
 pub const PROBE_FILTER: Guest = Guest {

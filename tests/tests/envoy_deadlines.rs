@@ -39,8 +39,24 @@ fn seen<'v>(v: &'v Value, header: &str) -> Option<&'v str> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn upstream_receives_deadline_headers_for_the_requested_budget() {
+async fn by_default_the_upstream_receives_the_routers_timeout_and_its_own_deadline_header_only() {
     let (_up, envoy) = setup(None).await;
+    let (status, got) = echo(&envoy, &[("x-request-timeout-ms", "12000")]).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(seen(&got, "x-request-timeout-ms"), Some("12000"));
+    assert_eq!(seen(&got, "x-request-deadline-ms"), None, "{got}");
+    assert_eq!(seen(&got, "x-envoy-expected-rq-timeout-ms"), Some("12000"));
+    assert_eq!(seen(&got, "x-envoy-upstream-rq-timeout-ms"), None);
+    let (status, got) = echo(&envoy, &[]).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(seen(&got, "x-request-timeout-ms"), None, "{got}");
+    assert_eq!(seen(&got, "x-request-deadline-ms"), None, "{got}");
+    assert_eq!(seen(&got, "x-envoy-expected-rq-timeout-ms"), Some("60000"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_receives_all_deadline_headers_for_the_requested_budget_when_configured() {
+    let (_up, envoy) = setup(Some(json!({"deadline": {"upstream_headers": "all"}}))).await;
     let before = now_ms();
     let (status, got) = echo(&envoy, &[("x-request-timeout-ms", "12000")]).await;
     let after = now_ms();
@@ -58,13 +74,16 @@ async fn upstream_receives_deadline_headers_for_the_requested_budget() {
     // upstream the timeout it enforces.
     assert_eq!(seen(&got, "x-envoy-expected-rq-timeout-ms"), Some("12000"));
     assert_eq!(seen(&got, "x-envoy-upstream-rq-timeout-ms"), None);
+    let (_, got) = echo(&envoy, &[]).await;
+    assert_eq!(seen(&got, "x-request-timeout-ms"), Some("60000"), "{got}");
+    assert!(seen(&got, "x-request-deadline-ms").is_some(), "{got}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn budget_defaults_without_header_and_is_capped_by_max() {
     let (_up, envoy) = setup(None).await;
     let (_, got) = echo(&envoy, &[]).await;
-    assert_eq!(seen(&got, "x-request-timeout-ms"), Some("60000"));
+    assert_eq!(seen(&got, "x-envoy-expected-rq-timeout-ms"), Some("60000"));
     for (name, value) in [
         ("x-request-timeout-ms", "86400000"),
         ("x-envoy-upstream-rq-timeout-ms", "86400000"),
@@ -75,7 +94,10 @@ async fn budget_defaults_without_header_and_is_capped_by_max() {
         } else {
             "60000"
         };
-        assert_eq!(seen(&got, "x-request-timeout-ms"), Some(expected), "{name}");
+        // The request's own x-request-timeout-ms is rewritten, never passed
+        // on above the cap; none is added.
+        let own = (name == "x-request-timeout-ms").then_some(expected);
+        assert_eq!(seen(&got, "x-request-timeout-ms"), own, "{name}");
         assert_eq!(
             seen(&got, "x-envoy-expected-rq-timeout-ms"),
             Some(expected),
@@ -129,8 +151,16 @@ async fn absolute_deadline_and_grpc_timeout_are_honoured() {
     let (_up, envoy) = setup(None).await;
     let deadline = (now_ms() + 20_000).to_string();
     let (_, got) = echo(&envoy, &[("x-request-deadline-ms", &deadline)]).await;
-    let budget: u64 = seen(&got, "x-request-timeout-ms").unwrap().parse().unwrap();
+    let budget: u64 = seen(&got, "x-envoy-expected-rq-timeout-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((19_000..=20_000).contains(&budget), "{budget}");
+    let sent: u64 = seen(&got, "x-request-deadline-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sent <= deadline.parse::<u64>().unwrap(), "{got}");
 
     let (_, got) = echo(
         &envoy,
@@ -140,7 +170,7 @@ async fn absolute_deadline_and_grpc_timeout_are_honoured() {
         ],
     )
     .await;
-    assert_eq!(seen(&got, "x-request-timeout-ms"), Some("15000"));
+    assert_eq!(seen(&got, "x-envoy-expected-rq-timeout-ms"), Some("15000"));
     assert_eq!(seen(&got, "grpc-timeout"), Some("15000m"));
 }
 

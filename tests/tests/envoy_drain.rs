@@ -2,7 +2,7 @@
 //! contract, streams that finish whole, exact in-flight counts across
 //! workers, and the return to serving.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drainpipe::contract::assert_drain_rejection;
 use drainpipe_tests::envoy::upstream_and_envoy;
@@ -90,6 +90,10 @@ async fn drain_flips_readiness_then_rejects_with_the_503_contract_and_delete_res
     // Inside the admit window: forwarded, deadline inside the grace period,
     // and Envoy's own drain closes the keep-alive connection.
     let client = reqwest::Client::new();
+    let sent_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let resp = client
         .post(envoy.traffic("/echo/admitted"))
         .send()
@@ -98,11 +102,13 @@ async fn drain_flips_readiness_then_rejects_with_the_503_contract_and_delete_res
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["connection"], "close");
     let seen: Value = resp.json().await.unwrap();
-    let deadline: u64 = seen["headers"]["x-request-deadline-ms"]
+    // The budget Envoy's router enforces (and tells the upstream).
+    let budget: u64 = seen["headers"]["x-envoy-expected-rq-timeout-ms"]
         .as_str()
         .unwrap()
         .parse()
         .unwrap();
+    let deadline = sent_unix_ms + budget;
     assert!(
         deadline <= started + 10_000,
         "deadline {deadline} past the grace end"

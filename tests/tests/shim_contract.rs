@@ -101,9 +101,6 @@ fn new_request_within_admit_window_is_forwarded_with_deadline_clamped_to_grace()
     let out = s.request_headers(get("/v1/chat/completions"), true);
     let h = out.expect_continue().headers();
     // Default budget 60 s, clamped to what is left of the 30 s grace.
-    assert_eq!(h.get("x-request-timeout-ms"), Some("26000"));
-    let deadline = (T0_MS + 30_000).to_string();
-    assert_eq!(h.get("x-request-deadline-ms"), Some(deadline.as_str()));
     assert_eq!(h.get("x-envoy-upstream-rq-timeout-ms"), Some("26000"));
 }
 
@@ -126,8 +123,28 @@ fn new_request_during_drain_gets_503_with_retry_after() {
 }
 
 #[test]
-fn deadline_headers_reach_the_upstream_from_x_request_timeout_ms() {
+fn by_default_the_router_timeout_is_set_and_only_the_requests_own_deadline_header_rewritten() {
     let (host, _) = host();
+    let w = host.worker().unwrap();
+    let mut s = w.http_stream("traffic").unwrap();
+    let mut headers = get("/v1/completions");
+    headers.push(("x-request-timeout-ms", "12000"));
+    let out = s.request_headers(headers, true);
+    let h = out.expect_continue().headers();
+    assert_eq!(h.get("x-request-timeout-ms"), Some("12000"));
+    assert_eq!(h.get("x-request-deadline-ms"), None);
+    assert_eq!(h.get("x-envoy-upstream-rq-timeout-ms"), Some("12000"));
+    let mut s = w.http_stream("traffic").unwrap();
+    let h = s.request_headers(get("/v1/completions"), true);
+    let h = h.expect_continue().headers();
+    assert_eq!(h.get("x-request-timeout-ms"), None);
+    assert_eq!(h.get("x-envoy-upstream-rq-timeout-ms"), Some("60000"));
+}
+
+#[test]
+fn deadline_headers_reach_the_upstream_from_x_request_timeout_ms_with_upstream_headers_all() {
+    let traffic = r#"{"role":"traffic","deadline":{"upstream_headers":"all"}}"#;
+    let (host, _) = host_with(traffic, ADMIN);
     let w = host.worker().unwrap();
     let mut s = w.http_stream("traffic").unwrap();
     let mut headers = get("/v1/completions");

@@ -8,7 +8,7 @@
 //! `cargo test`.
 
 use drainpipe::admin::{self, Action};
-use drainpipe::config::MAX_DURATION_MS;
+use drainpipe::config::{UpstreamHeaders, MAX_DURATION_MS};
 use drainpipe::deadline::{self, Incoming};
 use drainpipe::dialect;
 use drainpipe::drain::{Drain, Windows};
@@ -343,6 +343,10 @@ fn arbitrary_config(r: &mut Reader) -> Config {
     cfg.admit_window_ms = r.u64() % (cfg.grace_ms + 1);
     cfg.final_event_margin_ms = r.u64() % (cfg.deadline.min_budget_ms + 1);
     cfg.retry_after_s = r.u64() % 86_401;
+    cfg.deadline.upstream_headers = match r.u8() % 2 {
+        0 => UpstreamHeaders::Router,
+        _ => UpstreamHeaders::All,
+    };
     cfg.validate()
         .expect("the generated configuration is valid");
     cfg
@@ -431,11 +435,19 @@ pub fn traffic_decide(data: &[u8]) {
             };
             let budget = f.budget_ms.to_string();
             assert_eq!(set(deadline::ENVOY_UPSTREAM_TIMEOUT), Some(budget.as_str()));
-            assert_eq!(set(deadline::REQUEST_TIMEOUT), Some(budget.as_str()));
-            assert_eq!(
-                set(deadline::REQUEST_DEADLINE),
-                Some(f.deadline_unix_ms.to_string().as_str())
-            );
+            // `x-request-*`: on every request when configured, else only
+            // where the request carries its own, always the deadline given.
+            let all = d.upstream_headers == UpstreamHeaders::All;
+            let expect = |name: &str, value: String| {
+                let carried = traffic::header(&h, name).is_some();
+                assert_eq!(
+                    set(name),
+                    (all || carried).then_some(value.as_str()),
+                    "{name} {h:?} {cfg:?}"
+                );
+            };
+            expect(deadline::REQUEST_TIMEOUT, budget.clone());
+            expect(deadline::REQUEST_DEADLINE, f.deadline_unix_ms.to_string());
             let grpc = grpc_request(&cfg, &h);
             match set(deadline::GRPC_TIMEOUT) {
                 Some(v) => {
