@@ -805,27 +805,46 @@ async fn sampler(
 }
 
 /// Terminates old replica `index` as Kubernetes does: its preStop hook
-/// (`envoy/prestop.sh`), then SIGTERM.
+/// (`envoy/prestop.sh`), then SIGTERM. The hook runs with `ENVOY_STOP=0` and
+/// the harness stops Envoy through its admin right after it, as the hook
+/// would: in between it reads the drain's stats once more, so the drain's
+/// duration is known even when the hook stops Envoy before a sample.
 async fn terminate(world: Arc<World>, index: usize, mut envoy: Envoy) {
     let timeout_s = world.plan.grace_ms.div_ceil(1000) + 5;
     world.lives.lock().unwrap()[index].drain_ms = Some(world.now_ms());
     let w = world.clone();
-    let (out, exited) = tokio::task::spawn_blocking(move || {
+    let (out, duration, exited) = tokio::task::spawn_blocking(move || {
         let out = Command::new("sh")
             .arg(repo_root().join("envoy/prestop.sh"))
             .env("DRAIN_URL", envoy.drain_api())
             .env("ENVOY_ADMIN", envoy.admin(""))
             .env("DRAIN_TIMEOUT_S", timeout_s.to_string())
+            .env("ENVOY_STOP", "0")
             .output();
+        let admin = ("127.0.0.1", envoy.ports.admin);
+        let duration = crate::http1::request(
+            admin,
+            "GET",
+            "/stats/prometheus",
+            "",
+            Duration::from_secs(5),
+        )
+        .ok()
+        .and_then(|r| prometheus_value(&r.body_text(), drainpipe::metrics::DRAIN_DURATION_MS))
+        .filter(|&d| d > 0);
+        let _ = crate::http1::request(admin, "POST", "/quitquitquit", "", Duration::from_secs(5));
         envoy.sigterm();
         let exited = envoy.wait_exit(Duration::from_secs(10)).map(|_| w.now_ms());
-        (out, exited)
+        (out, duration, exited)
     })
     .await
-    .unwrap_or_else(|e| (Err(std::io::Error::other(e.to_string())), None));
+    .unwrap_or_else(|e| (Err(std::io::Error::other(e.to_string())), None, None));
     let mut lives = world.lives.lock().unwrap();
     let l = &mut lives[index];
     l.exited_ms = exited;
+    if duration.is_some() {
+        l.drain_duration_ms = duration;
+    }
     l.gone = true;
     match out {
         Ok(o) => {
