@@ -675,25 +675,7 @@ impl HttpContext for Traffic {
             },
         );
         self.body = body;
-        match action {
-            ChunkAction::Forward => {}
-            ChunkAction::Replace(bytes) => {
-                self.set_http_response_body(0, body_size, &bytes);
-                Metrics::add(shared.metrics.streams_ended, 1);
-                self.response.final_event = true;
-            }
-            ChunkAction::Drop => {
-                self.set_http_response_body(0, body_size, &[]);
-                if !end_of_stream {
-                    // The final event went out with an earlier chunk: end
-                    // the stream now rather than hold it open until the
-                    // upstream finishes.
-                    shared.streams.borrow_mut().insert(self.context_id, true);
-                    self.reset_http_response();
-                }
-            }
-        }
-        Action::Continue
+        self.apply_chunk(&shared, action, body_size, end_of_stream)
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
@@ -731,7 +713,22 @@ impl Traffic {
             n => self.get_http_response_body(0, n).unwrap_or_default(),
         };
         let cut = !self.ws.closed() && self.counted && self.due(shared).is_some();
-        match self.ws.on_chunk(cut, &chunk) {
+        let action = self.ws.on_chunk(cut, &chunk);
+        self.apply_chunk(shared, action, body_size, end_of_stream)
+    }
+
+    /// Applies what the stream's ender decided for a response chunk: pass
+    /// it on, replace it with the ending (the final event or the close
+    /// frame), or drop it; after the ending has gone out, the stream is
+    /// ended now rather than held open until the upstream finishes.
+    fn apply_chunk(
+        &mut self,
+        shared: &Shared,
+        action: ChunkAction,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        match action {
             ChunkAction::Forward => {}
             ChunkAction::Replace(bytes) => {
                 self.set_http_response_body(0, body_size, &bytes);
