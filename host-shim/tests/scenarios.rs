@@ -218,6 +218,13 @@ fn check(host: &str, step: &Value, observed: &Observed) {
                 "{what}: forwarded, expected {expect}"
             );
             for (k, v) in expect["upstream_headers"].as_object().unwrap() {
+                if v.is_null() {
+                    assert!(
+                        upstream.get(k).is_none(),
+                        "{what}: upstream has {k}, expected none: {upstream:?}"
+                    );
+                    continue;
+                }
                 let got = upstream
                     .get(k)
                     .unwrap_or_else(|| panic!("{what}: upstream lacks {k}: {upstream:?}"));

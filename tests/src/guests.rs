@@ -16,8 +16,8 @@
 //!   benchmark's minimal filter is built alike to compare with it.
 //!
 //! The plugin is one module loaded into every Envoy worker's VM. rustc with
-//! LTO and `opt-level = "z"` leaves it around 170 KB; `wasm-opt -Oz` takes it
-//! to about 130 KB (BENCHMARKS.md has the figures).
+//! LTO and `opt-level = "z"` leaves it around 200 KB; `wasm-opt -Oz` takes it
+//! under 150 KB (BENCHMARKS.md has the figures).
 
 pub mod exports;
 
@@ -169,7 +169,7 @@ impl Guest {
             .arg(self.target_dir())
             .envs(self.env.iter().copied())
             .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env("CARGO_ENCODED_RUSTFLAGS", remapped_sources())
             .current_dir(repo_root())
             .stdin(Stdio::null());
         cmd
@@ -276,6 +276,30 @@ fn size(path: &Path) -> anyhow::Result<u64> {
     Ok(std::fs::metadata(path)
         .with_context(|| format!("{} is missing", path.display()))?
         .len())
+}
+
+/// rustc flags for every guest: the dependencies' source paths that panic
+/// locations carry (`$CARGO_HOME/registry/src/<index>/crate-x.y/...`) are
+/// written `cargo/crate-x.y/...`, so a module names no directory of the
+/// machine that built it and is the same wherever it is built (and a few
+/// hundred bytes smaller). Flags are separated as `CARGO_ENCODED_RUSTFLAGS`
+/// wants them.
+fn remapped_sources() -> String {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let mut dirs: Vec<PathBuf> = home
+        .and_then(|h| std::fs::read_dir(h.join("registry/src")).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    dirs.iter()
+        .map(|d| format!("--remap-path-prefix={}=cargo", d.display()))
+        .collect::<Vec<_>>()
+        .join("\x1f")
 }
 
 /// `wasm-opt -Oz --converge` from `input` to `output`, through a temporary file renamed
