@@ -62,6 +62,10 @@ pub struct Plan {
     pub admit_window_ms: u64,
     pub grace_ms: u64,
     pub envoy_concurrency: u32,
+    /// Each replica's Envoy runs under `drainpipe run` (the supervisor for
+    /// containers) and is stopped by SIGTERM to it, as `docker stop` does,
+    /// instead of by the preStop hook.
+    pub supervisor: bool,
     /// Where the CSV, SVG and report go (none if `None`).
     pub out_dir: Option<PathBuf>,
 }
@@ -83,6 +87,7 @@ impl Default for Plan {
             // window ends inside it, final-event margin included.
             grace_ms: 20_000,
             envoy_concurrency: 2,
+            supervisor: false,
             out_dir: None,
         }
     }
@@ -288,8 +293,13 @@ impl Report {
             }
             if r.prestop_exit != Some(0) {
                 problems.push(format!(
-                    "{}: prestop.sh exited {:?}",
-                    r.name, r.prestop_exit
+                    "{}: {} exited {:?}",
+                    r.name,
+                    match self.plan.supervisor {
+                        true => "drainpipe run",
+                        false => "prestop.sh",
+                    },
+                    r.prestop_exit
                 ));
             }
         }
@@ -424,8 +434,13 @@ fn start_replica(plan: &Plan, upstream: FakeLlm, wasm: &Path) -> anyhow::Result<
         "drainpipe",
         json!({"admit_window_ms": plan.admit_window_ms, "grace_ms": plan.grace_ms}),
     );
+    let timeout = format!("{}s", stop_timeout_s(plan));
     let opts = EnvoyOptions {
         concurrency: plan.envoy_concurrency,
+        wrapper: match plan.supervisor {
+            true => crate::ops::run_wrapper(ports, &["--timeout", &timeout]),
+            false => Vec::new(),
+        },
         ..EnvoyOptions::default()
     };
     let envoy = Envoy::start(&cfg, ports, opts).context("starting a replica's Envoy")?;
@@ -809,9 +824,13 @@ async fn sampler(
 /// the harness stops Envoy through its admin right after it, as the hook
 /// would: in between it reads the drain's stats once more, so the drain's
 /// duration is known even when the hook stops Envoy before a sample.
-async fn terminate(world: Arc<World>, index: usize, mut envoy: Envoy) {
-    let timeout_s = world.plan.grace_ms.div_ceil(1000) + 5;
+async fn terminate(world: Arc<World>, index: usize, envoy: Envoy) {
     world.lives.lock().unwrap()[index].drain_ms = Some(world.now_ms());
+    if world.plan.supervisor {
+        return terminate_supervised(world, index, envoy).await;
+    }
+    let mut envoy = envoy;
+    let timeout_s = stop_timeout_s(&world.plan);
     let w = world.clone();
     let (out, duration, exited) = tokio::task::spawn_blocking(move || {
         let out = Command::new("sh")
@@ -854,6 +873,48 @@ async fn terminate(world: Arc<World>, index: usize, mut envoy: Envoy) {
         }
         Err(e) => l.prestop_output = format!("cannot run envoy/prestop.sh: {e}"),
     }
+}
+
+/// How long a replica's stop may wait for `drained`: `DRAIN_TIMEOUT_S` of
+/// the manifests, `ceil(grace_ms / 1000) + 5`.
+fn stop_timeout_s(plan: &Plan) -> u64 {
+    plan.grace_ms.div_ceil(1000) + 5
+}
+
+/// Terminates old replica `index` as `docker stop` stops a container whose
+/// PID 1 is `drainpipe run`: SIGTERM to the supervisor, which drains Envoy
+/// and stops it. Its exit status stands where the preStop hook's does, and
+/// the drain's duration is its own `drained after Ns` line when no stats
+/// sample caught the gauge before Envoy stopped.
+async fn terminate_supervised(world: Arc<World>, index: usize, mut envoy: Envoy) {
+    let w = world.clone();
+    let limit = Duration::from_secs(stop_timeout_s(&world.plan) + 15);
+    let (status, exited, log) = tokio::task::spawn_blocking(move || {
+        envoy.sigterm();
+        let status = envoy.wait_exit(limit);
+        let exited = status.map(|_| w.now_ms());
+        let log: String = envoy
+            .log()
+            .lines()
+            .filter(|l| l.starts_with("drainpipe: "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        (status, exited, log)
+    })
+    .await
+    .unwrap_or((None, None, String::new()));
+    let mut lives = world.lives.lock().unwrap();
+    let l = &mut lives[index];
+    l.exited_ms = exited;
+    l.gone = true;
+    l.prestop_exit = status.and_then(|s| s.code());
+    if l.drain_duration_ms.is_none() {
+        l.drain_duration_ms = log.lines().find_map(|line| {
+            let s = line.split("drained after ").nth(1)?.strip_suffix('s')?;
+            s.parse::<u64>().ok().map(|s| s * 1000)
+        });
+    }
+    l.prestop_output = log;
 }
 
 /// Sends one request through the front and classifies what came back;

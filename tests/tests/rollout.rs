@@ -2,7 +2,8 @@
 //! drainpipe replicas behind a real Envoy front proxy (endpoints from EDS,
 //! retries of what drainpipe says is safe), replaced one by one (maxSurge
 //! 1, maxUnavailable 0) by their preStop hook under continuous mixed load of
-//! at least 20,000 requests; the clients never retry.
+//! at least 20,000 requests; the clients never retry. The same with each
+//! replica under `drainpipe run`, stopped by SIGTERM as containers are.
 
 use drainpipe_tests::envoy::Scratch;
 use drainpipe_tests::rollout::{self, Plan, Report};
@@ -98,4 +99,33 @@ async fn endpoints_lagging_past_the_admit_window_are_covered_by_the_fronts_retri
     passed(&report);
     assert!(report.front.retried > 0, "{}", report.summary());
     assert_eq!(report.front.refused, 0, "{}", report.summary());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_stopped_by_sigterm_to_drainpipe_run_fail_no_request() {
+    let _one = SERIAL.lock().await;
+    // The container path: each replica's Envoy runs under `drainpipe run`
+    // and gets no preStop hook, only SIGTERM to its PID 1 (`docker stop`).
+    let plan = Plan {
+        requests: 5_000,
+        supervisor: true,
+        ..Plan::default()
+    };
+    let report = rollout::run(&plan).await.expect("rollout runs");
+    passed(&report);
+    for r in report
+        .replicas
+        .iter()
+        .filter(|r| r.name.starts_with("old-"))
+    {
+        assert_eq!(r.prestop_exit, Some(0), "{}: drainpipe run's exit", r.name);
+        assert!(
+            r.prestop_output.contains("drainpipe: "),
+            "{}: no supervisor lines: {}",
+            r.name,
+            r.prestop_output
+        );
+        let duration = r.drain_duration_ms.expect("the drain's duration");
+        assert!(duration >= 1_000, "{}: {duration} ms", r.name);
+    }
 }

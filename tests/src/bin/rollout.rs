@@ -44,6 +44,10 @@ struct Args {
     /// Envoy worker threads per replica.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     envoy_concurrency: u32,
+    /// Run each replica's Envoy under `drainpipe run` and stop it with
+    /// SIGTERM (as `docker stop` does), instead of the preStop hook.
+    #[arg(long)]
+    supervisor: bool,
     /// Where the CSV, SVG and report go.
     #[arg(long, default_value = "target/rollout")]
     out: PathBuf,
@@ -62,6 +66,7 @@ async fn main() -> ExitCode {
         grace_ms: args.grace_ms,
         warmup_ms: args.warmup_ms,
         envoy_concurrency: args.envoy_concurrency,
+        supervisor: args.supervisor,
         out_dir: Some(args.out.clone()),
         ..Plan::default()
     };
