@@ -106,9 +106,11 @@ async fn replicas_stopped_by_sigterm_to_drainpipe_run_fail_no_request() {
     let _one = SERIAL.lock().await;
     // The container path: each replica's Envoy runs under `drainpipe run`
     // and gets no preStop hook, only SIGTERM to its PID 1 (`docker stop`).
+    let out = Scratch::new("rollout-supervisor").unwrap();
     let plan = Plan {
         requests: 5_000,
         supervisor: true,
+        out_dir: Some(out.path().to_path_buf()),
         ..Plan::default()
     };
     let report = rollout::run(&plan).await.expect("rollout runs");
@@ -128,4 +130,6 @@ async fn replicas_stopped_by_sigterm_to_drainpipe_run_fail_no_request() {
         let duration = r.drain_duration_ms.expect("the drain's duration");
         assert!(duration >= 1_000, "{}: {duration} ms", r.name);
     }
+    let svg = std::fs::read_to_string(out.path().join("rollout-3.svg")).unwrap();
+    assert!(svg.contains("drain started (SIGTERM)"), "the plot's legend");
 }

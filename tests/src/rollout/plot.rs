@@ -131,7 +131,10 @@ pub fn timeline(report: &Report, path: &Path) -> anyhow::Result<()> {
         .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, BLACK.filled()));
     chart
         .draw_series(none())?
-        .label("drain started (preStop)")
+        .label(match report.plan.supervisor {
+            true => "drain started (SIGTERM)",
+            false => "drain started (preStop)",
+        })
         .legend(|(x, y)| Circle::new((x + 10, y), 5, BLACK.filled()));
     chart
         .draw_series(none())?
