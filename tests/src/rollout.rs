@@ -398,7 +398,24 @@ impl Report {
 /// A running replica: its Envoy (taken by the drain) and its model server.
 struct Replica {
     envoy: Option<Envoy>,
+    /// Envoy's own pid under `drainpipe run` (`--supervisor`): the guard
+    /// kills the supervisor, and a replica still running at the end takes
+    /// its Envoy with it (see [`Drop`]).
+    supervised_envoy: Option<i32>,
     _upstream: FakeLlm,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(pid) = self.supervised_envoy {
+            if crate::ops::process_alive(pid) {
+                // SAFETY: kill(2) on the supervisor's child, still running.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
 }
 
 /// Everything the harness's tasks share.
@@ -444,8 +461,24 @@ fn start_replica(plan: &Plan, upstream: FakeLlm, wasm: &Path) -> anyhow::Result<
         ..EnvoyOptions::default()
     };
     let envoy = Envoy::start(&cfg, ports, opts).context("starting a replica's Envoy")?;
+    let supervised_envoy = match plan.supervisor {
+        true => Some(
+            envoy
+                .log()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("drainpipe: started Envoy (pid ")?
+                        .strip_suffix(')')?
+                        .parse()
+                        .ok()
+                })
+                .context("no `started Envoy` line from drainpipe run")?,
+        ),
+        false => None,
+    };
     Ok(Replica {
         envoy: Some(envoy),
+        supervised_envoy,
         _upstream: upstream,
     })
 }
