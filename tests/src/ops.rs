@@ -72,16 +72,7 @@ impl Supervised {
             ..EnvoyOptions::default()
         };
         let envoy = Envoy::start(cfg, ports, opts)?;
-        let envoy_pid = envoy
-            .log()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("drainpipe: started Envoy (pid ")?
-                    .strip_suffix(')')?
-                    .parse()
-                    .ok()
-            })
-            .ok_or_else(|| anyhow::anyhow!("no `started Envoy` line:\n{}", envoy.log_tail(20)))?;
+        let envoy_pid = started_envoy_pid(&envoy)?;
         Ok(Supervised { envoy, envoy_pid })
     }
 
@@ -133,6 +124,21 @@ impl Drop for Supervised {
             }
         }
     }
+}
+
+/// Envoy's own pid under `drainpipe run`, from the supervisor's `started
+/// Envoy (pid N)` line in the shared log.
+pub fn started_envoy_pid(envoy: &Envoy) -> anyhow::Result<i32> {
+    envoy
+        .log()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("drainpipe: started Envoy (pid ")?
+                .strip_suffix(')')?
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| anyhow::anyhow!("no `started Envoy` line:\n{}", envoy.log_tail(20)))
 }
 
 /// Whether process `pid` exists and is not a zombie.

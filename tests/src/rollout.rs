@@ -462,18 +462,7 @@ fn start_replica(plan: &Plan, upstream: FakeLlm, wasm: &Path) -> anyhow::Result<
     };
     let envoy = Envoy::start(&cfg, ports, opts).context("starting a replica's Envoy")?;
     let supervised_envoy = match plan.supervisor {
-        true => Some(
-            envoy
-                .log()
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("drainpipe: started Envoy (pid ")?
-                        .strip_suffix(')')?
-                        .parse()
-                        .ok()
-                })
-                .context("no `started Envoy` line from drainpipe run")?,
-        ),
+        true => Some(crate::ops::started_envoy_pid(&envoy)?),
         false => None,
     };
     Ok(Replica {
