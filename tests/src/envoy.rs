@@ -31,12 +31,45 @@ pub fn envoy_bin() -> anyhow::Result<PathBuf> {
 /// its stats: one flush interval (a worker tick) and a margin.
 pub const COUNTS_SETTLE: Duration = Duration::from_millis(drainpipe::counts::FLUSH_EVERY_MS + 500);
 
-/// A free loopback port (bound, then released).
+/// A free loopback port for a server a test starts later (Envoy, the shim).
+///
+/// Taken below the kernel's ephemeral range, so that no client connection
+/// of a test running in parallel can be holding it as its local port by the
+/// time the server binds it (a port from `bind(0)` can be, and Envoy then
+/// exits with "Address already in use"). Ports are handed out in turn from
+/// a per-process random start, each checked free when handed out.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let (low, high) = port_pool();
+    let span = u32::from(high - low);
+    let next = NEXT.get_or_init(|| {
+        let seed = std::process::id()
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+        AtomicU32::new(seed % span)
+    });
+    for _ in 0..span {
+        let port = low + (next.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// The ports [`free_port`] hands out: up to 10,000 just below the ephemeral
+/// range (`net.ipv4.ip_local_port_range`, 32768 by default).
+fn port_pool() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let high = ephemeral_low.max(2048);
+    (high.saturating_sub(10_000).max(1024), high)
 }
 
 /// The ports one Envoy uses.
@@ -63,18 +96,12 @@ impl Ports {
 
     /// Fresh ports for Envoy, in front of an upstream on `upstream`.
     pub fn fresh(upstream: u16) -> Ports {
-        // All bound at once, then released: four distinct ports (one at a
-        // time, the kernel may hand the same port out twice).
-        let held: Vec<TcpListener> = (0..4)
-            .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-            .collect();
-        let port = |i: usize| held[i].local_addr().expect("a bound port").port();
         Ports {
-            traffic: port(0),
-            drain: port(1),
-            admin: port(2),
+            traffic: free_port(),
+            drain: free_port(),
+            admin: free_port(),
             upstream,
-            controller: port(3),
+            controller: free_port(),
         }
     }
 }
@@ -379,7 +406,8 @@ impl Envoy {
         loop {
             if let Some(status) = child.try_wait()? {
                 bail!(
-                    "Envoy exited during start-up ({status}); log tail:\n{}",
+                    "Envoy exited during start-up ({status}): {}; log tail:\n{}",
+                    startup_errors(&log),
                     tail(&log, 40)
                 );
             }
@@ -497,6 +525,21 @@ pub async fn upstream_and_envoy(patch: Value, opts: EnvoyOptions) -> (crate::Fak
     let envoy =
         Envoy::start_repo_with(upstream.port(), patch, opts).expect("Envoy starts with the plugin");
     (upstream, envoy)
+}
+
+/// The error and critical lines of an Envoy log (why it refused to start),
+/// or a note that there are none.
+fn startup_errors(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("][critical][") || l.contains("][error]["))
+        .collect();
+    if errors.is_empty() {
+        "no error line in its log".to_string()
+    } else {
+        errors.join("\n")
+    }
 }
 
 fn spawn_envoy(config: &Path, log: &Path, opts: &EnvoyOptions) -> anyhow::Result<Child> {
