@@ -28,6 +28,7 @@
 
 pub mod front;
 mod plot;
+pub mod prom;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,10 @@ use crate::fake_llm::{sse_events, sse_named_events};
 use crate::{Envoy, EnvoyOptions, FakeLlm, Ports};
 
 pub use front::Retries;
+
+/// How far Prometheus's drain start may be from the harness's: the hook
+/// (or the supervisor) starts the drain a moment after the harness ran it.
+pub const PROM_DRAIN_START_TOLERANCE_MS: u64 = 1_000;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -74,6 +79,9 @@ pub struct Plan {
     /// containers) and is stopped by SIGTERM to it, as `docker stop` does,
     /// instead of by the preStop hook.
     pub supervisor: bool,
+    /// A real Prometheus scrapes every replica during the run, and the
+    /// report reads its figures back with PromQL ([`prom`]).
+    pub prometheus: bool,
     /// Where the CSV, SVG and report go (none if `None`).
     pub out_dir: Option<PathBuf>,
 }
@@ -97,6 +105,7 @@ impl Default for Plan {
             grace_ms: 20_000,
             envoy_concurrency: 2,
             supervisor: false,
+            prometheus: false,
             out_dir: None,
         }
     }
@@ -311,6 +320,10 @@ pub struct ReplicaLife {
     pub drain_resets: u64,
     pub prestop_exit: Option<i32>,
     pub prestop_output: String,
+    /// Read back from Prometheus (`--prometheus`): the largest
+    /// `drainpipe_inflight` it scraped, and `drainpipe_drain_started_unix_ms`.
+    pub prom_max_inflight: Option<u64>,
+    pub prom_drain_started_unix_ms: Option<u64>,
     /// Gone (exited): no more probes or samples.
     gone: bool,
     /// The last probe passed.
@@ -376,6 +389,8 @@ pub struct Report {
     pub replicas: Vec<ReplicaLife>,
     pub samples: Vec<Sample>,
     pub files: Vec<PathBuf>,
+    /// The start of the load, unix ms (the replicas' clock).
+    pub epoch_unix_ms: u64,
 }
 
 impl Report {
@@ -422,6 +437,9 @@ impl Report {
                 ));
             }
         }
+        if self.plan.prometheus {
+            problems.extend(self.prometheus_problems());
+        }
         let drained = self
             .replicas
             .iter()
@@ -438,6 +456,74 @@ impl Report {
         } else {
             Err(problems.join("; "))
         }
+    }
+
+    /// Prometheus's figures against the harness's own: every replica
+    /// scraped, and each drain's start as Prometheus recorded it within
+    /// [`PROM_DRAIN_START_TOLERANCE_MS`] of when the harness began it.
+    fn prometheus_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for r in &self.replicas {
+            if r.prom_max_inflight.is_none() {
+                problems.push(format!(
+                    "Prometheus has no {} for {}",
+                    drainpipe::metrics::INFLIGHT,
+                    r.name
+                ));
+            }
+            let Some(drain_ms) = r.drain_ms else { continue };
+            let ours = self.epoch_unix_ms + drain_ms;
+            match r.prom_drain_started_unix_ms {
+                Some(theirs) if theirs.abs_diff(ours) <= PROM_DRAIN_START_TOLERANCE_MS => {}
+                other => problems.push(format!(
+                    "{}: Prometheus's {} is {other:?}, the harness began the drain at {ours}",
+                    r.name,
+                    drainpipe::metrics::DRAIN_STARTED_UNIX_MS
+                )),
+            }
+        }
+        problems
+    }
+
+    /// The largest in-flight count the harness's own samples read from
+    /// replica `index`.
+    fn sampled_max_inflight(&self, index: usize) -> Option<u64> {
+        self.samples
+            .iter()
+            .filter_map(|s| s.replica_inflight.get(index).copied().flatten())
+            .max()
+    }
+
+    /// What Prometheus scraped, against the harness's own figures.
+    fn prometheus_table(&self) -> String {
+        let mut s = format!(
+            "Prometheus (scraping each replica's /stats/prometheus every {} ms), read back with PromQL:\n\n\
+             | replica | max in flight: harness (every 200 ms) | max in flight: `max_over_time({})` | drain start: harness | drain start: `{}`, off by |\n\
+             |---|---:|---:|---:|---:|\n",
+            prom::SCRAPE_INTERVAL_MS,
+            drainpipe::metrics::INFLIGHT,
+            drainpipe::metrics::DRAIN_STARTED_UNIX_MS,
+        );
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+        for (i, r) in self.replicas.iter().enumerate() {
+            let ours = r.drain_ms.map(|d| self.epoch_unix_ms + d);
+            let off = ours
+                .zip(r.prom_drain_started_unix_ms)
+                .map(|(o, t)| format!("{:+} ms", t as i64 - o as i64))
+                .unwrap_or_else(|| "-".into());
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r.name,
+                opt(self.sampled_max_inflight(i)),
+                opt(r.prom_max_inflight),
+                r.drain_ms
+                    .map(|d| format!("{:.1} s", d as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                off,
+            ));
+        }
+        s.push('\n');
+        s
     }
 
     /// What the clients of kind `c` got.
@@ -544,7 +630,14 @@ impl Report {
                 r.drain_resets,
             ));
         }
-        s.push('\n');
+        s.push_str(
+            "\nfinal events: the replica's drainpipe_streams_ended; cut mid-body: its \
+             drainpipe_drain_resets, which also counts WebSocket sessions closed by their close \
+             handshake while the drain was on (the plugin sees no end of an upgraded stream)\n\n",
+        );
+        if self.plan.prometheus {
+            s.push_str(&self.prometheus_table());
+        }
         for f in &self.files {
             s.push_str(&format!("wrote {}\n", f.display()));
         }
@@ -674,6 +767,14 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     }
     let ports: Vec<u16> = lives.iter().map(|l| l.traffic_port).collect();
     front::write_endpoints(eds.path(), 1, &ports)?;
+    let prometheus = match plan.prometheus {
+        true => {
+            let p = tokio::task::spawn_blocking(prom::Prometheus::start).await??;
+            p.set_targets(&scrape_targets(&lives))?;
+            Some(p)
+        }
+        false => None,
+    };
     let front_ports = Ports::fresh(0);
     let front_cfg = front::config(front_ports.traffic, front_ports.admin, eds.path());
     let front = Envoy::start(
@@ -691,6 +792,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let ws_base = format!("ws://127.0.0.1:{}", front_ports.traffic);
     // Everything is timed from the start of the load.
     let epoch = Instant::now();
+    let epoch_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
     let world = Arc::new(World {
         epoch,
         lives: Mutex::new(lives),
@@ -784,6 +888,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
                 started_ms,
                 ..ReplicaLife::default()
             });
+            if let Some(p) = &prometheus {
+                p.set_targets(&scrape_targets(&lives))?;
+            }
             lives.len() - 1
         };
         replicas.push(replica);
@@ -823,6 +930,10 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let front_retries = Retries::parse(&stats);
     drop(front);
     drop(replicas);
+    if let Some(p) = &prometheus {
+        read_back(p, &world).await?;
+    }
+    drop(prometheus);
 
     let log = done_log.lock().unwrap().clone();
     let latency = |from: u64, to: u64| {
@@ -866,6 +977,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         replicas: world.lives.lock().unwrap().clone(),
         samples: samples.lock().unwrap().clone(),
         files: Vec::new(),
+        epoch_unix_ms,
     };
     if let Some(dir) = &plan.out_dir {
         std::fs::create_dir_all(dir)?;
@@ -877,6 +989,38 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         report.files.extend([csv, svg]);
     }
     Ok(report)
+}
+
+/// What Prometheus scrapes: every replica started so far, by name (one
+/// that has exited stays listed; its scrapes fail and its series go stale).
+fn scrape_targets(lives: &[ReplicaLife]) -> BTreeMap<String, u16> {
+    lives
+        .iter()
+        .map(|l| (l.name.clone(), l.admin_port))
+        .collect()
+}
+
+/// Reads each replica's figures back from Prometheus with PromQL, over the
+/// whole run: its largest in-flight count and its drain's start.
+async fn read_back(p: &prom::Prometheus, world: &World) -> anyhow::Result<()> {
+    let range = format!("{}s", world.now_ms() / 1000 + 60);
+    let inflight = p
+        .query(&format!(
+            "max_over_time({}[{range}])",
+            drainpipe::metrics::INFLIGHT
+        ))
+        .await?;
+    let started = p
+        .query(&format!(
+            "max_over_time({}[{range}]) > 0",
+            drainpipe::metrics::DRAIN_STARTED_UNIX_MS
+        ))
+        .await?;
+    for l in world.lives.lock().unwrap().iter_mut() {
+        l.prom_max_inflight = inflight.get(&l.name).map(|&v| v as u64);
+        l.prom_drain_started_unix_ms = started.get(&l.name).map(|&v| v as u64);
+    }
+    Ok(())
 }
 
 /// Kubernetes' endpoint controller and the mesh's propagation: probes each

@@ -6,7 +6,7 @@
 //! sessions, completions, model listings); the clients never retry. The
 //! same with each replica under `drainpipe run`, stopped by SIGTERM as
 //! containers are. And what the front does with a WebSocket upgrade a
-//! draining replica refuses.
+//! draining replica refuses. A real Prometheus scrapes the first run.
 
 use drainpipe_tests::envoy::Scratch;
 use drainpipe_tests::rollout::{self, front, Class, Plan, Report};
@@ -35,8 +35,11 @@ fn passed(report: &Report) {
 async fn rolling_update_of_three_replicas_behind_an_envoy_front_fails_no_request() {
     let _one = SERIAL.lock().await;
     let out = Scratch::new("rollout").unwrap();
+    // A real Prometheus scrapes the replicas; the verdict checks its
+    // figures, read back with PromQL, against the harness's.
     let plan = Plan {
         out_dir: Some(out.path().to_path_buf()),
+        prometheus: true,
         ..Plan::default()
     };
     let report = rollout::run(&plan).await.expect("rollout runs");
@@ -74,6 +77,12 @@ async fn rolling_update_of_three_replicas_behind_an_envoy_front_fails_no_request
             r.removed_ms.is_some(),
             "{} never left the endpoints",
             r.name
+        );
+        assert!(
+            r.prom_drain_started_unix_ms.is_some() && r.prom_max_inflight > Some(0),
+            "{}: Prometheus saw no drain or no request: {}",
+            r.name,
+            report.summary()
         );
     }
     for r in report

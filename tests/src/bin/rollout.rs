@@ -52,6 +52,10 @@ struct Args {
     /// SIGTERM (as `docker stop` does), instead of the preStop hook.
     #[arg(long)]
     supervisor: bool,
+    /// Run a real Prometheus (`prometheus` on PATH) scraping every replica,
+    /// and check its figures, read back with PromQL, against the harness's.
+    #[arg(long)]
+    prometheus: bool,
     /// Where the CSV, SVG and report go.
     #[arg(long, default_value = "target/rollout")]
     out: PathBuf,
@@ -72,6 +76,7 @@ async fn main() -> ExitCode {
         warmup_ms: args.warmup_ms,
         envoy_concurrency: args.envoy_concurrency,
         supervisor: args.supervisor,
+        prometheus: args.prometheus,
         out_dir: Some(args.out.clone()),
         ..Plan::default()
     };
