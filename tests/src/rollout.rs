@@ -4,13 +4,17 @@
 //!
 //! The topology users run: clients → front Envoy → replicas, each replica a
 //! real Envoy with the plugin in front of its own fake model server
-//! (OpenAI-compatible, with Anthropic Messages and WebSocket sessions). The front's endpoints come from an EDS file the harness
-//! rewrites as Kubernetes' endpoint controller does: it probes every
-//! replica's readiness (the plugin's health path), and a replica whose
-//! probe fails is removed, one that passes is added, after a propagation
-//! delay. The front retries what drainpipe says is safe to retry, on
-//! another replica ([`front::retry_policy`]); the clients never retry, so
-//! a failure anywhere shows at the client.
+//! (OpenAI-compatible, with Anthropic Messages and WebSocket sessions). The
+//! front's endpoints come from an EDS file the harness rewrites as
+//! Kubernetes' endpoint controller does: it probes every replica's
+//! readiness (the plugin's health path), and a replica whose probe fails is
+//! removed, one that passes is added, after a propagation delay. The front
+//! retries what drainpipe says is safe to retry, on another replica
+//! ([`front::retry_policy`]), WebSocket upgrades included; the clients do
+//! not retry (but for an upgrade refused with a 503 the front did not retry,
+//! see `session`), so a failure anywhere shows at the client. With
+//! [`Plan::prometheus`] a real Prometheus scrapes the replicas
+//! ([`prom`]).
 //!
 //! The rolling update is a Deployment's with maxSurge 1 and maxUnavailable
 //! 0: a new replica starts, and once it is ready and in the endpoints one
