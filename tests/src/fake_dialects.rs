@@ -141,7 +141,9 @@ fn event(name: &str, data: Value) -> String {
     format!("event: {name}\ndata: {data}\n\n")
 }
 
-async fn messages(headers: HeaderMap, Json(request): Json<Value>) -> Response {
+/// `POST /v1/messages`: a `message`, or the Messages event stream (also
+/// served by the fake LLM).
+pub async fn messages(headers: HeaderMap, Json(request): Json<Value>) -> Response {
     let (words, delay) = tokens(&headers);
     let usage = json!({"input_tokens": 1, "output_tokens": words.len()});
     let message = |content: Value, stop: Value| {

@@ -8,6 +8,11 @@
 //!   after that many chunks the connection is aborted mid-body, as a crashing
 //!   model server would; absent by default).
 //! - `GET /v1/models`: one model.
+//! - `POST /v1/messages`: Anthropic Messages, as [`crate::fake_dialects`]
+//!   serves it (the event stream with `event:` lines, same knobs).
+//! - `GET /v1/realtime` with `upgrade: websocket`: a WebSocket session, as
+//!   [`crate::fake_ws`] serves it (echo, `ticks <n> <ms>`, the close
+//!   handshake); without the upgrade, 400.
 //! - any method on `/echo/...`: the request as JSON (`method`, `path`,
 //!   `headers`, a repeated header's values joined with ", "), after
 //!   `x-fake-delay-ms`.
@@ -18,13 +23,16 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
 
 /// The model name the fake serves.
 pub const MODEL: &str = "drainpipe-demo-1";
@@ -68,6 +76,8 @@ pub fn router() -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/messages", post(crate::fake_dialects::messages))
+        .route("/v1/realtime", get(realtime))
         .route("/echo", any(echo))
         .route("/echo/{*rest}", any(echo))
 }
@@ -84,6 +94,37 @@ async fn models() -> Json<Value> {
     Json(
         json!({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "drainpipe"}]}),
     )
+}
+
+/// Accepts a WebSocket upgrade (RFC 6455's handshake) and runs the fake's
+/// session on the upgraded connection.
+async fn realtime(mut req: Request) -> Response {
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let (true, Some(key)) = (upgrade, key) else {
+        return (StatusCode::BAD_REQUEST, "expected a WebSocket upgrade").into_response();
+    };
+    let upgraded = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(io) = upgraded.await {
+            let io = hyper_util::rt::TokioIo::new(io);
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+            let _ = crate::fake_ws::serve(ws).await;
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        )
+        .body(Body::empty())
+        .expect("static response parts are valid")
 }
 
 async fn echo(req: Request) -> Json<Value> {
@@ -177,6 +218,26 @@ async fn chat_completions(headers: HeaderMap, body: Bytes) -> Response {
 /// A chat completion request body for [`MODEL`], streamed or not.
 pub fn chat_body(stream: bool) -> Value {
     json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream})
+}
+
+/// Reads an SSE body with event names (Anthropic's): each event's `event:`
+/// name, if it has one, and its `data:` payload, in order.
+pub fn sse_named_events(body: &str) -> Vec<(Option<&str>, &str)> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|event| {
+            let mut name = None;
+            let mut data = "";
+            for line in event.lines() {
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = Some(n);
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data = d;
+                }
+            }
+            (name, data)
+        })
+        .collect()
 }
 
 /// Reads an SSE body: the `data:` payloads in order.

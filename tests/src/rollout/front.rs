@@ -4,9 +4,12 @@
 //! replica what drainpipe says is safe to retry.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::{json, Value};
+
+use crate::Envoy;
 
 /// The cluster of replicas.
 pub const CLUSTER: &str = "replicas";
@@ -59,11 +62,16 @@ pub fn config(listen_port: u16, admin_port: u16, eds_dir: &Path) -> Value {
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "front",
+                        // WebSocket sessions pass through to the replicas.
+                        "upgrade_configs": [{"upgrade_type": "websocket"}],
                         "stream_idle_timeout": "300s",
                         "request_timeout": "0s",
                         "route_config": {"name": "front", "virtual_hosts": [{
                             "name": "llm",
                             "domains": ["*"],
+                            // `x-envoy-attempt-count` on every response: the
+                            // clients see whether the front retried a refusal.
+                            "include_attempt_count_in_response": true,
                             "routes": [{"match": {"prefix": "/"}, "route": {
                                 "cluster": CLUSTER,
                                 "timeout": "600s",
@@ -127,6 +135,29 @@ pub fn write_endpoints(eds_dir: &Path, version: u64, ports: &[u16]) -> anyhow::R
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("renaming onto {}", path.display()))?;
     Ok(path)
+}
+
+/// Waits until the front has `n` endpoints from the EDS file.
+pub async fn wait_for_endpoints(front: &Envoy, n: usize) -> anyhow::Result<()> {
+    let url = front.admin(&format!(
+        "/stats?filter=^cluster\\.{CLUSTER}\\.membership_total$"
+    ));
+    let limit = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = reqwest::get(&url).await?.text().await?;
+        let members = text
+            .lines()
+            .find_map(|l| l.split(": ").nth(1)?.trim().parse::<usize>().ok());
+        if members == Some(n) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < limit,
+            "the front Envoy did not load {n} endpoints from its EDS file ({members:?}); log tail:\n{}",
+            front.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The front's retry counters, from its admin `/stats` text.
