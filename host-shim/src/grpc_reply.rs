@@ -53,7 +53,7 @@ pub(crate) fn passed_grpc_status(raw: i32) -> Option<i32> {
 pub fn percent_encode_grpc_message(text: &[u8]) -> String {
     let mut out = String::with_capacity(text.len());
     for &b in text {
-        if b < b' ' || b >= b'~' || b == b'%' {
+        if !(b' '..b'~').contains(&b) || b == b'%' {
             out.push_str(&format!("%{b:02X}"));
         } else {
             out.push(char::from(b));
