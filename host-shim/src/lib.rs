@@ -33,6 +33,7 @@
 
 mod abi;
 mod clock;
+mod grpc_reply;
 mod headers;
 mod host;
 mod hostcalls;
@@ -51,6 +52,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 pub use abi::{Action, LogLevel, MetricKind, Status};
 pub use clock::Clock;
+pub use grpc_reply::{http_to_grpc_status, percent_encode_grpc_message};
 pub use headers::Headers;
 pub use host::{FailurePolicy, Host, HostBuilder, LoadError, PluginConfig, Wasm, ABI_MARKERS};
 pub use logs::{LogOutput, LogRecord, LogSink, LogSource};

@@ -92,6 +92,11 @@ pub(crate) struct HttpContext {
     pub(crate) request_body: Option<Vec<u8>>,
     pub(crate) response_body: Option<Vec<u8>>,
     pub(crate) local_response: Option<LocalResponse>,
+    /// Envoy's reading of the request as it came in: a gRPC request gets
+    /// its local replies as trailers-only responses ([`crate::grpc_reply`]),
+    /// without `grpc-message` for a HEAD request.
+    pub(crate) grpc_request: bool,
+    pub(crate) head_request: bool,
     /// A local response went out: later ones are dropped.
     pub(crate) local_sent: bool,
     pub(crate) request_resumed: bool,

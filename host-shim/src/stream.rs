@@ -568,6 +568,8 @@ fn feed(http: &mut HttpContext, part: Part, data: Data, end_of_stream: bool) -> 
     match (part, data) {
         (Part::RequestHeaders, Data::Headers(h)) => {
             let n = h.len() as i32;
+            http.grpc_request = crate::grpc_reply::is_grpc_request(&h);
+            http.head_request = h.get(":method") == Some("HEAD");
             http.request_headers = Some(h);
             http.set_reach(StreamMap::RequestHeaders, Reach::Open);
             Args::Two(n, eos)
@@ -638,13 +640,28 @@ fn fail_closed() -> Decision {
 /// Sends a local response the way Envoy does once the callback that asked
 /// for it returns: the response headers (`:status`, the filter's headers,
 /// `content-length` and a default `content-type` for a body) and body pass
-/// through the filter's own response callbacks, which may edit them.
-fn send_local_response(inner: &mut WorkerInner, id: u32, local: LocalResponse) -> Outcome {
+/// through the filter's own response callbacks, which may edit them. A
+/// gRPC request gets a trailers-only response instead
+/// ([`crate::grpc_reply`]): its headers end the stream.
+fn send_local_response(inner: &mut WorkerInner, id: u32, mut local: LocalResponse) -> Outcome {
     let mut headers = Headers::from_pairs([(":status", local.status.to_string())]);
     for (k, v) in local.headers.iter() {
         headers.add(k, v);
     }
-    if !local.body.is_empty() {
+    let (grpc, head) = match inner.vm.store.data().contexts.get(&id) {
+        Some(Context::Http(http)) => (http.grpc_request, http.head_request),
+        _ => (false, false),
+    };
+    if grpc {
+        crate::grpc_reply::trailers_only(
+            &mut headers,
+            local.status,
+            local.grpc_status,
+            &local.body,
+            head,
+        );
+        local.body.clear();
+    } else if !local.body.is_empty() {
         headers.replace("content-length", local.body.len().to_string());
         if !headers.contains("content-type") {
             headers.add("content-type", "text/plain");

@@ -1,5 +1,5 @@
 //! The dialects and the grace end in the shim, with a controlled clock:
-//! gRPC refusals carry their gRPC status, a WebSocket session gets its close
+//! gRPC refusals are trailers-only with their gRPC status, a WebSocket session gets its close
 //! frame at a frame boundary, and a stream still in flight at the grace end
 //! is reset by the tick.
 
@@ -54,14 +54,24 @@ fn grpc_refusals_carry_deadline_exceeded_and_unavailable() {
     };
     let mut s = w.http_stream("traffic").unwrap();
     let out = s.request_headers(grpc("100m"), true);
+    // As Envoy sends it: trailers-only, the message as grpc-message.
     let r = out.local_response().expect("refused");
-    assert_eq!(r.grpc_status, Some(4));
-    assert!(r.body_text().contains("minimum this server needs"));
+    assert_eq!((r.status, r.grpc_status), (200, Some(4)));
+    assert_eq!(r.header("content-type"), Some("application/grpc"));
+    assert_eq!(r.header("grpc-status"), Some("4"));
+    assert!(r
+        .header("grpc-message")
+        .unwrap()
+        .contains("minimum this server needs"));
+    assert_eq!(r.body_text(), "");
     start_drain(&w);
     clock.advance(Duration::from_millis(1_500));
     let mut s = w.http_stream("traffic").unwrap();
     let out = s.request_headers(grpc("20S"), true);
-    assert_eq!(out.local_response().expect("refused").grpc_status, Some(14));
+    let r = out.local_response().expect("refused");
+    assert_eq!(r.grpc_status, Some(14));
+    assert_eq!(r.header("grpc-status"), Some("14"));
+    assert!(r.header("grpc-message").unwrap().contains("draining"));
 }
 
 #[test]

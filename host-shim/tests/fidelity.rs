@@ -85,10 +85,16 @@ async fn side_by_side(name: &str) {
     );
     assert!(!envoy_logs.is_empty(), "{name}: no guest log line at all");
     println!(
-        "{name}: {} exchanges and {} guest log lines the same in the shim and Envoy:\n{}",
+        "{name}: {} exchanges and {} guest log lines the same in the shim and Envoy:\n{}\n{}",
         shim.exchanges.len(),
         envoy_logs.len(),
-        envoy_logs.join("\n")
+        envoy_logs.join("\n"),
+        envoy
+            .exchanges
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -705,6 +711,11 @@ async fn guest_lines_below_the_log_level_are_left_out_as_in_envoy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_singleton_plugin_has_one_root_context_as_in_envoy() {
     side_by_side("singleton-tick").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_reply_to_a_grpc_request_is_trailers_only_as_in_envoy() {
+    side_by_side("grpc-local-reply").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

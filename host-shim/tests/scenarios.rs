@@ -250,6 +250,16 @@ fn check(host: &str, step: &Value, observed: &Observed) {
                     .unwrap_or_else(|| panic!("{what}: reply lacks {k}: {headers:?}"));
                 assert!(v == "*" || v == got, "{what}: {k} = {got}, expected {v}");
             }
+            for k in expect["absent_headers"].as_array().into_iter().flatten() {
+                let k = k.as_str().unwrap();
+                assert!(
+                    !headers.contains_key(k),
+                    "{what}: reply has {k}, expected none: {headers:?}"
+                );
+            }
+            if let Some(text) = expect["body_text"].as_str() {
+                assert_eq!(body, text, "{what}: body");
+            }
             if !expect["body"].is_null() {
                 let got: Value = serde_json::from_str(body)
                     .unwrap_or_else(|_| panic!("{what}: body not JSON: {body}"));

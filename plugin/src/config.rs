@@ -9,6 +9,11 @@ use std::fmt;
 use crate::dialect::{Dialect, PathDialect};
 use crate::json::{self, Map, Value};
 
+/// A budget or deadline that is none: `deadline.websocket_default_timeout_ms`
+/// unset, and a WebSocket session without a deadline (see
+/// [`crate::traffic::Forward`]).
+pub const NO_DEADLINE: u64 = u64::MAX;
+
 /// Longest accepted duration setting (7 days, in milliseconds): far above any
 /// sane value, low enough that deadline arithmetic can never overflow.
 pub const MAX_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -27,6 +32,10 @@ pub enum Role {
 pub struct DeadlineConfig {
     /// Budget when the request carries no deadline.
     pub default_timeout_ms: u64,
+    /// Budget of a WebSocket session whose upgrade carries no deadline.
+    /// [`NO_DEADLINE`] (the default, the key absent): such a session has
+    /// no deadline of its own; a drain's grace end still ends it.
+    pub websocket_default_timeout_ms: u64,
     /// A client can never ask for more than this.
     pub max_timeout_ms: u64,
     /// Below this budget the request is refused early with a 504.
@@ -106,6 +115,7 @@ impl Default for Config {
             retry_after_s: 5,
             deadline: DeadlineConfig {
                 default_timeout_ms: 60_000,
+                websocket_default_timeout_ms: NO_DEADLINE,
                 max_timeout_ms: 600_000,
                 min_budget_ms: 5_000,
                 upstream_headers: UpstreamHeaders::Router,
@@ -351,6 +361,7 @@ const TOP_KEYS: &[&str] = &[
 const CONTROLLER_KEYS: &[&str] = &["cluster", "path", "poll_ms"];
 const DEADLINE_KEYS: &[&str] = &[
     "default_timeout_ms",
+    "websocket_default_timeout_ms",
     "max_timeout_ms",
     "min_budget_ms",
     "upstream_headers",
@@ -363,12 +374,17 @@ fn parse_deadline(d: &mut DeadlineConfig, value: &Value) -> Result<(), ConfigErr
             format!("expected a JSON object, got {}", kind(value)),
         )
     })?;
+    let mut websocket = None;
     for (key, value) in obj {
         let path = format!("deadline.{key}");
-        match key.as_str() {
-            "default_timeout_ms" => d.default_timeout_ms = duration(&path, value)?,
-            "max_timeout_ms" => d.max_timeout_ms = duration(&path, value)?,
-            "min_budget_ms" => d.min_budget_ms = duration(&path, value)?,
+        let ms = match key.as_str() {
+            "default_timeout_ms" => &mut d.default_timeout_ms,
+            "max_timeout_ms" => &mut d.max_timeout_ms,
+            "min_budget_ms" => &mut d.min_budget_ms,
+            "websocket_default_timeout_ms" => {
+                websocket = Some((path, value));
+                continue;
+            }
             "upstream_headers" => {
                 d.upstream_headers = match string(&path, value)? {
                     "router" => UpstreamHeaders::Router,
@@ -379,10 +395,17 @@ fn parse_deadline(d: &mut DeadlineConfig, value: &Value) -> Result<(), ConfigErr
                             format!("expected \"router\" or \"all\", got {other:?}"),
                         ))
                     }
-                }
+                };
+                continue;
             }
             _ => return Err(unknown_key(&path, DEADLINE_KEYS)),
-        }
+        };
+        *ms = duration(&path, value)?;
+    }
+    // Read last, once the bounds are known: between the minimum budget and
+    // the maximum, as the default for requests.
+    if let Some((path, value)) = websocket {
+        d.websocket_default_timeout_ms = integer(&path, value, d.min_budget_ms, d.max_timeout_ms)?;
     }
     Ok(())
 }
@@ -527,6 +550,7 @@ mod tests {
             (60_000, 600_000, 5_000)
         );
         assert_eq!(d.deadline.upstream_headers, UpstreamHeaders::Router);
+        assert_eq!(d.deadline.websocket_default_timeout_ms, NO_DEADLINE);
         assert_eq!(d.admin_token, None);
         assert_eq!(d.final_event_margin_ms, 1_000);
         assert_eq!(d.drain_controller, None);
@@ -545,7 +569,7 @@ mod tests {
     fn every_key_is_read() {
         let cfg = Config::parse(
             br#"{"role":"admin","health_path":"/ready","admit_window_ms":1000,"grace_ms":2000,
-                "retry_after_s":7,"deadline":{"default_timeout_ms":300,"max_timeout_ms":400,"min_budget_ms":100,"upstream_headers":"all"},
+                "retry_after_s":7,"deadline":{"default_timeout_ms":300,"websocket_default_timeout_ms":350,"max_timeout_ms":400,"min_budget_ms":100,"upstream_headers":"all"},
                 "admin_token":"s3cret","envoy_admin_cluster":"envoy_admin","final_event_margin_ms":50}"#,
         )
         .unwrap();
@@ -559,6 +583,7 @@ mod tests {
             cfg.deadline,
             DeadlineConfig {
                 default_timeout_ms: 300,
+                websocket_default_timeout_ms: 350,
                 max_timeout_ms: 400,
                 min_budget_ms: 100,
                 upstream_headers: UpstreamHeaders::All,
@@ -703,6 +728,21 @@ mod tests {
                 r#"{"deadline":{"min_budget_ms":70000}}"#,
                 "deadline.min_budget_ms",
                 "exceeds deadline.default_timeout_ms",
+            ),
+            (
+                r#"{"deadline":{"websocket_default_timeout_ms":700000}}"#,
+                "deadline.websocket_default_timeout_ms",
+                "expected an integer from 5000 to 600000, got 700000",
+            ),
+            (
+                r#"{"deadline":{"websocket_default_timeout_ms":4000,"max_timeout_ms":900000}}"#,
+                "deadline.websocket_default_timeout_ms",
+                "expected an integer from 5000 to 900000, got 4000",
+            ),
+            (
+                r#"{"deadline":{"websocket_default_timeout_ms":null}}"#,
+                "deadline.websocket_default_timeout_ms",
+                "expected an integer",
             ),
             (
                 r#"{"admin_token":"t"}"#,

@@ -9,7 +9,7 @@
 //! | Order | Rule | Dialect |
 //! |---|---|---|
 //! | 1 | `upgrade: websocket` | [`Dialect::WebSocket`] |
-//! | 2 | `content-type: application/grpc*` | [`Dialect::Grpc`] |
+//! | 2 | `content-type: application/grpc` or `application/grpc+*` | [`Dialect::Grpc`] |
 //! | 3 | the longest configured path prefix (`dialects`) | as configured |
 //! | 4 | an `anthropic-version` header, or a path ending `/v1/messages` | [`Dialect::Anthropic`] |
 //! | 5 | a path ending `/responses` | [`Dialect::OpenAiResponses`] |
@@ -31,7 +31,7 @@ pub enum Dialect {
     OpenAiResponses,
     /// The Anthropic Messages API.
     Anthropic,
-    /// gRPC (`application/grpc`, `+proto`, `+json`...).
+    /// gRPC (`application/grpc`, `+proto`, `+json`...; not `grpc-web`).
     Grpc,
     /// A WebSocket upgrade.
     WebSocket,
@@ -105,9 +105,11 @@ pub fn detect(overrides: &[PathDialect], headers: &dyn Headers) -> Dialect {
     {
         return Dialect::WebSocket;
     }
+    // As Envoy tells gRPC (and so answers a gRPC status trailers-only):
+    // `application/grpc` or `application/grpc+...`, not `grpc-web`.
     if headers
         .get("content-type")
-        .is_some_and(|ct| ct.starts_with(b"application/grpc"))
+        .is_some_and(|ct| ct == b"application/grpc" || ct.starts_with(b"application/grpc+"))
     {
         return Dialect::Grpc;
     }
@@ -280,6 +282,14 @@ mod tests {
             (
                 post("/claude/x", &[("upgrade", "websocket")]),
                 Dialect::WebSocket,
+            ),
+            (
+                post("/pkg.Svc/Call", &[("content-type", "application/grpc-web")]),
+                Dialect::Plain,
+            ),
+            (
+                post("/v1/messages", &[("content-type", "application/grpc;x=1")]),
+                Dialect::Anthropic,
             ),
             (post("/", &[]), Dialect::Plain),
             (post("/v1/messages/count_tokens", &[]), Dialect::Plain),

@@ -20,10 +20,17 @@ pub fn path_of(headers: &dyn Headers) -> &[u8] {
     full.split(|&b| b == b'?').next().unwrap_or_default()
 }
 
+/// The budget and deadline of a request that has none: a WebSocket session
+/// whose upgrade carries no deadline, when
+/// `deadline.websocket_default_timeout_ms` is not set.
+pub use crate::config::NO_DEADLINE;
+
 /// A request the plugin lets through, with the headers to set on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
+    /// [`NO_DEADLINE`] for none.
     pub budget_ms: u64,
+    /// [`NO_DEADLINE`] for none.
     pub deadline_unix_ms: u64,
     /// Headers to set (replacing any present) toward the upstream.
     pub set_headers: Vec<(&'static str, String)>,
@@ -88,7 +95,14 @@ pub fn decide(
         Admit::Within { grace_left_ms } => Some(grace_left_ms),
         Admit::Reject => return decision(draining()),
     };
-    let budget = asked.unwrap_or(d.default_timeout_ms).min(d.max_timeout_ms);
+    // A WebSocket session (a realtime session lasts many minutes) takes no
+    // default meant for requests: only its own or one configured for it.
+    let default = match dialect {
+        Dialect::WebSocket => d.websocket_default_timeout_ms,
+        _ => d.default_timeout_ms,
+    };
+    // Both defaults are at most `max_timeout_ms`, or none.
+    let budget = asked.map_or(default, |b| b.min(d.max_timeout_ms));
     if budget < d.min_budget_ms {
         return decision(Verdict::RejectDeadline(dialect::deadline_exceeded(
             dialect,
@@ -103,6 +117,13 @@ pub fn decide(
         Some(left) if left < d.min_budget_ms => return decision(draining()),
         Some(left) => budget.min(left),
     };
+    if budget == NO_DEADLINE {
+        return decision(Verdict::Forward(Forward {
+            budget_ms: NO_DEADLINE,
+            deadline_unix_ms: NO_DEADLINE,
+            set_headers: Vec::new(),
+        }));
+    }
 
     let deadline_unix_ms = now_unix_ms.saturating_add(budget);
     let budget_text = deadline::decimal(budget);
@@ -417,6 +438,51 @@ mod tests {
             panic!("{d:?}")
         };
         assert_eq!(r.grpc_status, Some(dialect::GRPC_UNAVAILABLE));
+    }
+
+    #[test]
+    fn websocket_sessions_take_no_default_deadline_unless_configured() {
+        let upgrade = |extra: &[(&str, &str)]| {
+            let mut h = req("GET", "/v1/realtime", &[("upgrade", "websocket")]);
+            h.extend(req("GET", "/", extra).into_iter().skip(3));
+            h
+        };
+        // No deadline, no deadline header: the session lives until it ends.
+        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &upgrade(&[]), || 0));
+        assert_eq!(f.budget_ms, NO_DEADLINE);
+        assert_eq!(f.deadline_unix_ms, NO_DEADLINE);
+        assert_eq!(f.set_headers, []);
+        // Ordinary requests keep the default.
+        let f = forward(decide(
+            &cfg(),
+            Drain::SERVING,
+            NOW,
+            &req("GET", "/", &[]),
+            || 0,
+        ));
+        assert_eq!(f.budget_ms, 60_000);
+        // A deadline the client sends applies, capped, and is refused below
+        // the minimum budget.
+        let h = upgrade(&[("x-request-timeout-ms", "900000")]);
+        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        assert_eq!(f.budget_ms, 600_000);
+        assert_eq!(set(&f, "x-envoy-upstream-rq-timeout-ms"), Some("600000"));
+        let h = upgrade(&[("x-request-timeout-ms", "100")]);
+        let d = decide(&cfg(), Drain::SERVING, NOW, &h, || 0);
+        assert!(matches!(d.verdict, Verdict::RejectDeadline(_)), "{d:?}");
+        // A configured WebSocket default applies.
+        let c = Config::parse(
+            br#"{"deadline":{"websocket_default_timeout_ms":1800000,"max_timeout_ms":3600000}}"#,
+        )
+        .unwrap();
+        let f = forward(decide(&c, Drain::SERVING, NOW, &upgrade(&[]), || 0));
+        assert_eq!(f.budget_ms, 1_800_000);
+        assert_eq!(f.deadline_unix_ms, NOW + 1_800_000);
+        // Admitted during a drain: the deadline ends inside the grace.
+        let drain = Drain::started_at(NOW - 2_000);
+        let f = forward(decide(&cfg(), drain, NOW, &upgrade(&[]), || 0));
+        assert_eq!(f.budget_ms, 28_000);
+        assert_eq!(f.deadline_unix_ms, NOW - 2_000 + 30_000);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! client (tokio-tungstenite): messages flow; a session still open near the
 //! grace end gets a close frame with code 1012 before it, and the drain
 //! then completes; an upgrade after the admit window gets the 503; sessions
-//! aborted anywhere leave nothing in flight.
+//! aborted anywhere leave nothing in flight; a session takes no request
+//! default deadline, only its own or `deadline.websocket_default_timeout_ms`.
 
 use std::time::{Duration, Instant};
 
@@ -16,9 +17,17 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Grace 3 s, admit window 300 ms, margin 500 ms.
 async fn setup() -> (FakeWs, Envoy) {
+    setup_with(json!({})).await
+}
+
+/// [`setup`] with more `deadline` settings.
+async fn setup_with(deadline: Value) -> (FakeWs, Envoy) {
     let upstream = FakeWs::start().await.expect("fake WebSocket upstream");
-    let patch = json!({"admit_window_ms": 300, "grace_ms": 3000, "retry_after_s": 1,
-                       "final_event_margin_ms": 500, "deadline": {"min_budget_ms": 1000}});
+    let mut patch = json!({"admit_window_ms": 300, "grace_ms": 3000, "retry_after_s": 1,
+                           "final_event_margin_ms": 500, "deadline": {"min_budget_ms": 1000}});
+    for (k, v) in deadline.as_object().unwrap() {
+        patch["deadline"][k] = v.clone();
+    }
     let envoy = Envoy::start_repo_with(upstream.port(), patch, EnvoyOptions::default())
         .expect("Envoy starts with the plugin");
     (upstream, envoy)
@@ -37,6 +46,32 @@ async fn connect(envoy: &Envoy) -> Ws {
         .expect("the upgrade through Envoy");
     assert_eq!(resp.status(), 101);
     ws
+}
+
+/// Connects with `x-request-timeout-ms` on the upgrade request.
+async fn connect_with_timeout(envoy: &Envoy, timeout_ms: u64) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url(envoy).into_client_request().unwrap();
+    req.headers_mut()
+        .insert("x-request-timeout-ms", timeout_ms.into());
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("the upgrade through Envoy");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Reads text messages until a close frame; returns how many came and
+/// the close code.
+async fn until_close(ws: &mut Ws) -> (u32, u16) {
+    let mut texts = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => texts += 1,
+            Ok(Some(Ok(Message::Close(Some(frame))))) => return (texts, u16::from(frame.code)),
+            other => panic!("after {texts} messages: expected a close frame, got {other:?}"),
+        }
+    }
 }
 
 async fn next_text(ws: &mut Ws) -> String {
@@ -139,6 +174,69 @@ async fn websocket_session_open_at_the_grace_end_gets_close_1012_before_it_then_
     );
     assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 0);
     assert_eq!(envoy.stat("drainpipe_streams_ended").await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_session_outlives_the_request_default_deadline_and_still_gets_1012_at_the_grace_end(
+) {
+    // A 2 s default for requests: a session must not take it (it would be
+    // closed 1.5 s in).
+    let (_up, envoy) = setup_with(json!({"default_timeout_ms": 2000})).await;
+    let mut ws = connect(&envoy).await;
+    let opened = Instant::now();
+    // 10 s of messages, 25 ms apart.
+    ws.send(Message::text("ticks 400 25")).await.unwrap();
+    let mut ticks = 0;
+    while opened.elapsed() < Duration::from_millis(3_500) {
+        let text = next_text(&mut ws).await;
+        assert_eq!(text, format!("tick {ticks}"));
+        ticks += 1;
+    }
+    assert!(ticks > 60, "{ticks} messages in 3.5 s");
+    assert_eq!(envoy.stat("drainpipe_streams_ended").await.unwrap(), 0);
+    // A drain still ends it, with 1012 before the grace end.
+    let started = start_drain(&envoy).await;
+    let (more, code) = until_close(&mut ws).await;
+    let closed_after = started.elapsed();
+    assert_eq!(code, 1012);
+    assert!(
+        closed_after < Duration::from_millis(3_000),
+        "close frame {closed_after:?} after the drain started"
+    );
+    assert!(more > 20, "{more} messages during the drain");
+    drop(ws);
+    wait_drained(&envoy, started, Duration::from_secs(10)).await;
+    assert_eq!(envoy.stat("drainpipe_streams_ended").await.unwrap(), 1);
+    assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_session_takes_its_own_deadline_or_the_configured_websocket_default() {
+    let (_up, envoy) = setup_with(json!({"websocket_default_timeout_ms": 2500})).await;
+    let mut own = connect_with_timeout(&envoy, 1500).await;
+    let mut defaulted = connect(&envoy).await;
+    let opened = Instant::now();
+    own.send(Message::text("ticks 400 25")).await.unwrap();
+    defaulted.send(Message::text("ticks 400 25")).await.unwrap();
+    // Each closed with 1012 final_event_margin_ms (500 ms) before its
+    // deadline: 1 s and 2 s in.
+    let (_, code) = until_close(&mut own).await;
+    let own_closed = opened.elapsed();
+    assert_eq!(code, 1012);
+    let (_, code) = until_close(&mut defaulted).await;
+    let defaulted_closed = opened.elapsed();
+    assert_eq!(code, 1012);
+    assert!(
+        own_closed >= Duration::from_millis(900) && own_closed < Duration::from_millis(1_500),
+        "the session asking 1.5 s closed after {own_closed:?}"
+    );
+    assert!(
+        defaulted_closed >= Duration::from_millis(1_900)
+            && defaulted_closed < Duration::from_millis(2_500),
+        "the session on the 2.5 s default closed after {defaulted_closed:?}"
+    );
+    drop((own, defaulted));
+    wait_inflight(&envoy, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -87,7 +87,7 @@ fn send_local_response(
         headers: Headers::from_raw_pairs(headers),
         body,
         details: String::from_utf8_lossy(&details).into_owned(),
-        grpc_status: (grpc_status >= 0).then_some(grpc_status),
+        grpc_status: crate::grpc_reply::passed_grpc_status(grpc_status),
     });
     Ok(())
 }

@@ -11,7 +11,7 @@ use drainpipe::admin::{self, Action};
 use drainpipe::config::{UpstreamHeaders, MAX_DURATION_MS};
 use drainpipe::deadline::{self, Incoming};
 use drainpipe::dialect;
-use drainpipe::drain::{Drain, Windows};
+use drainpipe::drain::{Admit, Drain, Windows};
 use drainpipe::headers::{self as wire_headers, Headers, Wire};
 use drainpipe::sse::{self, ChunkAction, Cutter, Limit};
 use drainpipe::traffic::{self, Verdict};
@@ -222,6 +222,11 @@ pub fn config(data: &[u8]) {
     assert!(d.max_timeout_ms > 0, "{cfg:?}");
     assert!(d.min_budget_ms <= d.default_timeout_ms, "{cfg:?}");
     assert!(d.default_timeout_ms <= d.max_timeout_ms, "{cfg:?}");
+    let ws = d.websocket_default_timeout_ms;
+    assert!(
+        ws == traffic::NO_DEADLINE || (d.min_budget_ms..=d.max_timeout_ms).contains(&ws),
+        "{cfg:?}"
+    );
     assert!(cfg.retry_after_s <= 86_400, "{cfg:?}");
     assert!(cfg.health_path.starts_with('/') && !cfg.health_path.contains('?'));
     if cfg.admin_token.is_some() || cfg.envoy_admin_cluster.is_some() {
@@ -230,7 +235,7 @@ pub fn config(data: &[u8]) {
 }
 
 /// Header names worth choosing often; anything else comes from the input.
-const NAMES: [&str; 12] = [
+const NAMES: [&str; 13] = [
     ":method",
     ":path",
     ":authority",
@@ -243,6 +248,7 @@ const NAMES: [&str; 12] = [
     deadline::ENVOY_UPSTREAM_TIMEOUT,
     "connection",
     "x-arbitrary",
+    "upgrade",
 ];
 
 /// Up to 15 headers: a name (one of [`NAMES`], or arbitrary bytes read
@@ -347,6 +353,11 @@ fn arbitrary_config(r: &mut Reader) -> Config {
         0 => UpstreamHeaders::Router,
         _ => UpstreamHeaders::All,
     };
+    let d = &mut cfg.deadline;
+    d.websocket_default_timeout_ms = match r.u8() % 2 {
+        0 => traffic::NO_DEADLINE,
+        _ => d.min_budget_ms + r.u64() % (d.max_timeout_ms - d.min_budget_ms + 1),
+    };
     cfg.validate()
         .expect("the generated configuration is valid");
     cfg
@@ -358,7 +369,10 @@ fn arbitrary_config(r: &mut Reader) -> Config {
 ///   read the in-flight count;
 /// - a forwarded budget is within `[min_budget_ms, max_timeout_ms]`, never
 ///   above what the request asked, and while draining ends inside the grace
-///   period; the headers set toward the upstream all carry it;
+///   period; the headers set toward the upstream all carry it; only a
+///   WebSocket upgrade asking for none, with no WebSocket default
+///   configured, outside a drain, is forwarded with no deadline and no
+///   header;
 /// - refusals are the 503 contract or the 504.
 pub fn traffic_decide(data: &[u8]) {
     let mut r = Reader::new(data);
@@ -412,6 +426,17 @@ pub fn traffic_decide(data: &[u8]) {
             } else {
                 assert_eq!(reply.body, format!("{{\"status\":\"{}\"}}", phase.as_str()));
             }
+        }
+        Verdict::Forward(f) if f.budget_ms == traffic::NO_DEADLINE => {
+            // Only a WebSocket session asking for no deadline, with none
+            // configured for it, outside a drain.
+            assert!(!health);
+            assert_eq!(decision.dialect, dialect::Dialect::WebSocket, "{h:?}");
+            assert_eq!(asked.budget_ms, None, "{h:?}");
+            assert_eq!(d.websocket_default_timeout_ms, traffic::NO_DEADLINE);
+            assert_eq!(drain.admit(now, cfg.windows()), Admit::Unlimited);
+            assert_eq!(f.deadline_unix_ms, traffic::NO_DEADLINE);
+            assert!(f.set_headers.is_empty(), "{f:?}");
         }
         Verdict::Forward(f) => {
             assert!(!health);

@@ -328,14 +328,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<(u32, String)> {
 
 /// Envoy's mapping of an HTTP status to a gRPC status (as gRPC's spec).
 fn http_to_grpc(status: StatusCode) -> u32 {
-    match status.as_u16() {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502 | 503 | 504 => 14,
-        _ => 2,
-    }
+    drainpipe_shim::http_to_grpc_status(u32::from(status.as_u16()))
 }
 
 /// What Envoy answers a call whose cluster it cannot reach.

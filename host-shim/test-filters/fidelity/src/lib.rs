@@ -19,11 +19,22 @@
 //!   `x-grpc-status`.
 //! - `tick`: a tick every 100 ms, logged with how many ticks this root
 //!   context has had.
+//! - `reply`: answers every request locally with [`REPLY_TEXT`] and the
+//!   header `x-extra: 1`: HTTP status `x-reply-status` (503 by default)
+//!   with no gRPC status, plus `grpc-status: <x-reply-own-grpc-status>`
+//!   when given; or, with `x-reply-grpc-status: 4`, a gRPC
+//!   `DEADLINE_EXCEEDED` (`send_grpc_response`).
 
 use std::time::Duration;
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, LogLevel};
+
+/// The body of `reply`'s local replies: plain characters, and what a
+/// `grpc-message` must percent-encode (`%`, `~`, a tab, a newline, DEL,
+/// UTF-8).
+const REPLY_TEXT: &str = "50% done ~ caf\u{e9}\tline\nend\u{7f}!";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -39,6 +50,7 @@ enum Mode {
     Call,
     Grpc,
     Tick,
+    Reply,
 }
 
 #[derive(Default)]
@@ -62,6 +74,7 @@ impl RootContext for Root {
             "call" => Mode::Call,
             "grpc" => Mode::Grpc,
             "tick" => Mode::Tick,
+            "reply" => Mode::Reply,
             other => {
                 log::error!("fidelity filter: unknown mode {other:?}");
                 return false;
@@ -175,6 +188,35 @@ impl Stream {
     }
 }
 
+impl Stream {
+    fn reply(&mut self) -> Action {
+        let header = |name: &str| self.get_http_request_header(name);
+        let status: u32 = header("x-reply-status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(503);
+        if header("x-reply-grpc-status").as_deref() == Some("4") {
+            log::info!("reply: gRPC DEADLINE_EXCEEDED");
+            let sent = hostcalls::send_grpc_response(
+                GrpcStatusCode::DeadlineExceeded,
+                Some(REPLY_TEXT),
+                vec![("x-extra", b"1")],
+            );
+            if let Err(status) = sent {
+                log::error!("reply: failed: {status:?}");
+            }
+            return Action::Pause;
+        }
+        let own = header("x-reply-own-grpc-status");
+        let mut headers = vec![("x-extra", "1")];
+        if let Some(own) = &own {
+            headers.push(("grpc-status", own));
+        }
+        log::info!("reply: HTTP {status}");
+        self.send_http_response(status, headers, Some(REPLY_TEXT.as_bytes()));
+        Action::Pause
+    }
+}
+
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _headers: usize, _eos: bool) -> Action {
         match self.mode {
@@ -223,6 +265,7 @@ impl HttpContext for Stream {
                 }
             }
             Mode::Grpc => self.grpc_call(),
+            Mode::Reply => self.reply(),
             Mode::Tick => Action::Continue,
         }
     }
@@ -268,7 +311,7 @@ impl HttpContext for Stream {
                     listing(&self.get_http_response_headers())
                 );
             }
-            Mode::Call | Mode::Grpc | Mode::Tick => {}
+            Mode::Call | Mode::Grpc | Mode::Tick | Mode::Reply => {}
         }
         Action::Continue
     }
