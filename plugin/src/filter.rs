@@ -714,6 +714,9 @@ impl Traffic {
         };
         let cut = !self.ws.closed() && self.counted && self.due(shared).is_some();
         let action = self.ws.on_chunk(cut, &chunk);
+        // A session ended by the closing handshake is whole, even if the
+        // connection is then reset rather than ended.
+        self.response.whole |= self.ws.upstream_closed();
         self.apply_chunk(shared, action, body_size, end_of_stream)
     }
 

@@ -165,12 +165,20 @@ impl Framing {
 pub struct Closer {
     framing: Framing,
     closed: bool,
+    upstream_closed: bool,
 }
 
 impl Closer {
     /// Whether the close frame has gone.
     pub fn closed(&self) -> bool {
         self.closed
+    }
+
+    /// Whether the upstream's own close frame has gone by: the session
+    /// ended with the closing handshake, whatever happens to the
+    /// connection afterwards.
+    pub fn upstream_closed(&self) -> bool {
+        self.upstream_closed
     }
 
     /// Decides for the next chunk; `cut` says whether the session must end.
@@ -183,6 +191,11 @@ impl Closer {
             return ChunkAction::Drop;
         }
         let boundaries = self.framing.feed(chunk);
+        // A frame starts at each boundary inside the chunk; opcode 8 is a
+        // close frame.
+        self.upstream_closed |= boundaries
+            .iter()
+            .any(|&at| chunk.get(at).is_some_and(|b| b & 0x0f == 8));
         if !cut {
             return ChunkAction::Forward;
         }
@@ -327,6 +340,23 @@ mod tests {
         // Due at a chunk that starts at a boundary: only the close.
         let mut c = Closer::default();
         assert_eq!(c.on_chunk(true, &a), ChunkAction::Replace(close));
+    }
+
+    #[test]
+    fn the_upstreams_close_frame_is_seen_wherever_it_starts() {
+        let text = frame(true, 1, &[b'x'; 130], None);
+        let close = frame(true, 8, &[3, 232], None);
+        let stream = [&text[..], &close[..]].concat();
+        for split in 0..stream.len() {
+            let mut c = Closer::default();
+            c.on_chunk(false, &stream[..split]);
+            c.on_chunk(false, &stream[split..]);
+            assert!(c.upstream_closed(), "split at {split}");
+        }
+        // A payload byte that looks like a close opcode is not one.
+        let mut c = Closer::default();
+        c.on_chunk(false, &frame(true, 2, &[0x88; 10], None));
+        assert!(!c.upstream_closed());
     }
 
     #[test]

@@ -636,8 +636,8 @@ impl Report {
         }
         s.push_str(
             "\nfinal events: the replica's drainpipe_streams_ended; cut mid-body: its \
-             drainpipe_drain_resets, which also counts WebSocket sessions closed by their close \
-             handshake while the drain was on (the plugin sees no end of an upgraded stream)\n\n",
+             drainpipe_drain_resets (a WebSocket session that ended by its close handshake \
+             is whole)\n\n",
         );
         if self.plan.prometheus {
             s.push_str(&self.prometheus_table());

@@ -177,6 +177,31 @@ async fn websocket_session_open_at_the_grace_end_gets_close_1012_before_it_then_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn websocket_session_closed_by_its_handshake_during_a_drain_is_not_counted_as_cut() {
+    let (_up, envoy) = setup().await;
+    let mut ws = connect(&envoy).await;
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "hello");
+    let started = start_drain(&envoy).await;
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "still here");
+    // The client starts the closing handshake; the upstream answers it.
+    ws.close(None).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) => break,
+            Ok(Some(Err(WsError::ConnectionClosed))) => break,
+            other => panic!("expected the upstream's close frame, got {other:?}"),
+        }
+    }
+    drop(ws);
+    wait_drained(&envoy, started, Duration::from_secs(10)).await;
+    assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 0);
+    assert_eq!(envoy.stat("drainpipe_streams_ended").await.unwrap(), 0);
+    assert_eq!(envoy.stat("drainpipe_drain_resets").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn websocket_session_outlives_the_request_default_deadline_and_still_gets_1012_at_the_grace_end(
 ) {
     // A 2 s default for requests: a session must not take it (it would be
