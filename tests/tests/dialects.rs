@@ -4,11 +4,11 @@
 //! during a drain each client gets its own API's refusal and, for a stream
 //! that outlives the grace period, an ending it raises as an API error.
 
-use std::process::Command;
 use std::time::Duration;
 
-use drainpipe_tests::envoy::{plugin_wasm, repo_root};
+use drainpipe_tests::envoy::plugin_wasm;
 use drainpipe_tests::fake_dialects::FakeDialects;
+use drainpipe_tests::python::run_client;
 use drainpipe_tests::{Envoy, EnvoyConfig, EnvoyOptions, Ports};
 use serde_json::{json, Value};
 
@@ -64,32 +64,10 @@ fn with_grpc_route(cfg: &mut EnvoyConfig, port: u16) {
         }));
 }
 
-/// Runs a scenario of tests/python/dialects_client.py with the project's
-/// Python (where `cargo xtask setup` installed the clients).
+/// Runs a scenario of tests/python/dialects_client.py against `target`.
 async fn client(scenario: &str, target: String) -> Value {
-    let python = repo_root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "no {}: run `cargo xtask setup` (installs the SDKs)",
-        python.display()
-    );
-    let scenario = scenario.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(repo_root().join("tests/python/dialects_client.py"))
-            .args([&scenario, &target])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "client script failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("not JSON: {stdout}"))
+    let args = vec![scenario.to_string(), target];
+    run_client("dialects_client.py", args).await.unwrap()
 }
 
 fn unix_s() -> f64 {

@@ -3,10 +3,10 @@
 //! retries by its own rules; a stream cut at the grace end raises a clear
 //! error in the SDK.
 
-use std::process::Command;
 use std::time::Duration;
 
-use drainpipe_tests::envoy::{repo_root, upstream_and_envoy};
+use drainpipe_tests::envoy::upstream_and_envoy;
+use drainpipe_tests::python::run_client;
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::{json, Value};
 
@@ -16,33 +16,10 @@ async fn setup() -> (FakeLlm, Envoy) {
     upstream_and_envoy(patch, EnvoyOptions::default()).await
 }
 
-/// Runs a scenario of tests/python/openai_client.py with the project's
-/// Python (where `cargo xtask setup` installed the SDK).
+/// Runs a scenario of tests/python/openai_client.py against Envoy.
 async fn sdk(envoy: &Envoy, scenario: &str) -> Value {
-    let python = repo_root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "no {}: run `cargo xtask setup` (installs the openai SDK)",
-        python.display()
-    );
-    let base_url = envoy.traffic("/v1");
-    let scenario = scenario.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(repo_root().join("tests/python/openai_client.py"))
-            .args([&scenario, &base_url])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "SDK script failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("not JSON: {stdout}"))
+    let args = vec![scenario.to_string(), envoy.traffic("/v1")];
+    run_client("openai_client.py", args).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
