@@ -1,7 +1,8 @@
-//! Load through Envoy while it drains, as the end-to-end tests drive it:
-//! streamed completions of the fake upstream, opened and read to their end
-//! with each chunk's arrival time, and a run of short requests on fresh
-//! connections whose outcomes are checked against the drain's windows.
+//! A drain through Envoy, as the end-to-end tests drive it: the drain API
+//! calls; streamed completions of the fake upstream, opened and read to
+//! their end with each chunk's arrival time; and a run of short requests on
+//! fresh connections whose outcomes are checked against the drain's
+//! windows.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,51 @@ use crate::Envoy;
 /// minimum budget 1 s (a patch of the traffic plugin's configuration).
 pub fn fast_drain() -> Value {
     json!({"admit_window_ms": 1000, "grace_ms": 10000, "deadline": {"min_budget_ms": 1000}})
+}
+
+/// Calls the drain API (`GET`, `POST` or `DELETE /drain`): the status code
+/// and the JSON status.
+pub async fn drain_api(envoy: &Envoy, method: reqwest::Method) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .request(method, envoy.drain_api())
+        .send()
+        .await
+        .expect("the drain listener answers");
+    let code = resp.status().as_u16();
+    (code, resp.json().await.expect("a JSON status"))
+}
+
+/// Starts a drain (`POST /drain`, answered 202); the status.
+pub async fn start_drain(envoy: &Envoy) -> Value {
+    let (code, status) = drain_api(envoy, reqwest::Method::POST).await;
+    assert_eq!(code, 202, "POST /drain: {status}");
+    status
+}
+
+/// Polls `GET /drain` every 50 ms until `done` holds for the status, and
+/// returns it; fails after `limit` with the last status.
+pub async fn wait_drain_status(
+    envoy: &Envoy,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let (_, status) = drain_api(envoy, reqwest::Method::GET).await;
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the drain status did not reach the expected value within {limit:?}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a drain status reads `drained`.
+pub fn drained(status: &Value) -> bool {
+    status["state"] == "drained"
 }
 
 /// A streamed chat completion of `tokens` tokens `every` apart from the

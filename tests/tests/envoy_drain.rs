@@ -7,7 +7,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use drainpipe::contract::assert_drain_rejection;
 use drainpipe_tests::envoy::upstream_and_envoy;
 use drainpipe_tests::fake_llm::{chat_body, sse_events};
-use drainpipe_tests::load::{assert_whole_stream, fast_drain, open_stream, read_to_end};
+use drainpipe_tests::load::{
+    assert_whole_stream, drain_api, drained, fast_drain, open_stream, read_to_end,
+    wait_drain_status,
+};
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::{json, Value};
 
@@ -19,37 +22,9 @@ async fn setup(concurrency: u32) -> (FakeLlm, Envoy) {
     upstream_and_envoy(fast_drain(), opts).await
 }
 
-async fn drain_api(envoy: &Envoy, method: reqwest::Method) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .request(method, envoy.drain_api())
-        .send()
-        .await
-        .expect("drain listener answers");
-    (
-        resp.status().as_u16(),
-        resp.json().await.expect("JSON status"),
-    )
-}
-
 async fn ready(envoy: &Envoy) -> (u16, Value) {
     let resp = reqwest::get(envoy.traffic("/healthz/ready")).await.unwrap();
     (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
-/// Polls `GET /drain` until `done` holds, failing after `limit`.
-async fn wait_status(envoy: &Envoy, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let started = Instant::now();
-    loop {
-        let (_, status) = drain_api(envoy, reqwest::Method::GET).await;
-        if done(&status) {
-            return status;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "drain status never reached the expected value: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -111,7 +86,7 @@ async fn drain_flips_readiness_then_rejects_with_the_503_contract_and_delete_res
     // Envoy adds it after the drain (`--drain-strategy immediate`).
     assert_eq!(h["connection"], "close");
 
-    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
+    let status = wait_drain_status(&envoy, Duration::from_secs(5), drained).await;
     assert_eq!(status["inflight"], 0);
     assert_eq!(status["rejected_draining"], 1);
     assert!(status["elapsed_ms"].as_u64().unwrap() >= 1_000);
@@ -162,7 +137,7 @@ async fn stream_started_before_the_drain_arrives_whole() {
         let v: Value = serde_json::from_str(event).unwrap();
         assert_eq!(v["choices"][0]["delta"]["content"], format!("token{i} "));
     }
-    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
+    let status = wait_drain_status(&envoy, Duration::from_secs(5), drained).await;
     assert_eq!(status["inflight"], 0);
 }
 
@@ -203,10 +178,10 @@ async fn inflight_is_exact_across_four_workers() {
         let body = read_to_end(resp, Instant::now()).await.whole();
         assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
     }
-    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
+    let status = wait_drain_status(&envoy, Duration::from_secs(5), drained).await;
     assert_eq!(status["inflight"], 0);
     envoy.counts_settled().await;
-    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
+    let status = wait_drain_status(&envoy, Duration::from_secs(5), drained).await;
     assert_eq!(status["admitted"], STREAMS as u64);
     assert_eq!(
         envoy.stat("drainpipe_completed").await.unwrap(),
@@ -221,7 +196,7 @@ async fn client_abort_mid_stream_releases_the_inflight_count() {
     resp.chunk().await.unwrap().expect("first token");
     assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 1);
     drop(resp);
-    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["inflight"] == 0).await;
+    let status = wait_drain_status(&envoy, Duration::from_secs(5), |s| s["inflight"] == 0).await;
     envoy.counts_settled().await;
     assert_eq!(status["state"], "serving");
     assert_eq!(envoy.stat("drainpipe_completed").await.unwrap(), 1);

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use drainpipe_tests::envoy::upstream_and_envoy;
 use drainpipe_tests::fake_llm::sse_events;
-use drainpipe_tests::load::{assert_whole_stream, read_to_end, stream_request};
+use drainpipe_tests::load::{
+    assert_whole_stream, drained, read_to_end, start_drain, stream_request, wait_drain_status,
+};
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::{json, Value};
 
@@ -42,16 +44,7 @@ async fn stream_running_at_grace_end_gets_a_final_service_draining_event() {
     let (_up, envoy) = setup().await;
     let resp = long_stream(&envoy, None).await; // 10 s of tokens
     let started = Instant::now();
-    let (code, _) = (
-        reqwest::Client::new()
-            .post(envoy.drain_api())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        (),
-    );
-    assert_eq!(code, 202);
+    start_drain(&envoy).await;
     let read = read_to_end(resp, started).await;
     let body = read.body();
     let error = last_error(&body);
@@ -83,21 +76,8 @@ async fn stream_running_at_grace_end_gets_a_final_service_draining_event() {
     );
     assert_eq!(envoy.stat("drainpipe_streams_ended").await.unwrap(), 1);
     // The stream is over: nothing in flight, the drain completes.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let status: Value = reqwest::get(envoy.drain_api())
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["state"] == "drained" {
-            assert_eq!(status["inflight"], 0);
-            break;
-        }
-        assert!(Instant::now() < deadline, "never drained: {status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = wait_drain_status(&envoy, Duration::from_secs(5), drained).await;
+    assert_eq!(status["inflight"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use drainpipe_tests::envoy::upstream_and_envoy;
+use drainpipe_tests::load::open_stream;
 use drainpipe_tests::ops::drainpipe_bin;
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::json;
@@ -112,17 +113,6 @@ fn controller_on_a_port_in_use_fails_with_one_line() {
 async fn setup() -> (FakeLlm, Envoy) {
     let patch = json!({"admit_window_ms": 500, "grace_ms": 8000});
     upstream_and_envoy(patch, EnvoyOptions::default()).await
-}
-
-async fn open_stream(envoy: &Envoy, chunks: u32) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(envoy.traffic("/v1/chat/completions"))
-        .header("x-fake-chunks", chunks.to_string())
-        .header("x-fake-chunk-delay-ms", "100")
-        .json(&json!({"model": "m", "messages": [], "stream": true}))
-        .send()
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
