@@ -215,6 +215,25 @@ impl ShortRequests {
     }
 }
 
+/// Reads `resp` whole and asserts that it is the drain rejection with
+/// `retry_after_s` (the one check, [`assert_drain_rejection`]); its headers,
+/// for more checks.
+pub async fn assert_drain_rejected(resp: reqwest::Response, retry_after_s: u64) -> HeaderMap {
+    let status = resp.status().as_u16().into();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.expect("the rejection's body");
+    assert_drain_rejection(status, &|name| header(&headers, name), &body, retry_after_s);
+    headers
+}
+
+/// A response header's value, if it is text.
+pub fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// When each answer may come to a short request sent across a drain, since
 /// the run's `t0`.
 #[derive(Debug, Clone, Copy)]
@@ -247,12 +266,7 @@ pub fn check_across_drain(shorts: &[Short], windows: DrainWindows) -> usize {
                 assert_eq!(body["object"], "chat.completion", "{short:?}");
             }
             Ok((status, headers, body)) => {
-                let header = |name: &str| {
-                    headers
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned)
-                };
+                let header = |name: &str| header(headers, name);
                 assert_drain_rejection((*status).into(), &header, body, windows.retry_after_s);
                 assert!(
                     short.sent >= windows.rejected_from,

@@ -4,12 +4,11 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use drainpipe::contract::assert_drain_rejection;
 use drainpipe_tests::envoy::upstream_and_envoy;
 use drainpipe_tests::fake_llm::{chat_body, sse_events};
 use drainpipe_tests::load::{
-    assert_whole_stream, drain_api, drained, fast_drain, open_stream, read_to_end,
-    wait_drain_status,
+    assert_drain_rejected, assert_whole_stream, drain_api, drained, fast_drain, open_stream,
+    read_to_end, wait_drain_status,
 };
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::{json, Value};
@@ -79,10 +78,7 @@ async fn drain_flips_readiness_then_rejects_with_the_503_contract_and_delete_res
         .send()
         .await
         .unwrap();
-    let status = resp.status().as_u16().into();
-    let h = resp.headers().clone();
-    let body = resp.bytes().await.unwrap();
-    assert_drain_rejection(status, &|name| header(&h, name), &body, 5);
+    let h = assert_drain_rejected(resp, 5).await;
     // Envoy adds it after the drain (`--drain-strategy immediate`).
     assert_eq!(h["connection"], "close");
 
@@ -288,12 +284,4 @@ async fn http2_connection_gets_goaway_once_the_drain_starts() {
         sender.send_request(get("/echo/after")).await.is_err(),
         "no new stream on a connection that got GOAWAY"
     );
-}
-
-/// A response header's value, if it is text.
-fn header(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }

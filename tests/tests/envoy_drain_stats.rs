@@ -26,12 +26,7 @@ async fn stat(envoy: &Envoy, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_shows_the_drain_start_its_duration_to_drained_and_the_cut_responses() {
     let (_up, envoy) = setup().await;
-    let text = reqwest::get(envoy.admin("/stats/prometheus"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = envoy.prometheus().await.unwrap();
     for (name, kind) in [
         (metrics::DRAIN_STARTED_UNIX_MS, "gauge"),
         (metrics::DRAIN_DURATION_MS, "gauge"),
