@@ -4,7 +4,8 @@
 
 use wasmtime::{Caller, Extern, Memory};
 
-use crate::abi::Status;
+use crate::abi::{self, Status};
+use crate::headers::Headers;
 use crate::state::HostState;
 
 /// Why a host function body stopped: a status for the guest, or a trap
@@ -65,6 +66,19 @@ pub(crate) fn read_str(
     len: i32,
 ) -> HostResult<String> {
     String::from_utf8(read(caller, ptr, len)?).map_err(|_| Status::BadArgument.into())
+}
+
+/// Reads a header map the guest serialized in the ABI's pairs format (a
+/// call's headers and trailers, gRPC metadata, a local reply's headers); a
+/// malformed one is a bad argument.
+pub(crate) fn read_header_map(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+) -> HostResult<Headers> {
+    let data = read(caller, ptr, len)?;
+    let pairs = abi::deserialize_pairs(&data).ok_or(Status::BadArgument)?;
+    Ok(Headers::from_raw_pairs(pairs))
 }
 
 /// Writes bytes at `ptr`.

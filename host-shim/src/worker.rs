@@ -3,6 +3,7 @@
 //! trap contained, and delivers ticks, http call responses and queue
 //! notifications.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -211,30 +212,15 @@ impl Worker {
         let roots = inner.roots_with_ticks(true);
         let mut delivered = inner.deliver_ticks(&roots);
         let now = inner.host.clock().monotonic_nanos();
-        let expired: Vec<u32> = inner
-            .vm
-            .store
-            .data()
-            .http_calls
-            .iter()
-            .filter(|(_, c)| c.deadline <= now)
-            .map(|(&t, _)| t)
-            .collect();
-        for token in expired {
+        let state = inner.vm.store.data();
+        let http = expired(&state.http_calls, now, |c| c.deadline);
+        let grpc = expired(&state.grpc_calls, now, |c| c.deadline);
+        for token in http {
             if inner.deliver_http_call(token, Some(HttpCallResponse::timed_out())) {
                 delivered += 1;
             }
         }
-        let expired: Vec<u32> = inner
-            .vm
-            .store
-            .data()
-            .grpc_calls
-            .iter()
-            .filter(|(_, c)| c.deadline <= now)
-            .map(|(&t, _)| t)
-            .collect();
-        for token in expired {
+        for token in grpc {
             if inner.deliver_grpc_call(token, GrpcCallResponse::timed_out()) {
                 delivered += 1;
             }
@@ -650,4 +636,14 @@ impl WorkerInner {
         self.vm.store.data_mut().call_response = None;
         result.is_ok()
     }
+}
+
+/// The tokens of the pending calls whose deadline (monotonic nanoseconds)
+/// is past `now`.
+fn expired<C>(calls: &BTreeMap<u32, C>, now: u64, deadline: fn(&C) -> u64) -> Vec<u32> {
+    calls
+        .iter()
+        .filter(|(_, c)| deadline(c) <= now)
+        .map(|(&token, _)| token)
+        .collect()
 }

@@ -123,20 +123,7 @@ async fn serve_proxies_through_the_plugin_and_drains_with_the_503_contract() {
         .send()
         .await
         .unwrap();
-    let status = r.status().as_u16().into();
-    let headers = r.headers().clone();
-    let body = r.bytes().await.unwrap();
-    drainpipe_tests::contract::assert_drain_rejection(
-        status,
-        &|name| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        },
-        &body,
-        5,
-    );
+    drainpipe_tests::load::assert_drain_rejected(r, 5).await;
 
     // The admitted count reaches the stats on the workers' next tick.
     tokio::time::sleep(drainpipe_tests::envoy::COUNTS_SETTLE).await;

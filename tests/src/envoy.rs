@@ -498,8 +498,6 @@ impl Envoy {
 
 #[cfg(feature = "async")]
 impl Envoy {
-    /// A plugin stat, read from Envoy's Prometheus endpoint under its
-    /// documented name (`drainpipe_inflight`, ...).
     /// Waits until the plugin's batched counters (`drainpipe_admitted`,
     /// `drainpipe_completed`, and the status's `admitted`) have reached the
     /// stats: each worker hands its counts over on its tick.
@@ -507,11 +505,18 @@ impl Envoy {
         tokio::time::sleep(COUNTS_SETTLE).await;
     }
 
-    pub async fn stat(&self, name: &str) -> anyhow::Result<u64> {
-        let text = reqwest::get(self.admin("/stats/prometheus"))
+    /// Envoy's stats in Prometheus' text format (`/stats/prometheus`).
+    pub async fn prometheus(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(self.admin("/stats/prometheus"))
             .await?
             .text()
-            .await?;
+            .await?)
+    }
+
+    /// A plugin stat, read from Envoy's Prometheus endpoint under its
+    /// documented name (`drainpipe_inflight`, ...).
+    pub async fn stat(&self, name: &str) -> anyhow::Result<u64> {
+        let text = self.prometheus().await?;
         prometheus_value(&text, name)
             .ok_or_else(|| anyhow::anyhow!("stat {name} not in Envoy's /stats/prometheus"))
     }

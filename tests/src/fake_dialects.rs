@@ -39,8 +39,10 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-/// The model name the fake serves.
-pub const MODEL: &str = "drainpipe-demo-1";
+use crate::fake_llm::knob;
+
+/// The model name the fake serves, as [`crate::fake_llm`].
+pub use crate::fake_llm::MODEL;
 
 /// A running fake upstream; stops when dropped.
 pub struct FakeDialects {
@@ -110,14 +112,6 @@ async fn count(
 ) -> Response {
     received.fetch_add(1, Ordering::SeqCst);
     next.run(req).await
-}
-
-fn knob(headers: &HeaderMap, name: &str, default: u64) -> u64 {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn tokens(headers: &HeaderMap) -> (Vec<String>, Duration) {

@@ -82,7 +82,9 @@ pub fn router() -> Router {
         .route("/echo/{*rest}", any(echo))
 }
 
-fn knob(headers: &HeaderMap, name: &str, default: u64) -> u64 {
+/// A test knob's value from a request header, `default` when absent or
+/// not a number.
+pub(crate) fn knob(headers: &HeaderMap, name: &str, default: u64) -> u64 {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())

@@ -6,8 +6,10 @@
 //! - [`process`]: child-process guards; [`procfs`]: a process's CPU time
 //!   and memory; [`http1`]: HTTP/1.1 by hand (blocking, and raw requests);
 //! - with the `async` feature (on by default): [`fake_llm`], a fake
-//!   OpenAI-compatible upstream; [`stats`], Envoy's stats; [`rollout`], the
-//!   rollout harness. [`rng`]: fixed-seed pseudo-random choices.
+//!   OpenAI-compatible upstream; [`load`], streams and short requests
+//!   through Envoy while it drains; [`python`], the Python SDK clients;
+//!   [`stats`], Envoy's stats; [`rollout`], the rollout harness. [`rng`]:
+//!   fixed-seed pseudo-random choices.
 //!
 //! Without the `async` feature nothing here needs a runtime: the task
 //! runner builds with it off.
@@ -27,6 +29,10 @@ pub mod fake_dialects;
 pub mod fake_llm;
 #[cfg(feature = "async")]
 pub mod fake_ws;
+#[cfg(feature = "async")]
+pub mod load;
+#[cfg(feature = "async")]
+pub mod python;
 #[cfg(feature = "async")]
 pub mod real_llm;
 #[cfg(feature = "async")]

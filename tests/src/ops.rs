@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::envoy::repo_root;
+use crate::paths::{repo_root, target_dir};
+use crate::procfs;
 use crate::{Envoy, EnvoyConfig, EnvoyOptions, Ports};
 
 /// The `drainpipe` binary: `DRAINPIPE_BIN`, else built (debug) into the
@@ -17,16 +18,13 @@ pub fn drainpipe_bin() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(path));
     }
     let built = BUILT.get_or_init(|| {
-        let root = repo_root();
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
+        let target = target_dir();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = std::process::Command::new(cargo)
             .args(["build", "--package", "drainpipe-ops", "--bin", "drainpipe"])
             .arg("--target-dir")
             .arg(&target)
-            .current_dir(&root)
+            .current_dir(repo_root())
             .output()
             .map_err(|e| format!("running cargo: {e}"))?;
         if !out.status.success() {
@@ -141,13 +139,8 @@ pub fn started_envoy_pid(envoy: &Envoy) -> anyhow::Result<i32> {
         .ok_or_else(|| anyhow::anyhow!("no `started Envoy` line:\n{}", envoy.log_tail(20)))
 }
 
-/// Whether process `pid` exists and is not a zombie.
+/// Whether process `pid` is running ([`procfs::alive`]), for a pid held as
+/// a `pid_t`, as `kill(2)` takes it.
 pub fn process_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // state is the field after the parenthesised command name
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
-        Err(_) => false,
-    }
+    u32::try_from(pid).is_ok_and(procfs::alive)
 }

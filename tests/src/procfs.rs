@@ -1,6 +1,6 @@
 //! A process's own accounting, from `/proc`: CPU time (user + system, all
-//! threads) and resident memory; which CPUs its threads may run on; and its
-//! children.
+//! threads) and resident memory; which CPUs its threads may run on; its
+//! children; whether it is still running.
 
 use anyhow::{bail, Context as _};
 
@@ -59,6 +59,20 @@ pub fn children(pid: u32) -> anyhow::Result<Vec<u32>> {
 /// Whether process `pid` exists (a zombie not yet reaped counts).
 pub fn exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether process `pid` is running: it exists and is neither a zombie
+/// (ended, not yet reaped) nor dead.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| parse_stat_state(&stat))
+        .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+}
+
+/// The state (field 3: `R`, `S`, `Z`...) of a `/proc/<pid>/stat` line.
+pub fn parse_stat_state(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 fn clock_ticks_per_second() -> u64 {
@@ -165,6 +179,16 @@ mod tests {
     }
 
     #[test]
+    fn state_is_field_3_even_with_spaces_in_the_name() {
+        assert_eq!(
+            parse_stat_state("4242 (envoy (main) x) Z 17 4242"),
+            Some('Z')
+        );
+        assert_eq!(parse_stat_state("1 (x)"), None);
+        assert_eq!(parse_stat_state("no parenthesis"), None);
+    }
+
+    #[test]
     fn a_spawned_child_is_listed_under_this_process() {
         let mut child = std::process::Command::new("sleep")
             .arg("5")
@@ -175,6 +199,8 @@ mod tests {
         child.wait().unwrap();
         assert!(listed.contains(&child.id()), "{listed:?}");
         assert!(!exists(child.id()));
+        assert!(!alive(child.id()));
+        assert!(alive(std::process::id()));
     }
 
     #[test]

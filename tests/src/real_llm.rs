@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
-use crate::envoy::{free_port, repo_root, Scratch};
+use crate::envoy::{free_port, Scratch};
+use crate::python::run_client;
 use crate::{Envoy, EnvoyOptions};
 
 /// What to run.
@@ -157,28 +158,17 @@ impl Drop for Server {
 
 /// Runs the client script against `base_url` with `extra` arguments.
 async fn client(plan: &Plan, base_url: &str, extra: Vec<String>) -> anyhow::Result<Value> {
-    let python = repo_root().join(".venv/bin/python");
-    anyhow::ensure!(
-        python.exists(),
-        "no {}: run `cargo xtask setup` (installs the openai SDK)",
-        python.display()
-    );
-    let mut cmd = Command::new(python);
-    cmd.arg(repo_root().join("tests/python/llm_drain_client.py"))
-        .args([base_url, &plan.model])
-        .args(["--streams", &plan.streams.to_string()])
-        .args(["--long", &plan.long.to_string()])
-        .args(["--tokens", &plan.tokens.to_string()])
-        .args(["--long-tokens", &plan.long_tokens.to_string()])
-        .args(extra);
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    anyhow::ensure!(
-        out.status.success(),
-        "the client script failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).with_context(|| format!("client output: {stdout}"))
+    let mut args = vec![base_url.to_string(), plan.model.clone()];
+    for (flag, value) in [
+        ("--streams", plan.streams),
+        ("--long", plan.long),
+        ("--tokens", plan.tokens),
+        ("--long-tokens", plan.long_tokens),
+    ] {
+        args.extend([flag.to_string(), value.to_string()]);
+    }
+    args.extend(extra);
+    run_client("llm_drain_client.py", args).await
 }
 
 /// Phase 1: the server behind Envoy and drainpipe, drained mid-stream.

@@ -5,8 +5,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use drainpipe_tests::contract::assert_drain_rejection;
 use drainpipe_tests::envoy::{plugin_wasm, EnvoyConfig};
+use drainpipe_tests::load::assert_drain_rejected;
 use drainpipe_tests::process::ChildGuard;
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
 use serde_json::{json, Value};
@@ -106,20 +106,7 @@ async fn envoy_follows_the_controller_drain_within_one_poll_interval() {
     // The traffic listener then behaves as with a local drain.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let r = reqwest::get(envoy.traffic("/v1/models")).await.unwrap();
-    let status = r.status().as_u16().into();
-    let headers = r.headers().clone();
-    let body = r.bytes().await.unwrap();
-    assert_drain_rejection(
-        status,
-        &|name| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        },
-        &body,
-        5,
-    );
+    assert_drain_rejected(r, 5).await;
     until_state(&envoy, "drained", Duration::from_secs(3)).await;
 
     let r = reqwest::Client::new().delete(&api).send().await.unwrap();

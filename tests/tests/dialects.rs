@@ -4,11 +4,13 @@
 //! during a drain each client gets its own API's refusal and, for a stream
 //! that outlives the grace period, an ending it raises as an API error.
 
-use std::process::Command;
 use std::time::Duration;
 
-use drainpipe_tests::envoy::{plugin_wasm, repo_root};
+use drainpipe_tests::envoy::plugin_wasm;
 use drainpipe_tests::fake_dialects::FakeDialects;
+use drainpipe_tests::load::{drained, start_drain, wait_drain_status};
+use drainpipe_tests::python::run_client;
+use drainpipe_tests::stats::wait_stat;
 use drainpipe_tests::{Envoy, EnvoyConfig, EnvoyOptions, Ports};
 use serde_json::{json, Value};
 
@@ -64,32 +66,10 @@ fn with_grpc_route(cfg: &mut EnvoyConfig, port: u16) {
         }));
 }
 
-/// Runs a scenario of tests/python/dialects_client.py with the project's
-/// Python (where `cargo xtask setup` installed the clients).
+/// Runs a scenario of tests/python/dialects_client.py against `target`.
 async fn client(scenario: &str, target: String) -> Value {
-    let python = repo_root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "no {}: run `cargo xtask setup` (installs the SDKs)",
-        python.display()
-    );
-    let scenario = scenario.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(repo_root().join("tests/python/dialects_client.py"))
-            .args([&scenario, &target])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "client script failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("not JSON: {stdout}"))
+    let args = vec![scenario.to_string(), target];
+    run_client("dialects_client.py", args).await.unwrap()
 }
 
 fn unix_s() -> f64 {
@@ -107,46 +87,12 @@ fn grpc_target(envoy: &Envoy) -> String {
     format!("127.0.0.1:{}", envoy.ports.traffic)
 }
 
-/// Waits until `n` requests are in flight (a client script takes a while
-/// to start).
-async fn wait_inflight(envoy: &Envoy, n: u64) {
-    let started = std::time::Instant::now();
-    while envoy.stat("drainpipe_inflight").await.unwrap_or(0) < n {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "never {n} in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn start_drain(envoy: &Envoy) {
-    let resp = reqwest::Client::new()
-        .post(envoy.drain_api())
-        .send()
+/// Waits until the client script's request is in flight (a script takes a
+/// while to start).
+async fn wait_in_flight(envoy: &Envoy) {
+    wait_stat(envoy, "drainpipe_inflight", 1, Duration::from_secs(20))
         .await
         .unwrap();
-    assert_eq!(resp.status(), 202);
-}
-
-/// Waits until the drain reads `drained`; returns how long after `from`.
-async fn wait_drained(envoy: &Envoy, from: std::time::Instant, limit: Duration) -> Duration {
-    loop {
-        let status: Value = reqwest::get(envoy.drain_api())
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["state"] == "drained" {
-            return from.elapsed();
-        }
-        assert!(
-            from.elapsed() < limit,
-            "not drained {limit:?} after the drain started: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -164,7 +110,7 @@ async fn anthropic_sdk_messages_and_short_streams_arrive_whole() {
 async fn anthropic_sdk_stream_longer_than_the_grace_raises_api_error_with_the_plugins_message() {
     let (_up, envoy) = setup().await;
     let stream = tokio::spawn(client("anthropic-long-stream", base(&envoy)));
-    wait_inflight(&envoy, 1).await;
+    wait_in_flight(&envoy).await;
     let started = unix_s();
     start_drain(&envoy).await;
     let r = stream.await.unwrap();
@@ -223,7 +169,7 @@ async fn anthropic_sdk_gets_the_early_504_as_a_timeout_error_without_retrying() 
 async fn openai_sdk_responses_stream_ended_by_the_drain_raises_api_error() {
     let (_up, envoy) = setup().await;
     let stream = tokio::spawn(client("responses-long-stream", base(&envoy)));
-    wait_inflight(&envoy, 1).await;
+    wait_in_flight(&envoy).await;
     start_drain(&envoy).await;
     let r = stream.await.unwrap();
     assert_eq!(r["ok"], false, "{r}");
@@ -277,7 +223,7 @@ async fn grpc_call_after_the_admit_window_gets_unavailable() {
 async fn grpc_stream_running_at_the_grace_end_is_reset_before_it_and_the_drain_completes() {
     let (_up, envoy) = setup().await;
     let stream = tokio::spawn(client("grpc-long-stream", grpc_target(&envoy)));
-    wait_inflight(&envoy, 1).await;
+    wait_in_flight(&envoy).await;
     let started = std::time::Instant::now();
     start_drain(&envoy).await;
     let drain_unix_s = unix_s() - started.elapsed().as_secs_f64();
@@ -294,7 +240,8 @@ async fn grpc_stream_running_at_the_grace_end_is_reset_before_it_and_the_drain_c
     assert_eq!(envoy.stat("drainpipe_ended_at_grace").await.unwrap(), 1);
     let tokens = r["tokens"].as_u64().unwrap();
     assert!(tokens > 10 && tokens < 200, "{r}");
-    let took = wait_drained(&envoy, started, Duration::from_secs(5)).await;
+    wait_drain_status(&envoy, Duration::from_secs(5), drained).await;
+    let took = started.elapsed();
     assert!(took < Duration::from_millis(3_000 + 1_500), "{took:?}");
     assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 0);
 }
@@ -317,7 +264,8 @@ async fn a_silent_stream_at_the_grace_end_is_ended_and_the_drain_completes_withi
     let body = tokio::spawn(resp.bytes());
     let started = std::time::Instant::now();
     start_drain(&envoy).await;
-    let took = wait_drained(&envoy, started, Duration::from_secs(10)).await;
+    wait_drain_status(&envoy, Duration::from_secs(10), drained).await;
+    let took = started.elapsed();
     // Grace 3 s; ended by the next tick after it (100 ms apart near the
     // grace end) and gone once Envoy deletes the stream.
     assert!(

@@ -4,16 +4,14 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use drainpipe::contract::assert_drain_rejection;
 use drainpipe_tests::envoy::upstream_and_envoy;
-use drainpipe_tests::fake_llm::sse_events;
+use drainpipe_tests::fake_llm::{chat_body, sse_events};
+use drainpipe_tests::load::{
+    assert_drain_rejected, assert_whole_stream, drain_api, drained, fast_drain, open_stream,
+    read_to_end, wait_drain_status,
+};
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::{json, Value};
-
-/// Short windows so the tests run in seconds: admit 1 s, grace 10 s.
-fn fast_drain() -> Value {
-    json!({"admit_window_ms": 1000, "grace_ms": 10000, "deadline": {"min_budget_ms": 1000}})
-}
 
 async fn setup(concurrency: u32) -> (FakeLlm, Envoy) {
     let opts = EnvoyOptions {
@@ -23,56 +21,9 @@ async fn setup(concurrency: u32) -> (FakeLlm, Envoy) {
     upstream_and_envoy(fast_drain(), opts).await
 }
 
-async fn drain_api(envoy: &Envoy, method: reqwest::Method) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .request(method, envoy.drain_api())
-        .send()
-        .await
-        .expect("drain listener answers");
-    (
-        resp.status().as_u16(),
-        resp.json().await.expect("JSON status"),
-    )
-}
-
 async fn ready(envoy: &Envoy) -> (u16, Value) {
     let resp = reqwest::get(envoy.traffic("/healthz/ready")).await.unwrap();
     (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
-fn chat(stream: bool) -> Value {
-    json!({"model": "drainpipe-demo-1", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
-}
-
-/// Opens a streamed completion of `chunks` tokens 100 ms apart on a client
-/// (and so a connection) of its own; the response has begun with 200.
-async fn open_stream(envoy: &Envoy, chunks: u32) -> reqwest::Response {
-    let resp = reqwest::Client::new()
-        .post(envoy.traffic("/v1/chat/completions"))
-        .header("x-fake-chunks", chunks.to_string())
-        .header("x-fake-chunk-delay-ms", "100")
-        .json(&chat(true))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp
-}
-
-/// Polls `GET /drain` until `done` holds, failing after `limit`.
-async fn wait_status(envoy: &Envoy, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let started = Instant::now();
-    loop {
-        let (_, status) = drain_api(envoy, reqwest::Method::GET).await;
-        if done(&status) {
-            return status;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "drain status never reached the expected value: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -123,18 +74,15 @@ async fn drain_flips_readiness_then_rejects_with_the_503_contract_and_delete_res
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let resp = client
         .post(envoy.traffic("/v1/chat/completions"))
-        .json(&chat(false))
+        .json(&chat_body(false))
         .send()
         .await
         .unwrap();
-    let status = resp.status().as_u16().into();
-    let h = resp.headers().clone();
-    let body = resp.bytes().await.unwrap();
-    assert_drain_rejection(status, &|name| header(&h, name), &body, 5);
+    let h = assert_drain_rejected(resp, 5).await;
     // Envoy adds it after the drain (`--drain-strategy immediate`).
     assert_eq!(h["connection"], "close");
 
-    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
+    let status = wait_drain_status(&envoy, Duration::from_secs(5), drained).await;
     assert_eq!(status["inflight"], 0);
     assert_eq!(status["rejected_draining"], 1);
     assert!(status["elapsed_ms"].as_u64().unwrap() >= 1_000);
@@ -149,7 +97,7 @@ async fn drain_flips_readiness_then_rejects_with_the_503_contract_and_delete_res
     assert_eq!(ready(&envoy).await, (200, json!({"status": "serving"})));
     let resp = client
         .post(envoy.traffic("/v1/chat/completions"))
-        .json(&chat(false))
+        .json(&chat_body(false))
         .send()
         .await
         .unwrap();
@@ -178,21 +126,14 @@ async fn stream_started_before_the_drain_arrives_whole() {
     let rejected = reqwest::get(envoy.traffic("/v1/models")).await.unwrap();
     assert_eq!(rejected.status(), 503);
 
-    while let Some(chunk) = resp.chunk().await.expect("stream is not reset") {
-        body.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    body.push_str(&read_to_end(resp, Instant::now()).await.whole());
+    assert_whole_stream(&body, 40);
     let events = sse_events(&body);
-    assert_eq!(
-        events.len(),
-        42,
-        "40 tokens, the stop chunk and [DONE]: {body}"
-    );
-    assert_eq!(events.last(), Some(&"[DONE]"));
     for (i, event) in events[..40].iter().enumerate() {
         let v: Value = serde_json::from_str(event).unwrap();
         assert_eq!(v["choices"][0]["delta"]["content"], format!("token{i} "));
     }
-    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
+    let status = wait_drain_status(&envoy, Duration::from_secs(5), drained).await;
     assert_eq!(status["inflight"], 0);
 }
 
@@ -229,19 +170,14 @@ async fn inflight_is_exact_across_four_workers() {
 
     let (code, _) = drain_api(&envoy, reqwest::Method::POST).await;
     assert_eq!(code, 202);
-    for mut resp in open {
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.expect("stream completes") {
-            body.extend_from_slice(&chunk);
-        }
-        assert!(String::from_utf8(body)
-            .unwrap()
-            .ends_with("data: [DONE]\n\n"));
+    for resp in open {
+        let body = read_to_end(resp, Instant::now()).await.whole();
+        assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
     }
-    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
+    let status = wait_drain_status(&envoy, Duration::from_secs(5), drained).await;
     assert_eq!(status["inflight"], 0);
     envoy.counts_settled().await;
-    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["state"] == "drained").await;
+    let status = wait_drain_status(&envoy, Duration::from_secs(5), drained).await;
     assert_eq!(status["admitted"], STREAMS as u64);
     assert_eq!(
         envoy.stat("drainpipe_completed").await.unwrap(),
@@ -256,7 +192,7 @@ async fn client_abort_mid_stream_releases_the_inflight_count() {
     resp.chunk().await.unwrap().expect("first token");
     assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 1);
     drop(resp);
-    let status = wait_status(&envoy, Duration::from_secs(5), |s| s["inflight"] == 0).await;
+    let status = wait_drain_status(&envoy, Duration::from_secs(5), |s| s["inflight"] == 0).await;
     envoy.counts_settled().await;
     assert_eq!(status["state"], "serving");
     assert_eq!(envoy.stat("drainpipe_completed").await.unwrap(), 1);
@@ -348,12 +284,4 @@ async fn http2_connection_gets_goaway_once_the_drain_starts() {
         sender.send_request(get("/echo/after")).await.is_err(),
         "no new stream on a connection that got GOAWAY"
     );
-}
-
-/// A response header's value, if it is text.
-fn header(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }

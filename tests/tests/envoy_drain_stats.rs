@@ -6,25 +6,14 @@ use std::time::{Duration, Instant};
 
 use drainpipe::metrics;
 use drainpipe_tests::envoy::upstream_and_envoy;
+use drainpipe_tests::load::{
+    drain_api, drained, fast_drain, open_stream, start_drain, wait_drain_status,
+};
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
-use serde_json::{json, Value};
 
 /// Admit 1 s, grace 10 s.
 async fn setup() -> (FakeLlm, Envoy) {
-    let patch = json!({"admit_window_ms": 1000, "grace_ms": 10000,
-                       "deadline": {"min_budget_ms": 1000}});
-    upstream_and_envoy(patch, EnvoyOptions::default()).await
-}
-
-async fn drain_api(envoy: &Envoy, method: reqwest::Method) -> Value {
-    reqwest::Client::new()
-        .request(method, envoy.drain_api())
-        .send()
-        .await
-        .expect("drain listener answers")
-        .json()
-        .await
-        .expect("JSON status")
+    upstream_and_envoy(fast_drain(), EnvoyOptions::default()).await
 }
 
 async fn stat(envoy: &Envoy, name: &str) -> u64 {
@@ -34,43 +23,10 @@ async fn stat(envoy: &Envoy, name: &str) -> u64 {
         .unwrap_or_else(|e| panic!("{e}; Envoy log:\n{}", envoy.log_tail(20)))
 }
 
-/// Polls `GET /drain` until the state is `state`.
-async fn wait_state(envoy: &Envoy, state: &str, limit: Duration) -> Value {
-    let started = Instant::now();
-    loop {
-        let status = drain_api(envoy, reqwest::Method::GET).await;
-        if status["state"] == state {
-            return status;
-        }
-        assert!(started.elapsed() < limit, "never {state}: {status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A streamed completion of `chunks` tokens 100 ms apart, on a connection
-/// of its own; the response has begun.
-async fn open_stream(envoy: &Envoy, chunks: u32) -> reqwest::Response {
-    let resp = reqwest::Client::new()
-        .post(envoy.traffic("/v1/chat/completions"))
-        .header("x-fake-chunks", chunks.to_string())
-        .header("x-fake-chunk-delay-ms", "100")
-        .json(&json!({"model": "m", "messages": [], "stream": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_shows_the_drain_start_its_duration_to_drained_and_the_cut_responses() {
     let (_up, envoy) = setup().await;
-    let text = reqwest::get(envoy.admin("/stats/prometheus"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = envoy.prometheus().await.unwrap();
     for (name, kind) in [
         (metrics::DRAIN_STARTED_UNIX_MS, "gauge"),
         (metrics::DRAIN_DURATION_MS, "gauge"),
@@ -94,14 +50,14 @@ async fn prometheus_shows_the_drain_start_its_duration_to_drained_and_the_cut_re
     whole.chunk().await.unwrap();
     cut.chunk().await.unwrap();
     let posted = Instant::now();
-    let status = drain_api(&envoy, reqwest::Method::POST).await;
+    let status = start_drain(&envoy).await;
     let started = status["drain_started_unix_ms"].as_u64().expect("draining");
     assert_eq!(stat(&envoy, metrics::DRAIN_STARTED_UNIX_MS).await, started);
     drop(cut);
     while whole.chunk().await.unwrap().is_some() {}
     let ended = posted.elapsed().as_millis() as u64;
 
-    wait_state(&envoy, "drained", Duration::from_secs(10)).await;
+    wait_drain_status(&envoy, Duration::from_secs(10), drained).await;
     let duration = stat(&envoy, metrics::DRAIN_DURATION_MS).await;
     // The last stream's end made it drained: what the client saw, give or
     // take the time a response takes to cross loopback.
@@ -121,8 +77,8 @@ async fn a_drain_with_nothing_in_flight_takes_the_admit_window_and_serving_keeps
     assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
 
-    drain_api(&envoy, reqwest::Method::POST).await;
-    wait_state(&envoy, "drained", Duration::from_secs(5)).await;
+    start_drain(&envoy).await;
+    wait_drain_status(&envoy, Duration::from_secs(5), drained).await;
     // The worker ticks record it within a second.
     let limit = Instant::now() + Duration::from_secs(3);
     while stat(&envoy, metrics::DRAIN_DURATION_MS).await == 0 && Instant::now() < limit {

@@ -5,6 +5,9 @@ use std::time::{Duration, Instant};
 
 use drainpipe_tests::envoy::upstream_and_envoy;
 use drainpipe_tests::fake_llm::sse_events;
+use drainpipe_tests::load::{
+    assert_whole_stream, drained, read_to_end, start_drain, stream_request, wait_drain_status,
+};
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::{json, Value};
 
@@ -14,37 +17,10 @@ async fn setup() -> (FakeLlm, Envoy) {
     upstream_and_envoy(patch, EnvoyOptions::default()).await
 }
 
-/// A stream read to its end: the body, when the error event arrived, when
-/// the stream ended (a reset after the final event is allowed), from `t0`.
-struct Read {
-    body: String,
-    event_at: Option<Duration>,
-    ended_at: Duration,
-}
-
-async fn read_all(mut resp: reqwest::Response, t0: Instant) -> Read {
-    let mut body = String::new();
-    let mut event_at = None;
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        let text = std::str::from_utf8(&chunk).unwrap();
-        if event_at.is_none() && text.contains("\"error\"") {
-            event_at = Some(t0.elapsed());
-        }
-        body.push_str(text);
-    }
-    Read {
-        body,
-        event_at,
-        ended_at: t0.elapsed(),
-    }
-}
-
+/// 200 tokens 50 ms apart (10 s), with a budget of `timeout_ms` if given.
 async fn long_stream(envoy: &Envoy, timeout_ms: Option<&str>) -> reqwest::Response {
-    let mut req = reqwest::Client::new()
-        .post(envoy.traffic("/v1/chat/completions"))
-        .header("x-fake-chunks", "200")
-        .header("x-fake-chunk-delay-ms", "50")
-        .json(&json!({"model": "m", "messages": [], "stream": true}));
+    let url = envoy.traffic("/v1/chat/completions");
+    let mut req = stream_request(&url, 200, Duration::from_millis(50));
     if let Some(t) = timeout_ms {
         req = req.header("x-request-timeout-ms", t);
     }
@@ -68,18 +44,9 @@ async fn stream_running_at_grace_end_gets_a_final_service_draining_event() {
     let (_up, envoy) = setup().await;
     let resp = long_stream(&envoy, None).await; // 10 s of tokens
     let started = Instant::now();
-    let (code, _) = (
-        reqwest::Client::new()
-            .post(envoy.drain_api())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        (),
-    );
-    assert_eq!(code, 202);
-    let read = read_all(resp, started).await;
-    let body = read.body;
+    start_drain(&envoy).await;
+    let read = read_to_end(resp, started).await;
+    let body = read.body();
     let error = last_error(&body);
     assert_eq!(error["error"]["code"], "service_draining", "{body}");
     assert_eq!(error["error"]["type"], "server_error");
@@ -97,7 +64,7 @@ async fn stream_running_at_grace_end_gets_a_final_service_draining_event() {
     // Grace 3 s, margin 0.5 s: the event goes out about 2.5 s after the
     // drain start, then the stream ends (Envoy closes the connection after
     // its 1 s delayed-close timeout).
-    let event_at = read.event_at.unwrap();
+    let event_at = read.arrival_of("\"error\"").unwrap();
     assert!(
         event_at >= Duration::from_millis(2_400) && event_at < Duration::from_millis(4_000),
         "event {event_at:?} after the drain start"
@@ -109,21 +76,8 @@ async fn stream_running_at_grace_end_gets_a_final_service_draining_event() {
     );
     assert_eq!(envoy.stat("drainpipe_streams_ended").await.unwrap(), 1);
     // The stream is over: nothing in flight, the drain completes.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let status: Value = reqwest::get(envoy.drain_api())
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["state"] == "drained" {
-            assert_eq!(status["inflight"], 0);
-            break;
-        }
-        assert!(Instant::now() < deadline, "never drained: {status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = wait_drain_status(&envoy, Duration::from_secs(5), drained).await;
+    assert_eq!(status["inflight"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,11 +85,12 @@ async fn stream_reaching_its_deadline_gets_a_final_deadline_event() {
     let (_up, envoy) = setup().await;
     let started = Instant::now();
     let resp = long_stream(&envoy, Some("2000")).await;
-    let read = read_all(resp, started).await;
-    let error = last_error(&read.body);
-    assert_eq!(error["error"]["code"], "deadline_exceeded", "{}", read.body);
+    let read = read_to_end(resp, started).await;
+    let body = read.body();
+    let error = last_error(&body);
+    assert_eq!(error["error"]["code"], "deadline_exceeded", "{body}");
     // Deadline 2 s, margin 0.5 s.
-    let event_at = read.event_at.unwrap();
+    let event_at = read.arrival_of("\"error\"").unwrap();
     assert!(
         event_at >= Duration::from_millis(1_400) && event_at < Duration::from_millis(2_000),
         "event at {event_at:?}"
@@ -151,16 +106,12 @@ async fn stream_reaching_its_deadline_gets_a_final_deadline_event() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stream_finishing_in_time_is_untouched() {
     let (_up, envoy) = setup().await;
-    let resp = reqwest::Client::new()
-        .post(envoy.traffic("/v1/chat/completions"))
-        .header("x-fake-chunks", "10")
-        .header("x-fake-chunk-delay-ms", "20")
-        .json(&json!({"model": "m", "messages": [], "stream": true}))
+    let url = envoy.traffic("/v1/chat/completions");
+    let resp = stream_request(&url, 10, Duration::from_millis(20))
         .send()
         .await
         .unwrap();
-    let body = read_all(resp, Instant::now()).await.body;
-    assert_eq!(sse_events(&body).len(), 12);
-    assert_eq!(sse_events(&body).last(), Some(&"[DONE]"));
+    let body = read_to_end(resp, Instant::now()).await.whole();
+    assert_whole_stream(&body, 10);
     assert_eq!(envoy.stat("drainpipe_streams_ended").await.unwrap(), 0);
 }

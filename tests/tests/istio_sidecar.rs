@@ -11,15 +11,17 @@
 //! have exited (native sidecars). The shipped manifests' timing formula is
 //! checked, and the reproduction runs it with a shorter grace period.
 
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use drainpipe::Config;
 use drainpipe_tests::envoy::{plugin_wasm, repo_root, EnvoyConfig};
 use drainpipe_tests::fake_llm::sse_events;
+use drainpipe_tests::load::{
+    assert_whole_stream, check_across_drain, open_stream, read_to_end, DrainWindows, ShortRequests,
+};
 use drainpipe_tests::ops::drainpipe_bin;
+use drainpipe_tests::process::ChildGuard;
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
 use serde_json::{json, Value};
 
@@ -186,14 +188,9 @@ const GRACE_MS: u64 = 6_000;
 struct Pod {
     _upstream: FakeLlm,
     envoy: Envoy,
-    controller: Child,
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        let _ = self.controller.kill();
-        let _ = self.controller.wait();
-    }
+    controller: ChildGuard,
+    /// The plugin's `retry_after_s`, which its drain rejection carries.
+    retry_after_s: u64,
 }
 
 /// The sidecar's Envoy as Istio would configure it, and the controller.
@@ -227,6 +224,7 @@ async fn pod(linger_s: u64) -> Pod {
     let cfg = cfg
         .localize(ports, &plugin_wasm().unwrap())
         .raw_plugin_config("drainpipe", &plugin.to_string());
+    let retry_after_s = plugin["retry_after_s"].as_u64().unwrap_or(5);
     let controller = Command::new(drainpipe_bin().unwrap())
         .args([
             "controller",
@@ -236,6 +234,7 @@ async fn pod(linger_s: u64) -> Pod {
         .args(["--linger", &format!("{linger_s}s")])
         .stdout(Stdio::null())
         .spawn()
+        .map(ChildGuard::new)
         .expect("drainpipe controller starts");
     // Istio starts Envoy with its drainDuration (45 s) as --drain-time-s.
     let opts = EnvoyOptions {
@@ -247,6 +246,7 @@ async fn pod(linger_s: u64) -> Pod {
         _upstream: upstream,
         envoy,
         controller,
+        retry_after_s,
     };
     // Serving, the controller reached.
     let started = Instant::now();
@@ -263,35 +263,6 @@ async fn pod(linger_s: u64) -> Pod {
     pod
 }
 
-fn chat(stream: bool) -> Value {
-    json!({"model": "drainpipe-demo-1", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
-}
-
-async fn open_stream(envoy: &Envoy, chunks: u32) -> reqwest::Response {
-    let resp = reqwest::Client::new()
-        .post(envoy.traffic("/v1/chat/completions"))
-        .header("x-fake-chunks", chunks.to_string())
-        .header("x-fake-chunk-delay-ms", "100")
-        .json(&chat(true))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp
-}
-
-/// A stream read to its end: the body, and whether it ended cleanly.
-async fn read_all(mut resp: reqwest::Response) -> (String, bool) {
-    let mut body = String::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(c)) => body.push_str(&String::from_utf8_lossy(&c)),
-            Ok(None) => return (body, true),
-            Err(_) => return (body, false),
-        }
-    }
-}
-
 /// The Istio agent's shutdown on SIGTERM: drain the inbound listeners
 /// gracefully, wait terminationDrainDuration, then kill Envoy.
 async fn agent_shutdown(envoy: &Envoy, termination_drain: Duration) {
@@ -306,19 +277,6 @@ async fn agent_shutdown(envoy: &Envoy, termination_drain: Duration) {
     unsafe {
         libc::kill(envoy.pid() as libc::pid_t, libc::SIGKILL);
     }
-}
-
-fn sigterm(child: &Child) {
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-}
-
-#[derive(Debug)]
-struct Short {
-    sent: Duration,
-    outcome: Result<(u16, Value, Option<String>), String>,
 }
 
 /// Runs the pod's shutdown under load; `native` chooses the order.
@@ -358,46 +316,15 @@ async fn shutdown_under_load(native: bool) {
             (out, t0.elapsed())
         })
     };
-    sigterm(&pod.controller);
+    pod.controller.signal(libc::SIGTERM);
 
     // Short requests every 100 ms, each on a fresh connection.
-    let stop = Arc::new(AtomicBool::new(false));
-    let shorts = {
-        let (stop, url) = (stop.clone(), pod.envoy.traffic("/v1/chat/completions"));
-        tokio::spawn(async move {
-            let mut out = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let sent = t0.elapsed();
-                let outcome = match reqwest::Client::new()
-                    .post(&url)
-                    .json(&chat(false))
-                    .send()
-                    .await
-                {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let retry = r
-                            .headers()
-                            .get("x-should-retry")
-                            .map(|v| v.to_str().unwrap().to_string());
-                        r.json::<Value>()
-                            .await
-                            .map(|b| (status, b, retry))
-                            .map_err(|e| format!("{status}: {e}"))
-                    }
-                    Err(e) => Err(format!("{e:?}")),
-                };
-                out.push(Short { sent, outcome });
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            out
-        })
-    };
+    let shorts = ShortRequests::start(pod.envoy.traffic("/v1/chat/completions"), t0);
     let readers: Vec<_> = whole
         .into_iter()
-        .map(|(n, r)| tokio::spawn(async move { (n, read_all(r).await) }))
+        .map(|(n, r)| tokio::spawn(async move { (n, read_to_end(r, t0).await) }))
         .collect();
-    let long_reader = tokio::spawn(read_all(long));
+    let long_reader = tokio::spawn(read_to_end(long, t0));
 
     // The sidecar's SIGTERM: at once (classic), or once the app containers
     // (the LLM server after its preStop, the controller after its linger)
@@ -406,7 +333,7 @@ async fn shutdown_under_load(native: bool) {
         let (out, done) = waiter.await.unwrap();
         let linger_end = Duration::from_secs(timing.drain_timeout_s);
         tokio::time::sleep(linger_end.saturating_sub(t0.elapsed())).await;
-        let _ = pod.controller.wait();
+        let _ = pod.controller.wait_exit(Duration::from_secs(10));
         agent_shutdown(&pod.envoy, Duration::from_secs(timing.termination_drain_s)).await;
         (out, done)
     } else {
@@ -414,19 +341,16 @@ async fn shutdown_under_load(native: bool) {
         waiter.await.unwrap()
     };
     let killed_at = t0.elapsed();
-    stop.store(true, Ordering::Relaxed);
+    let shorts = shorts.stop().await;
     let _ = tokio::task::block_in_place(|| pod.envoy.wait_exit(Duration::from_secs(5)));
 
     // Every stream shorter than the grace period arrived whole.
     for reader in readers {
-        let (chunks, (body, clean)) = reader.await.unwrap();
-        assert!(clean, "stream cut: {body}");
-        let events = sse_events(&body);
-        assert_eq!(events.len(), chunks as usize + 2, "{body}");
-        assert_eq!(events.last(), Some(&"[DONE]"));
+        let (chunks, read) = reader.await.unwrap();
+        assert_whole_stream(&read.whole(), chunks);
     }
     // The long one ended with the final event, not a silent cut.
-    let (body, _) = long_reader.await.unwrap();
+    let body = long_reader.await.unwrap().body();
     let events = sse_events(&body);
     assert!(!events.contains(&"[DONE]"), "{body}");
     let last: Value = serde_json::from_str(events.last().unwrap()).expect("the last event is JSON");
@@ -434,30 +358,13 @@ async fn shutdown_under_load(native: bool) {
 
     // New requests: admitted in the admit window (plus a poll interval),
     // then the 503 contract; nothing failed while Envoy ran.
-    let shorts = shorts.await.unwrap();
-    let mut contract = 0;
-    for s in &shorts {
-        match &s.outcome {
-            Ok((200, body, _)) => {
-                assert!(
-                    s.sent < Duration::from_millis(1_600),
-                    "admitted late: {s:?}"
-                );
-                assert_eq!(body["object"], "chat.completion");
-            }
-            Ok((503, body, retry)) => {
-                assert!(s.sent >= Duration::from_millis(900), "{s:?}");
-                assert_eq!(body["error"]["code"], "service_draining");
-                assert_eq!(retry.as_deref(), Some("true"));
-                contract += 1;
-            }
-            Ok(_) => panic!("unexpected answer: {s:?}"),
-            Err(e) => assert!(
-                s.sent + Duration::from_millis(500) >= killed_at,
-                "a request failed while the sidecar ran: {e} ({s:?}, killed at {killed_at:?})"
-            ),
-        }
-    }
+    let windows = DrainWindows {
+        admitted_before: Duration::from_millis(1_600),
+        rejected_from: Duration::from_millis(900),
+        failing_from: killed_at.saturating_sub(Duration::from_millis(500)),
+        retry_after_s: pod.retry_after_s,
+    };
+    let contract = check_across_drain(&shorts, windows);
     assert!(
         contract >= 10,
         "the 503 contract after the admit window: {}",

@@ -197,12 +197,7 @@ fn every_dashboard_query_is_valid_promql() {
 async fn dashboard_and_rules_read_only_stats_envoy_exports_for_the_plugin() {
     let (_up, envoy) =
         upstream_and_envoy(Value::Object(Default::default()), EnvoyOptions::default()).await;
-    let text = reqwest::get(envoy.admin("/stats/prometheus"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = envoy.prometheus().await.unwrap();
     let exported: BTreeSet<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

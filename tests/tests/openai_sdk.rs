@@ -3,10 +3,12 @@
 //! retries by its own rules; a stream cut at the grace end raises a clear
 //! error in the SDK.
 
-use std::process::Command;
 use std::time::Duration;
 
-use drainpipe_tests::envoy::{repo_root, upstream_and_envoy};
+use drainpipe_tests::envoy::upstream_and_envoy;
+use drainpipe_tests::load::start_drain;
+use drainpipe_tests::python::run_client;
+use drainpipe_tests::stats::wait_stat;
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::{json, Value};
 
@@ -16,33 +18,10 @@ async fn setup() -> (FakeLlm, Envoy) {
     upstream_and_envoy(patch, EnvoyOptions::default()).await
 }
 
-/// Runs a scenario of tests/python/openai_client.py with the project's
-/// Python (where `cargo xtask setup` installed the SDK).
+/// Runs a scenario of tests/python/openai_client.py against Envoy.
 async fn sdk(envoy: &Envoy, scenario: &str) -> Value {
-    let python = repo_root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "no {}: run `cargo xtask setup` (installs the openai SDK)",
-        python.display()
-    );
-    let base_url = envoy.traffic("/v1");
-    let scenario = scenario.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(repo_root().join("tests/python/openai_client.py"))
-            .args([&scenario, &base_url])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "SDK script failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("not JSON: {stdout}"))
+    let args = vec![scenario.to_string(), envoy.traffic("/v1")];
+    run_client("openai_client.py", args).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -61,12 +40,7 @@ async fn sdk_plain_and_streamed_completions_pass_through() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sdk_retries_the_drain_503_after_retry_after_then_raises_it() {
     let (_up, envoy) = setup().await;
-    let resp = reqwest::Client::new()
-        .post(envoy.drain_api())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    start_drain(&envoy).await;
     tokio::time::sleep(Duration::from_millis(400)).await; // past the admit window
     let r = sdk(&envoy, "plain").await;
     assert_eq!(r["ok"], false, "{r}");
@@ -83,25 +57,13 @@ async fn sdk_retries_the_drain_503_after_retry_after_then_raises_it() {
 async fn sdk_raises_a_clear_error_when_a_stream_is_ended_at_the_grace_end() {
     let (_up, envoy) = setup().await;
     // Start the drain once the SDK's stream is in flight.
-    let drain = envoy.drain_api();
-    let stats = envoy.admin("/stats/prometheus");
-    let starter = tokio::spawn(async move {
-        for _ in 0..200 {
-            let text = reqwest::get(&stats).await.unwrap().text().await.unwrap();
-            if drainpipe_tests::envoy::prometheus_value(&text, "drainpipe_inflight") == Some(1) {
-                return reqwest::Client::new()
-                    .post(&drain)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the SDK's stream never started");
-    });
-    let r = sdk(&envoy, "long-stream").await;
-    assert_eq!(starter.await.unwrap(), 202);
+    let args = vec!["long-stream".to_string(), envoy.traffic("/v1")];
+    let stream = tokio::spawn(run_client("openai_client.py", args));
+    wait_stat(&envoy, "drainpipe_inflight", 1, Duration::from_secs(10))
+        .await
+        .expect("the SDK's stream starts");
+    start_drain(&envoy).await;
+    let r = stream.await.unwrap().unwrap();
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["error"], "APIError", "{r}");
     assert_eq!(r["body"]["code"], "service_draining", "{r}");

@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use drainpipe_tests::envoy::upstream_and_envoy;
+use drainpipe_tests::load::open_stream;
 use drainpipe_tests::ops::drainpipe_bin;
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::json;
@@ -114,17 +115,6 @@ async fn setup() -> (FakeLlm, Envoy) {
     upstream_and_envoy(patch, EnvoyOptions::default()).await
 }
 
-async fn open_stream(envoy: &Envoy, chunks: u32) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(envoy.traffic("/v1/chat/completions"))
-        .header("x-fake-chunks", chunks.to_string())
-        .header("x-fake-chunk-delay-ms", "100")
-        .json(&json!({"model": "m", "messages": [], "stream": true}))
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn drain_wait_returns_0_as_soon_as_drained_with_prestop_progress() {
     let (_up, envoy) = setup().await;
@@ -179,6 +169,22 @@ async fn drain_wait_times_out_with_1() {
     );
 }
 
+/// `drainpipe drain --wait --no-start` against `url`, as the LLM server's
+/// preStop runs it, in the background.
+fn llm_server_prestop(url: String) -> tokio::task::JoinHandle<Output> {
+    tokio::task::spawn_blocking(move || {
+        drainpipe(&[
+            "drain",
+            "--wait",
+            "--no-start",
+            "--timeout",
+            "20s",
+            "--drain-url",
+            &url,
+        ])
+    })
+}
+
 /// The LLM server's preStop: it does not start the drain, it waits for the
 /// one Envoy's preStop starts, and returns when drained, or when Envoy has
 /// stopped after draining.
@@ -186,20 +192,7 @@ async fn drain_wait_times_out_with_1() {
 async fn drain_wait_no_start_waits_for_the_drain_someone_else_starts() {
     let (_up, mut envoy) = setup().await;
     let url = envoy.drain_api();
-    let waiter = {
-        let url = url.clone();
-        tokio::task::spawn_blocking(move || {
-            drainpipe(&[
-                "drain",
-                "--wait",
-                "--no-start",
-                "--timeout",
-                "20s",
-                "--drain-url",
-                &url,
-            ])
-        })
-    };
+    let waiter = llm_server_prestop(url.clone());
     // Serving for a while: the waiter waits and starts nothing.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let r = reqwest::get(envoy.traffic("/healthz/ready")).await.unwrap();
@@ -220,17 +213,7 @@ async fn drain_wait_no_start_waits_for_the_drain_someone_else_starts() {
     reqwest::Client::new().delete(&url).send().await.unwrap();
     let _long = open_stream(&envoy, 100).await;
     reqwest::Client::new().post(&url).send().await.unwrap();
-    let waiter = tokio::task::spawn_blocking(move || {
-        drainpipe(&[
-            "drain",
-            "--wait",
-            "--no-start",
-            "--timeout",
-            "20s",
-            "--drain-url",
-            &url,
-        ])
-    });
+    let waiter = llm_server_prestop(url);
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     reqwest::Client::new()
         .post(envoy.admin("/quitquitquit"))

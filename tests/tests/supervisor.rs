@@ -3,20 +3,15 @@
 //! stops Envoy as soon as it is drained; the timeout, a second signal,
 //! signals passed on, and orphans reaped as PID 1.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drainpipe_tests::envoy::{plugin_wasm, EnvoyConfig};
-use drainpipe_tests::fake_llm::sse_events;
-use drainpipe_tests::ops::{drainpipe_bin, process_alive, Supervised};
-use drainpipe_tests::{FakeLlm, Ports};
-use serde_json::{json, Value};
-
-/// Short windows so the tests run in seconds: admit 1 s, grace 10 s.
-fn fast_drain() -> Value {
-    json!({"admit_window_ms": 1000, "grace_ms": 10000, "deadline": {"min_budget_ms": 1000}})
-}
+use drainpipe_tests::load::{
+    assert_whole_stream, check_across_drain, fast_drain, open_stream, read_to_end, DrainWindows,
+    ShortRequests,
+};
+use drainpipe_tests::ops::{drainpipe_bin, Supervised};
+use drainpipe_tests::{procfs, FakeLlm, Ports};
 
 async fn supervised(args: &[&str]) -> (FakeLlm, Supervised) {
     let upstream = FakeLlm::start().await.expect("fake upstream");
@@ -29,45 +24,6 @@ async fn supervised(args: &[&str]) -> (FakeLlm, Supervised) {
     (upstream, sup)
 }
 
-fn chat(stream: bool) -> Value {
-    json!({"model": "drainpipe-demo-1", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
-}
-
-/// A streamed completion of `chunks` tokens 100 ms apart, on a connection of
-/// its own; the response has begun with 200.
-async fn open_stream(sup: &Supervised, chunks: u32) -> reqwest::Response {
-    let resp = reqwest::Client::new()
-        .post(sup.envoy.traffic("/v1/chat/completions"))
-        .header("x-fake-chunks", chunks.to_string())
-        .header("x-fake-chunk-delay-ms", "100")
-        .json(&chat(true))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp
-}
-
-/// Reads a stream to its end: the body, or the error that cut it.
-async fn read_to_end(mut resp: reqwest::Response) -> Result<String, String> {
-    let mut body = String::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => body.push_str(&String::from_utf8_lossy(&chunk)),
-            Ok(None) => return Ok(body),
-            Err(e) => return Err(format!("{e:?} after {body:?}")),
-        }
-    }
-}
-
-/// One short request's outcome: when it was sent (since SIGTERM), and its
-/// status with the headers and body that make up the drain contract.
-#[derive(Debug)]
-struct Short {
-    sent: Duration,
-    outcome: Result<(u16, reqwest::header::HeaderMap, Value), String>,
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_load_keeps_every_stream_whole_and_exits_0_once_drained() {
     let (_up, mut sup) = supervised(&["--timeout", "20s"]).await;
@@ -75,40 +31,13 @@ async fn sigterm_under_load_keeps_every_stream_whole_and_exits_0_once_drained() 
     let mut streams = Vec::new();
     for i in 0..6u32 {
         let chunks = 25 + 4 * i;
-        streams.push((chunks, open_stream(&sup, chunks).await));
+        streams.push((chunks, open_stream(&sup.envoy, chunks).await));
     }
     let t0 = Instant::now();
     sup.signal(libc::SIGTERM);
 
     // A run of short requests, each on a fresh connection, every 100 ms.
-    let stop = Arc::new(AtomicBool::new(false));
-    let shorts = {
-        let (stop, url) = (stop.clone(), sup.envoy.traffic("/v1/chat/completions"));
-        tokio::spawn(async move {
-            let mut out = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let sent = t0.elapsed();
-                let outcome = match reqwest::Client::new()
-                    .post(&url)
-                    .json(&chat(false))
-                    .send()
-                    .await
-                {
-                    Ok(r) => {
-                        let (status, headers) = (r.status().as_u16(), r.headers().clone());
-                        match r.json::<Value>().await {
-                            Ok(body) => Ok((status, headers, body)),
-                            Err(e) => Err(format!("{status}: body {e}")),
-                        }
-                    }
-                    Err(e) => Err(format!("{e:?}")),
-                };
-                out.push(Short { sent, outcome });
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            out
-        })
-    };
+    let shorts = ShortRequests::start(sup.envoy.traffic("/v1/chat/completions"), t0);
     // Readiness fails at once.
     let mut ready_503 = None;
     while t0.elapsed() < Duration::from_secs(2) {
@@ -126,21 +55,15 @@ async fn sigterm_under_load_keeps_every_stream_whole_and_exits_0_once_drained() 
     // Every stream arrives whole.
     let readers: Vec<_> = streams
         .into_iter()
-        .map(|(chunks, resp)| {
-            tokio::spawn(async move { (chunks, read_to_end(resp).await, t0.elapsed()) })
-        })
+        .map(|(chunks, resp)| tokio::spawn(async move { (chunks, read_to_end(resp, t0).await) }))
         .collect();
     let mut last_end = Duration::ZERO;
     for reader in readers {
-        let (chunks, body, ended) = reader.await.unwrap();
-        let body = body.expect("stream not cut");
-        let events = sse_events(&body);
-        assert_eq!(events.len(), chunks as usize + 2, "{body}");
-        assert_eq!(events.last(), Some(&"[DONE]"));
-        last_end = last_end.max(ended);
+        let (chunks, read) = reader.await.unwrap();
+        assert_whole_stream(&read.whole(), chunks);
+        last_end = last_end.max(read.ended_at);
     }
-    stop.store(true, Ordering::Relaxed);
-    let shorts = shorts.await.unwrap();
+    let shorts = shorts.stop().await;
 
     // Exit 0 soon after the last stream ended, not at the timeout.
     let status = tokio::task::block_in_place(|| sup.envoy.wait_exit(Duration::from_secs(15)))
@@ -156,30 +79,13 @@ async fn sigterm_under_load_keeps_every_stream_whole_and_exits_0_once_drained() 
 
     // Short requests: whole answers in the admit window, then the 503
     // contract; nothing failed while a stream was still running.
-    let mut contract = 0;
-    for short in &shorts {
-        match &short.outcome {
-            Ok((200, _, body)) => {
-                assert!(
-                    short.sent < Duration::from_millis(1_500),
-                    "admitted after the admit window: {short:?}"
-                );
-                assert_eq!(body["object"], "chat.completion");
-            }
-            Ok((503, headers, body)) => {
-                assert!(short.sent >= Duration::from_millis(900), "{short:?}");
-                assert_eq!(headers["retry-after"], "5");
-                assert_eq!(headers["x-should-retry"], "true");
-                assert_eq!(body["error"]["code"], "service_draining");
-                contract += 1;
-            }
-            Ok(_) => panic!("unexpected answer: {short:?}"),
-            Err(e) => assert!(
-                short.sent >= last_end,
-                "a short request failed while streams ran: {e}"
-            ),
-        }
-    }
+    let windows = DrainWindows {
+        admitted_before: Duration::from_millis(1_500),
+        rejected_from: Duration::from_millis(900),
+        failing_from: last_end,
+        retry_after_s: 5,
+    };
+    let contract = check_across_drain(&shorts, windows);
     assert!(
         contract >= 5,
         "the 503 contract after the admit window: {shorts:?}"
@@ -207,8 +113,8 @@ async fn sigterm_under_load_keeps_every_stream_whole_and_exits_0_once_drained() 
 async fn a_stream_longer_than_the_timeout_has_envoy_stopped_at_the_timeout_and_exits_1() {
     let (_up, mut sup) = supervised(&["--timeout", "2s"]).await;
     // 10 s of tokens, admitted before the drain.
-    let resp = open_stream(&sup, 100).await;
-    let reader = tokio::spawn(read_to_end(resp));
+    let resp = open_stream(&sup.envoy, 100).await;
+    let reader = tokio::spawn(read_to_end(resp, Instant::now()));
     let t0 = Instant::now();
     sup.signal(libc::SIGTERM);
     let status = tokio::task::block_in_place(|| sup.envoy.wait_exit(Duration::from_secs(10)))
@@ -238,8 +144,8 @@ async fn a_stream_longer_than_the_timeout_has_envoy_stopped_at_the_timeout_and_e
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_sigterm_stops_envoy_at_once_and_exits_3() {
     let (_up, mut sup) = supervised(&["--timeout", "20s"]).await;
-    let resp = open_stream(&sup, 100).await;
-    let reader = tokio::spawn(read_to_end(resp));
+    let resp = open_stream(&sup.envoy, 100).await;
+    let reader = tokio::spawn(read_to_end(resp, Instant::now()));
     sup.signal(libc::SIGTERM);
     sup.wait_line("drain started", Duration::from_secs(5))
         .unwrap();
@@ -359,23 +265,24 @@ fn as_pid_1_the_supervisor_reaps_orphans() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let supervisor = children_of(child.id() as i32)
+    let supervisor = procfs::children(child.id())
+        .unwrap()
         .into_iter()
         .next()
         .expect("the supervisor runs under unshare");
     let started = Instant::now();
     let mut saw_orphans = false;
     while started.elapsed() < Duration::from_millis(2_000) {
-        let kids = children_of(supervisor);
+        let kids = procfs::children(supervisor).unwrap();
         // The shell, and while they run, the adopted sleeps.
         saw_orphans |= kids.len() > 1;
         std::thread::sleep(Duration::from_millis(50));
     }
-    let kids = children_of(supervisor);
-    let zombies: Vec<i32> = kids
+    let kids = procfs::children(supervisor).unwrap();
+    let zombies: Vec<u32> = kids
         .iter()
         .copied()
-        .filter(|&p| !process_alive(p))
+        .filter(|&p| !procfs::alive(p))
         .collect();
     let _ = child.kill();
     let _ = child.wait();
@@ -392,22 +299,4 @@ fn unshare_works() -> bool {
         .args(["--pid", "--fork", "true"])
         .output()
         .is_ok_and(|o| o.status.success())
-}
-
-/// The pids whose parent is `pid` (from /proc).
-fn children_of(pid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let (_, rest) = s.rsplit_once(") ")?;
-                    rest.split(' ').nth(1)?.parse::<i32>().ok()
-                })
-                == Some(pid)
-        })
-        .collect()
 }

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use drainpipe_tests::envoy::COUNTS_SETTLE;
 use drainpipe_tests::fake_ws::FakeWs;
+use drainpipe_tests::load::{drain_api, drained, start_drain, wait_drain_status};
+use drainpipe_tests::stats::wait_stat;
 use drainpipe_tests::{Envoy, EnvoyOptions};
 use futures::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -81,46 +83,17 @@ async fn next_text(ws: &mut Ws) -> String {
     }
 }
 
-async fn start_drain(envoy: &Envoy) -> Instant {
-    let resp = reqwest::Client::new()
-        .post(envoy.drain_api())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+/// Starts a drain; when it was started.
+async fn drain_started(envoy: &Envoy) -> Instant {
+    start_drain(envoy).await;
     Instant::now()
 }
 
-async fn status(envoy: &Envoy) -> Value {
-    reqwest::get(envoy.drain_api())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn wait_drained(envoy: &Envoy, from: Instant, limit: Duration) -> Duration {
-    loop {
-        let s = status(envoy).await;
-        if s["state"] == "drained" {
-            return from.elapsed();
-        }
-        assert!(from.elapsed() < limit, "not drained after {limit:?}: {s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
+/// Waits until `n` sessions are in flight.
 async fn wait_inflight(envoy: &Envoy, n: u64) {
-    let started = Instant::now();
-    while envoy.stat("drainpipe_inflight").await.unwrap_or(u64::MAX) != n {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "in flight never {n}: {}",
-            envoy.stat("drainpipe_inflight").await.unwrap_or(u64::MAX)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_stat(envoy, "drainpipe_inflight", n, Duration::from_secs(10))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -147,7 +120,7 @@ async fn websocket_session_open_at_the_grace_end_gets_close_1012_before_it_then_
     // 20 s of messages, 50 ms apart: far longer than the grace period.
     ws.send(Message::text("ticks 400 50")).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "tick 0");
-    let started = start_drain(&envoy).await;
+    let started = drain_started(&envoy).await;
     let mut ticks = 1;
     let close = loop {
         match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
@@ -167,7 +140,8 @@ async fn websocket_session_open_at_the_grace_end_gets_close_1012_before_it_then_
     );
     assert!(ticks > 20, "{ticks} messages before the close");
     drop(ws);
-    let took = wait_drained(&envoy, started, Duration::from_secs(10)).await;
+    wait_drain_status(&envoy, Duration::from_secs(10), drained).await;
+    let took = started.elapsed();
     assert!(
         took < Duration::from_millis(3_600),
         "drained after {took:?}"
@@ -270,7 +244,7 @@ async fn silent_websocket_session_at_the_grace_end_is_ended_and_the_drain_comple
     let mut ws = connect(&envoy).await;
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "hello");
-    let started = start_drain(&envoy).await;
+    let started = drain_started(&envoy).await;
     // Nothing comes from the upstream, so no close frame can be placed:
     // the session is reset once the grace period is over; Envoy then
     // closes the client's connection after its delayed_close_timeout (1 s
@@ -281,7 +255,8 @@ async fn silent_websocket_session_at_the_grace_end_is_ended_and_the_drain_comple
         "the session ended: {end:?}"
     );
     let ended = started.elapsed();
-    let took = wait_drained(&envoy, started, Duration::from_secs(10)).await;
+    wait_drain_status(&envoy, Duration::from_secs(10), drained).await;
+    let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(2_900) && took < Duration::from_millis(4_600),
         "drained after {took:?} (the client saw the end after {ended:?}); log:\n{}",
@@ -348,6 +323,6 @@ async fn websocket_sessions_aborted_at_random_points_leave_nothing_in_flight() {
     }
     tokio::time::sleep(COUNTS_SETTLE).await;
     wait_inflight(&envoy, 0).await;
-    let s = status(&envoy).await;
+    let (_, s) = drain_api(&envoy, reqwest::Method::GET).await;
     assert_eq!(s["inflight"], 0, "{s}");
 }

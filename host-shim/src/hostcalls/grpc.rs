@@ -9,8 +9,7 @@
 
 use wasmtime::{Caller, Linker};
 
-use crate::abi::{self, Status};
-use crate::headers::Headers;
+use crate::abi::Status;
 use crate::memory::{self, status, HostResult};
 use crate::state::{HostState, PendingGrpcCall};
 
@@ -63,8 +62,7 @@ fn grpc_call(
     let cluster = memory::read_str(c, cluster.0, cluster.1)?;
     let service = memory::read_str(c, service.0, service.1)?;
     let method = memory::read_str(c, method.0, method.1)?;
-    let metadata = memory::read(c, metadata.0, metadata.1)?;
-    let metadata = abi::deserialize_pairs(&metadata).ok_or(Status::BadArgument)?;
+    let metadata = memory::read_header_map(c, metadata.0, metadata.1)?;
     let message = memory::read(c, message.0, message.1)?;
     let state = c.data_mut();
     if !state.vm.clusters.contains_key(&cluster) {
@@ -82,7 +80,7 @@ fn grpc_call(
             cluster,
             service,
             method,
-            metadata: Headers::from_raw_pairs(metadata),
+            metadata,
             message,
             timeout_ms,
             deadline,

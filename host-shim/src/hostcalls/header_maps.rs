@@ -10,7 +10,7 @@
 
 use wasmtime::{Caller, Linker};
 
-use crate::abi::{self, MapType, Status};
+use crate::abi::{MapType, Status};
 use crate::headers::Headers;
 use crate::memory::{self, status, HostError, HostResult};
 use crate::state::{HostState, Reach, StreamMap};
@@ -135,9 +135,8 @@ fn get_pairs(c: &mut Caller<'_, HostState>, map: i32, ptr_ptr: i32, size_ptr: i3
 }
 
 fn set_pairs(c: &mut Caller<'_, HostState>, map: i32, ptr: i32, size: i32) -> HostResult {
-    let data = memory::read(c, ptr, size)?;
-    let pairs = abi::deserialize_pairs(&data).ok_or(Status::BadArgument)?;
-    *map_mut(c.data_mut(), map, Use::Edit)? = Headers::from_raw_pairs(pairs);
+    let headers = memory::read_header_map(c, ptr, size)?;
+    *map_mut(c.data_mut(), map, Use::Edit)? = headers;
     Ok(())
 }
 

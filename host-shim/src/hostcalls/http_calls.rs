@@ -5,8 +5,7 @@
 
 use wasmtime::{Caller, Linker};
 
-use crate::abi::{self, Status};
-use crate::headers::Headers;
+use crate::abi::Status;
 use crate::memory::{self, status, HostResult};
 use crate::state::{HostState, PendingHttpCall};
 
@@ -36,12 +35,6 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-fn read_map(c: &mut Caller<'_, HostState>, (ptr, size): (i32, i32)) -> HostResult<Headers> {
-    let data = memory::read(c, ptr, size)?;
-    let pairs = abi::deserialize_pairs(&data).ok_or(Status::BadArgument)?;
-    Ok(Headers::from_raw_pairs(pairs))
-}
-
 fn http_call(
     c: &mut Caller<'_, HostState>,
     [upstream, headers, body, trailers]: [(i32, i32); 4],
@@ -49,9 +42,9 @@ fn http_call(
     ret: i32,
 ) -> HostResult {
     let cluster = memory::read_str(c, upstream.0, upstream.1)?;
-    let headers = read_map(c, headers)?;
+    let headers = memory::read_header_map(c, headers.0, headers.1)?;
     let body = memory::read(c, body.0, body.1)?;
-    let trailers = read_map(c, trailers)?;
+    let trailers = memory::read_header_map(c, trailers.0, trailers.1)?;
     let state = c.data_mut();
     if !state.vm.clusters.contains_key(&cluster) {
         return Err(Status::BadArgument.into());

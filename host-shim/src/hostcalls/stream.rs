@@ -8,8 +8,7 @@
 
 use wasmtime::{Caller, Linker};
 
-use crate::abi::{self, Status, StreamType};
-use crate::headers::Headers;
+use crate::abi::{Status, StreamType};
 use crate::memory::{self, status, HostResult};
 use crate::state::{HostState, Reach, StreamMap};
 use crate::stream::LocalResponse;
@@ -75,8 +74,7 @@ fn send_local_response(
 ) -> HostResult {
     let details = memory::read(c, details.0, details.1)?;
     let body = memory::read(c, body.0, body.1)?;
-    let headers = memory::read(c, headers.0, headers.1)?;
-    let headers = abi::deserialize_pairs(&headers).ok_or(Status::BadArgument)?;
+    let headers = memory::read_header_map(c, headers.0, headers.1)?;
     let http = c.data_mut().http()?;
     if http.local_sent || http.local_response.is_some() {
         // Envoy sends one local reply per stream; later ones are dropped.
@@ -84,7 +82,7 @@ fn send_local_response(
     }
     http.local_response = Some(LocalResponse {
         status: code as u32,
-        headers: Headers::from_raw_pairs(headers),
+        headers,
         body,
         details: String::from_utf8_lossy(&details).into_owned(),
         grpc_status: crate::grpc_reply::passed_grpc_status(grpc_status),

@@ -95,40 +95,28 @@ impl Calls {
     /// ends.
     pub(crate) async fn run(self: Arc<Self>, host: Host, workers: Vec<Worker>) {
         let waiting = host.calls_waiting();
-        let mut in_flight: Vec<HashSet<u32>> = vec![HashSet::new(); workers.len()];
-        let mut grpc_in_flight: Vec<HashSet<u32>> = vec![HashSet::new(); workers.len()];
+        // Per worker, the tokens of the http and the gRPC calls under way.
+        let mut started = vec![(HashSet::new(), HashSet::new()); workers.len()];
         loop {
             tokio::select! {
                 _ = waiting.notified() => {}
                 // A VM reloaded under a call, say: look again now and then.
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
-            for (worker, in_flight) in workers.iter().zip(in_flight.iter_mut()) {
-                let pending = worker.http_calls();
-                in_flight.retain(|token| pending.iter().any(|c| c.token == *token));
-                for call in pending {
-                    if in_flight.insert(call.token) {
-                        let (calls, worker) = (self.clone(), worker.clone());
-                        tokio::spawn(async move {
-                            let token = call.token;
-                            let response = calls.send(call).await;
-                            worker.respond_http_call(token, response);
-                        });
-                    }
+            for (worker, (http, grpc)) in workers.iter().zip(started.iter_mut()) {
+                for call in not_started(http, worker.http_calls(), |c| c.token) {
+                    let (calls, worker) = (self.clone(), worker.clone());
+                    tokio::spawn(async move {
+                        let token = call.token;
+                        worker.respond_http_call(token, calls.send(call).await);
+                    });
                 }
-            }
-            for (worker, in_flight) in workers.iter().zip(grpc_in_flight.iter_mut()) {
-                let pending = worker.grpc_calls();
-                in_flight.retain(|token| pending.iter().any(|c| c.token == *token));
-                for call in pending {
-                    if in_flight.insert(call.token) {
-                        let (calls, worker) = (self.clone(), worker.clone());
-                        tokio::spawn(async move {
-                            let token = call.token;
-                            let response = calls.send_grpc(call).await;
-                            worker.respond_grpc_call(token, response);
-                        });
-                    }
+                for call in not_started(grpc, worker.grpc_calls(), |c| c.token) {
+                    let (calls, worker) = (self.clone(), worker.clone());
+                    tokio::spawn(async move {
+                        let token = call.token;
+                        worker.respond_grpc_call(token, calls.send_grpc(call).await);
+                    });
                 }
             }
         }
@@ -150,14 +138,9 @@ impl Calls {
         for (k, v) in call.headers.iter().filter(|(k, _)| !k.starts_with(':')) {
             builder = builder.header(k, v);
         }
-        // What Envoy's async client and router add to a call.
-        if !call.headers.contains("x-envoy-internal") {
-            builder = builder.header("x-envoy-internal", "true");
-        }
-        if !call.timeout.is_zero() {
-            let timeout = call.timeout.as_millis().to_string();
-            builder = builder.header("x-envoy-expected-rq-timeout-ms", timeout);
-        }
+        // A guest's own `x-envoy-internal` is kept, not repeated.
+        let add_internal = !call.headers.contains("x-envoy-internal");
+        builder = envoy_added(builder, add_internal, call.timeout);
         let Ok(request) = builder.body(Full::new(Bytes::from(call.body))) else {
             return unreachable_cluster();
         };
@@ -218,6 +201,35 @@ impl Calls {
     }
 }
 
+/// The calls of `pending` not started yet; `started` holds the tokens of
+/// those under way, and forgets the ones no longer pending (answered,
+/// cancelled, or their VM reloaded).
+fn not_started<C>(started: &mut HashSet<u32>, pending: Vec<C>, token: fn(&C) -> u32) -> Vec<C> {
+    started.retain(|t| pending.iter().any(|c| token(c) == *t));
+    pending
+        .into_iter()
+        .filter(|c| started.insert(token(c)))
+        .collect()
+}
+
+/// What Envoy's async client and router add last to a call's request:
+/// `x-envoy-internal` (if `add_internal`), and the call's timeout as
+/// `x-envoy-expected-rq-timeout-ms` (none without a timeout).
+fn envoy_added(
+    mut request: hyper::http::request::Builder,
+    add_internal: bool,
+    timeout: Duration,
+) -> hyper::http::request::Builder {
+    if add_internal {
+        request = request.header("x-envoy-internal", "true");
+    }
+    if !timeout.is_zero() {
+        let timeout_ms = timeout.as_millis().to_string();
+        request = request.header("x-envoy-expected-rq-timeout-ms", timeout_ms);
+    }
+    request
+}
+
 /// One unary gRPC exchange over a connection of its own.
 async fn grpc_exchange(
     cluster: &Cluster,
@@ -246,10 +258,7 @@ async fn grpc_exchange(
     for (k, v) in call.initial_metadata.iter() {
         request = request.header(k, v);
     }
-    request = request.header("x-envoy-internal", "true");
-    if !call.timeout.is_zero() {
-        request = request.header("x-envoy-expected-rq-timeout-ms", timeout_ms);
-    }
+    request = envoy_added(request, true, call.timeout);
     // Streamed as Envoy sends it: no content-length.
     let frames = futures::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
         Bytes::from(frame),
