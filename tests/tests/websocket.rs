@@ -13,7 +13,7 @@ use drainpipe_tests::load::{drain_api, drained, start_drain, wait_drain_status};
 use drainpipe_tests::stats::wait_stat;
 use drainpipe_tests::{Envoy, EnvoyOptions};
 use futures::{SinkExt, StreamExt};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -156,7 +156,7 @@ async fn websocket_session_closed_by_its_handshake_during_a_drain_is_not_counted
     let mut ws = connect(&envoy).await;
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "hello");
-    let started = start_drain(&envoy).await;
+    start_drain(&envoy).await;
     ws.send(Message::text("still here")).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "still here");
     // The client starts the closing handshake; the upstream answers it.
@@ -169,7 +169,7 @@ async fn websocket_session_closed_by_its_handshake_during_a_drain_is_not_counted
         }
     }
     drop(ws);
-    wait_drained(&envoy, started, Duration::from_secs(10)).await;
+    wait_drain_status(&envoy, Duration::from_secs(10), drained).await;
     assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 0);
     assert_eq!(envoy.stat("drainpipe_streams_ended").await.unwrap(), 0);
     assert_eq!(envoy.stat("drainpipe_drain_resets").await.unwrap(), 0);
@@ -194,7 +194,7 @@ async fn websocket_session_outlives_the_request_default_deadline_and_still_gets_
     assert!(ticks > 60, "{ticks} messages in 3.5 s");
     assert_eq!(envoy.stat("drainpipe_streams_ended").await.unwrap(), 0);
     // A drain still ends it, with 1012 before the grace end.
-    let started = start_drain(&envoy).await;
+    let started = drain_started(&envoy).await;
     let (more, code) = until_close(&mut ws).await;
     let closed_after = started.elapsed();
     assert_eq!(code, 1012);
@@ -204,7 +204,7 @@ async fn websocket_session_outlives_the_request_default_deadline_and_still_gets_
     );
     assert!(more > 20, "{more} messages during the drain");
     drop(ws);
-    wait_drained(&envoy, started, Duration::from_secs(10)).await;
+    wait_drain_status(&envoy, Duration::from_secs(10), drained).await;
     assert_eq!(envoy.stat("drainpipe_streams_ended").await.unwrap(), 1);
     assert_eq!(envoy.stat("drainpipe_inflight").await.unwrap(), 0);
 }
