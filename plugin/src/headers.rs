@@ -6,7 +6,9 @@
 //! (two u32), then each name and each value followed by a NUL. The SDK
 //! decodes that into a `Vec` of owned strings, two allocations per header,
 //! for a filter that looks at four or five of them; [`Wire`] checks the
-//! layout once and looks names up in the buffer itself.
+//! layout once, keeps the values of the names the traffic decision asks
+//! for ([`KNOWN`]) on the way, and looks any other name up in the buffer
+//! itself.
 
 /// A request's headers, looked up by lowercase name (the host gives names
 /// lowercase). With a repeated name, the first value.
