@@ -6,7 +6,9 @@
 //! (two u32), then each name and each value followed by a NUL. The SDK
 //! decodes that into a `Vec` of owned strings, two allocations per header,
 //! for a filter that looks at four or five of them; [`Wire`] checks the
-//! layout once and looks names up in the buffer itself.
+//! layout once, keeps the values of the names the traffic decision asks
+//! for ([`KNOWN`]) on the way, and looks any other name up in the buffer
+//! itself.
 
 /// A request's headers, looked up by lowercase name (the host gives names
 /// lowercase). With a repeated name, the first value.
@@ -35,6 +37,10 @@ pub struct Wire<'a> {
     lens: &'a [u8],
     /// Names and values, each followed by a NUL.
     data: &'a [u8],
+    /// The values of the [`KNOWN`] names (the first of a repeated one),
+    /// picked out while the layout is checked: the traffic decision's dozen
+    /// lookups then cost no pass over the map each.
+    known: [Option<&'a [u8]>; KNOWN.len()],
 }
 
 /// Why a buffer is not a header map in the wire form.
@@ -58,9 +64,12 @@ impl std::fmt::Display for Malformed {
     }
 }
 
+/// The u32 at `at` (callers have checked the length; 0 past the end).
 fn u32_at(bytes: &[u8], at: usize) -> usize {
-    let b: [u8; 4] = bytes[at..at + 4].try_into().expect("four bytes");
-    u32::from_le_bytes(b) as usize
+    bytes
+        .get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes) as usize
 }
 
 impl<'a> Wire<'a> {
@@ -68,6 +77,7 @@ impl<'a> Wire<'a> {
     pub const EMPTY: Wire<'static> = Wire {
         lens: &[],
         data: &[],
+        known: [None; KNOWN.len()],
     };
 
     /// Checks `bytes` (an empty buffer is the empty map, as the host hands
@@ -85,19 +95,28 @@ impl<'a> Wire<'a> {
             .and_then(|n| n.checked_add(4))
             .filter(|&end| end <= bytes.len())
             .ok_or(Malformed::Truncated)?;
-        let wire = Wire {
+        let mut wire = Wire {
             lens: &bytes[4..lens_end],
             data: &bytes[lens_end..],
+            known: [None; KNOWN.len()],
         };
         let mut at = 0usize;
+        let mut slot = None;
         for i in 0..count * 2 {
             let len = u32_at(wire.lens, i * 4);
             let nul = at.checked_add(len).ok_or(Malformed::Truncated)?;
             match wire.data.get(nul) {
                 None => return Err(Malformed::Truncated),
-                Some(0) => at = nul + 1,
+                Some(0) => {}
                 Some(_) => return Err(Malformed::MissingNul),
             }
+            let text = wire.data.get(at..nul).unwrap_or_default();
+            if i % 2 == 0 {
+                slot = known_slot(text);
+            } else if let Some(value) = slot.and_then(|k| wire.known.get_mut(k)) {
+                value.get_or_insert(text);
+            }
+            at = nul + 1;
         }
         if at != wire.data.len() {
             return Err(Malformed::TrailingBytes);
@@ -112,9 +131,10 @@ impl<'a> Wire<'a> {
         self.lens.chunks_exact(8).map(move |lens| {
             let name_len = u32_at(lens, 0);
             let value_len = u32_at(lens, 4);
-            let name = &data[at..at + name_len];
+            // The layout was checked: the ranges are in the buffer.
+            let name = data.get(at..at + name_len).unwrap_or_default();
             let value_at = at + name_len + 1;
-            let value = &data[value_at..value_at + value_len];
+            let value = data.get(value_at..value_at + value_len).unwrap_or_default();
             at = value_at + value_len + 1;
             (name, value)
         })
@@ -127,10 +147,41 @@ impl<'a> Wire<'a> {
 
 impl Headers for Wire<'_> {
     fn get(&self, name: &str) -> Option<&[u8]> {
-        self.iter()
-            .find(|(n, _)| *n == name.as_bytes())
-            .map(|(_, v)| v)
+        if let Some(known) = known_slot(name.as_bytes()).and_then(|k| self.known.get(k)) {
+            return *known;
+        }
+        // The pairs walked as in `iter` (a plain loop is the smaller code).
+        let mut at = 0usize;
+        for lens in self.lens.chunks_exact(8) {
+            let (name_len, value_len) = (u32_at(lens, 0), u32_at(lens, 4));
+            let value_at = at + name_len + 1;
+            if self.data.get(at..at + name_len) == Some(name.as_bytes()) {
+                return self.data.get(value_at..value_at + value_len);
+            }
+            at = value_at + value_len + 1;
+        }
+        None
     }
+}
+
+/// The request headers the traffic role's decision and its header writes
+/// look up: [`Wire`] keeps their values as it checks the layout.
+pub const KNOWN: [&str; 10] = [
+    ":method",
+    ":path",
+    "upgrade",
+    "content-type",
+    "anthropic-version",
+    "x-request-deadline-ms",
+    "x-request-timeout-ms",
+    "grpc-timeout",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-upstream-rq-timeout-ms",
+];
+
+/// The slot of a name in [`KNOWN`].
+fn known_slot(name: &[u8]) -> Option<usize> {
+    KNOWN.iter().position(|k| k.as_bytes() == name)
 }
 
 /// `pairs` in the wire form (what the host hands over).
@@ -190,6 +241,43 @@ mod tests {
         }
         assert_eq!(wire.get("x-dup"), Some(&b"first"[..]));
         assert_eq!(wire.get("x-empty"), Some(&b""[..]));
+    }
+
+    #[test]
+    fn known_names_read_in_the_layout_check_agree_with_the_pairs() {
+        let mut p = pairs();
+        p.extend([
+            ("content-type".to_string(), b"application/json".to_vec()),
+            ("grpc-timeout".to_string(), b"1S".to_vec()),
+            ("x-request-timeout-ms".to_string(), b"5".to_vec()),
+            ("x-request-timeout-ms".to_string(), b"6".to_vec()),
+            ("x-envoy-upstream-rq-timeout-ms".to_string(), b"7".to_vec()),
+            ("x-envoy-expected-rq-timeout-ms".to_string(), b"8".to_vec()),
+            ("x-request-deadline-ms".to_string(), b"9".to_vec()),
+            ("anthropic-version".to_string(), b"2023-06-01".to_vec()),
+            ("upgrade".to_string(), b"websocket".to_vec()),
+            (":methoe".to_string(), b"x".to_vec()),
+        ]);
+        let bytes = to_wire(&p);
+        let known = Wire::parse(&bytes).unwrap();
+        let others = [
+            ":path", ":methoe", "x-dup", "x-bin", "x-empty", "absent", "",
+        ];
+        for name in KNOWN.iter().chain(others.iter()) {
+            assert_eq!(known.get(name), Headers::get(&p, name), "{name}");
+        }
+        assert_eq!(known.get("x-request-timeout-ms"), Some(&b"5"[..]));
+        let empty = Wire::EMPTY;
+        for name in KNOWN.iter().chain(others.iter()) {
+            assert_eq!(empty.get(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn every_known_name_has_its_own_slot() {
+        for (i, name) in KNOWN.iter().enumerate() {
+            assert_eq!(known_slot(name.as_bytes()), Some(i), "{name}");
+        }
     }
 
     #[test]

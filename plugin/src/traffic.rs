@@ -506,4 +506,44 @@ mod tests {
         assert!(matches!(d.verdict, Verdict::Forward(_)));
         assert_eq!(Phase::Drained.as_str(), "drained");
     }
+
+    /// Records every name looked up.
+    struct Asked<'a>(&'a [(String, Vec<u8>)], std::cell::RefCell<Vec<String>>);
+
+    impl Headers for Asked<'_> {
+        fn get(&self, name: &str) -> Option<&[u8]> {
+            self.1.borrow_mut().push(name.to_string());
+            Headers::get(self.0, name)
+        }
+    }
+
+    #[test]
+    fn a_forwarded_request_looks_up_only_names_read_in_the_one_pass() {
+        // `headers::Wire` keeps these as it checks the layout: no pass over
+        // the map for each.
+        for h in [
+            req("POST", "/v1/chat/completions", &[]),
+            req(
+                "POST",
+                "/v1/messages",
+                &[("anthropic-version", "2023-06-01")],
+            ),
+            req("POST", "/svc/M", &[("content-type", "application/grpc")]),
+            req("GET", "/ws", &[("upgrade", "websocket")]),
+            req("POST", "/", &[("x-envoy-expected-rq-timeout-ms", "9000")]),
+            req("GET", "/healthz", &[]),
+        ] {
+            for c in [cfg(), cfg_all()] {
+                let asked = Asked(&h, Default::default());
+                let d = decide(&c, Drain::SERVING, NOW, &asked, || 0);
+                let mut names = asked.1.take();
+                if let Verdict::Forward(f) = d.verdict {
+                    names.extend(f.set_headers.iter().map(|(n, _)| n.to_string()));
+                }
+                for name in names {
+                    assert!(crate::headers::KNOWN.contains(&name.as_str()), "{name}");
+                }
+            }
+        }
+    }
 }
