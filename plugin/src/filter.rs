@@ -126,9 +126,10 @@ struct Shared {
     seen: Cell<drain::Seen>,
     /// Admitted and completed counts not yet in the stats (see [`counts`]).
     pending: Cell<counts::Pending>,
-    /// How far `seen.read_unix_ms` may trail the clock: it is refreshed on
-    /// every tick (two periods, for a late tick).
-    clock_lag_ms: u64,
+    /// How streams are cut; its `clock_lag_ms` is how far
+    /// `seen.read_unix_ms` may trail the clock: it is refreshed on every
+    /// tick (two periods, for a late tick).
+    cut: sse::CutPolicy,
     /// This worker's traffic streams counted in flight, by context id, and
     /// whether the plugin has reset them: the tick ends those still running
     /// at the grace end (once each), and keeps coming often until Envoy has
@@ -525,12 +526,17 @@ impl RootContext for Root {
             Some(ctl) => TICK.min(Duration::from_millis(ctl.poll_ms)),
             None => TICK,
         };
+        let cut = sse::CutPolicy {
+            windows: cfg.windows(),
+            margin_ms: cfg.final_event_margin_ms,
+            clock_lag_ms: 2 * tick.as_millis() as u64,
+        };
         self.shared = Some(Rc::new(Shared {
             cfg,
             metrics,
             seen: Cell::default(),
             pending: Cell::default(),
-            clock_lag_ms: 2 * tick.as_millis() as u64,
+            cut,
             streams: RefCell::default(),
         }));
         self.normal_tick_ms = tick.as_millis() as u64;
@@ -685,17 +691,15 @@ impl HttpContext for Traffic {
 }
 
 impl Traffic {
-    /// Whether this stream's cut is due now, and why.
+    /// Whether this stream must end now, and why: the clock and the drain
+    /// state are read only when the cut policy says it may.
     fn due(&self, shared: &Shared) -> Option<sse::Limit> {
-        sse::due(
-            || now_unix_ms(self),
-            self.deadline_unix_ms,
-            shared.seen.get(),
-            shared.cfg.windows(),
-            shared.cfg.final_event_margin_ms,
-            shared.clock_lag_ms,
-            |now| shared.drain(now),
-        )
+        let cut = &shared.cut;
+        if !cut.may_be_due(self.deadline_unix_ms, shared.seen.get()) {
+            return None;
+        }
+        let now = now_unix_ms(self);
+        cut.due(self.deadline_unix_ms, now, shared.drain(now))
     }
 
     /// An upgraded WebSocket session's bytes from the upstream: every chunk

@@ -21,32 +21,58 @@ pub fn cutoff(
     }
 }
 
-/// Whether a stream's cut is due now, and why.
+/// How streams are cut, the same for every stream of a plugin instance.
 ///
-/// The clock is a host call, so it is read only near a possible cut:
-/// `seen.read_unix_ms` is refreshed with every request the worker admits and
-/// on every tick, so it trails the clock by at most `lag_ms`; while it is
-/// further than that from the earliest cut this stream can have, no cut is
-/// due and neither `now` nor `read` is called. Past that, `read` gives the
-/// drain state at the time given (the worker's copy, checked against the
-/// change counter: [`Seen::refresh`]).
-pub fn due(
-    now: impl FnOnce() -> u64,
-    deadline_unix_ms: u64,
-    seen: Seen,
-    windows: Windows,
-    margin_ms: u64,
-    lag_ms: u64,
-    read: impl FnOnce(u64) -> Drain,
-) -> Option<Limit> {
-    if seen.read_unix_ms.saturating_add(lag_ms)
-        < earliest_cut(deadline_unix_ms, seen, windows, margin_ms)
-    {
-        return None;
+/// The clock is a host call, so a stream's body callback reads it only near
+/// a possible cut: the worker's drain reading ([`Seen`]) is refreshed with
+/// every request the worker admits and on every tick, so its
+/// `read_unix_ms` trails the clock by at most `clock_lag_ms`; while it is
+/// further than that from the earliest cut the stream can have
+/// ([`CutPolicy::may_be_due`] is false), the stream need not end and
+/// neither the clock nor the drain state is read. Past that,
+/// [`CutPolicy::due`] decides from the clock and the drain state then (the
+/// worker's copy, checked against the change counter: [`Seen::refresh`]).
+///
+/// ```
+/// use drainpipe::drain::{Drain, Seen, Windows};
+/// use drainpipe::sse::{CutPolicy, Limit};
+///
+/// let policy = CutPolicy {
+///     windows: Windows { admit_window_ms: 5_000, grace_ms: 30_000 },
+///     margin_ms: 1_000,
+///     clock_lag_ms: 2_000,
+/// };
+/// let seen = Seen { drain: Drain::SERVING, read_unix_ms: 10_000, changes: None };
+/// // A deadline a minute on: far from any cut, the clock is not read.
+/// assert!(!policy.may_be_due(70_000, seen));
+/// // A drain that started at 10 s ends its grace period at 40 s.
+/// assert_eq!(policy.due(70_000, 39_000, Drain::started_at(10_000)), Some(Limit::Drain));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutPolicy {
+    /// The drain's timing (the traffic role's configuration).
+    pub windows: Windows,
+    /// How long before its limit a stream is ended.
+    pub margin_ms: u64,
+    /// How far the worker's drain reading may trail the clock.
+    pub clock_lag_ms: u64,
+}
+
+impl CutPolicy {
+    /// Whether a stream with this deadline may have to end now, by the
+    /// worker's last drain reading alone; while it may not, neither the
+    /// clock nor the drain state needs reading.
+    pub fn may_be_due(&self, deadline_unix_ms: u64, seen: Seen) -> bool {
+        seen.read_unix_ms.saturating_add(self.clock_lag_ms)
+            >= earliest_cut(deadline_unix_ms, seen, self.windows, self.margin_ms)
     }
-    let now_unix_ms = now();
-    let (at, limit) = cutoff(deadline_unix_ms, read(now_unix_ms), windows, margin_ms);
-    (now_unix_ms >= at).then_some(limit)
+
+    /// Whether a stream with this deadline must end at `now_unix_ms`, given
+    /// the drain state then, and why.
+    pub fn due(&self, deadline_unix_ms: u64, now_unix_ms: u64, drain: Drain) -> Option<Limit> {
+        let (at, limit) = cutoff(deadline_unix_ms, drain, self.windows, self.margin_ms);
+        (now_unix_ms >= at).then_some(limit)
+    }
 }
 
 /// The earliest instant a stream's cut can come, by the reading `seen`:
@@ -88,22 +114,34 @@ mod tests {
         assert_eq!(cutoff(500, Drain::SERVING, W, 1_000), (0, Limit::Deadline));
     }
 
-    /// `due` past the clock gate (no lag bound), counting the state reads.
+    /// The policy with a margin of 1 s and the given lag.
+    fn policy(clock_lag_ms: u64) -> CutPolicy {
+        CutPolicy {
+            windows: W,
+            margin_ms: 1_000,
+            clock_lag_ms,
+        }
+    }
+
+    /// What a body callback does: the clock (`now`) and the drain state
+    /// (`current`) are read only while the cut may be due. Returns the
+    /// decision and how often they were read.
+    fn due_reading(
+        policy: CutPolicy,
+        now: u64,
+        deadline: u64,
+        seen: Seen,
+        current: Drain,
+    ) -> (Option<Limit>, u32) {
+        if !policy.may_be_due(deadline, seen) {
+            return (None, 0);
+        }
+        (policy.due(deadline, now, current), 1)
+    }
+
+    /// Past the clock gate (no lag bound), counting the state reads.
     fn due_counting(now: u64, deadline: u64, seen: Seen, current: Drain) -> (Option<Limit>, u32) {
-        let mut reads = 0;
-        let limit = due(
-            || now,
-            deadline,
-            seen,
-            W,
-            1_000,
-            u64::MAX,
-            |_| {
-                reads += 1;
-                current
-            },
-        );
-        (limit, reads)
+        due_reading(policy(u64::MAX), now, deadline, seen, current)
     }
 
     #[test]
@@ -177,40 +215,26 @@ mod tests {
             read_unix_ms: 10_000,
             changes: None,
         };
-        let calls = std::cell::Cell::new(0);
-        let calls = &calls;
-        let clock = |now: u64| {
-            move || {
-                calls.set(calls.get() + 1);
-                now
-            }
-        };
+        let lagged = policy(2_000);
         // Deadline 60 s on: its cut (59 s) is far beyond the reading + 2 s.
+        assert!(!lagged.may_be_due(70_000, seen));
         assert_eq!(
-            due(clock(10_500), 70_000, seen, W, 1_000, 2_000, |_| {
-                Drain::SERVING
-            }),
-            None
+            due_reading(lagged, 10_500, 70_000, seen, Drain::SERVING),
+            (None, 0)
         );
-        assert_eq!(calls.get(), 0);
         // Within the lag of the deadline's cut: the clock decides.
         let near = Seen {
             read_unix_ms: 67_500,
             ..seen
         };
         assert_eq!(
-            due(clock(68_500), 70_000, near, W, 1_000, 2_000, |_| {
-                Drain::SERVING
-            }),
-            None
+            due_reading(lagged, 68_500, 70_000, near, Drain::SERVING),
+            (None, 1)
         );
         assert_eq!(
-            due(clock(69_000), 70_000, near, W, 1_000, 2_000, |_| {
-                Drain::SERVING
-            }),
-            Some(Limit::Deadline)
+            due_reading(lagged, 69_000, 70_000, near, Drain::SERVING),
+            (Some(Limit::Deadline), 1)
         );
-        assert_eq!(calls.get(), 2);
         // A known drain brings the earliest cut forward.
         let draining = Seen {
             drain: Drain::started_at(9_000),
@@ -243,7 +267,7 @@ mod tests {
                         let (at, limit) = cutoff(deadline, drain, W, 1_000);
                         let exact = (now >= at).then_some(limit);
                         assert_eq!(
-                            due(|| now, deadline, seen, W, 1_000, lag, |_| drain),
+                            due_reading(policy(lag), now, deadline, seen, drain).0,
                             exact,
                             "deadline {deadline}, drain {start:?}, now {now}, reading {read_at}"
                         );

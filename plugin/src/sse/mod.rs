@@ -16,7 +16,7 @@
 //!   boundary ([`Cutter`]);
 //! - [`body`]: a forwarded response's body, classified as an event stream
 //!   or not once it must end ([`Body`]);
-//! - [`cut`]: when a stream must end, and why ([`cutoff`], [`due`]);
+//! - [`cut`]: when a stream must end, and why ([`CutPolicy`]);
 //! - [`final_event`](mod@final_event): the final event and its [`Limit`].
 
 pub mod body;
@@ -26,7 +26,7 @@ pub mod final_event;
 pub mod framing;
 
 pub use body::{Body, UNCLASSIFIED_CHUNKS};
-pub use cut::{cutoff, due, earliest_cut};
+pub use cut::{cutoff, earliest_cut, CutPolicy};
 pub use cutter::Cutter;
 pub use final_event::{final_event, Limit};
 pub use framing::{looks_like_events, shows_events};
