@@ -13,6 +13,8 @@
 //! - [`admin`]: the drain API;
 //! - [`dialect`]: which API a request speaks, and its refusals and endings;
 //! - [`reply`]: local replies;
+//! - [`schedule`]: when a worker ticks and polls its drain controller;
+//! - [`store`]: changing the stored drain state (compare-and-swap, retried);
 //! - [`sse`]: ending SSE streams with a final error event before a limit;
 //! - [`websocket`]: ending WebSocket sessions with a close frame at a frame boundary;
 //! - [`json`]: the small JSON reader and writer all of them use;
@@ -34,7 +36,9 @@ pub mod drain_stats;
 pub mod headers;
 pub mod json;
 pub mod reply;
+pub mod schedule;
 pub mod sse;
+pub mod store;
 pub mod traffic;
 pub mod websocket;
 
