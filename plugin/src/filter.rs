@@ -762,12 +762,7 @@ impl Drop for Traffic {
         shared.streams.borrow_mut().remove(&self.context_id);
         Metrics::add(m.inflight, -1);
         shared.count(None, counts::Pending::complete);
-        // A request's end moves the drain's stats only while a drain is on
-        // (as this worker last read it), or if it may have been cut: a
-        // request served whole costs nothing more here.
-        let r = self.response;
-        let maybe_cut = r.body_started && !r.whole && !r.final_event;
-        if shared.seen.get().drain.started_unix_ms.is_none() && !maybe_cut {
+        if !drain_stats::end_matters(self.response, shared.seen.get().drain) {
             return;
         }
         let now = now_unix_ms(self);
