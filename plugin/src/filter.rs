@@ -685,8 +685,9 @@ impl Traffic {
 
     /// An upgraded WebSocket session's bytes from the upstream: every chunk
     /// is followed (the frame boundaries cannot be found mid-stream), and
-    /// once the cut is due the client gets a close frame (1012) at the next
-    /// boundary; what comes after it is dropped and the stream ended.
+    /// once the session must end the client gets a close frame (1012) at
+    /// the next boundary; what comes after it is dropped and the stream
+    /// ended.
     fn on_websocket_body(
         &mut self,
         shared: &Shared,

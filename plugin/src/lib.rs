@@ -51,8 +51,8 @@ pub use drain::{Drain, Phase};
 /// The proxy-wasm callbacks the plugin handles. The release build (`cargo
 /// xtask build`) removes the SDK's exports of every other `proxy_on_*`
 /// callback, so Envoy does not enter the VM for events the plugin ignores:
-/// request bodies and trailers, response headers (an event stream is told
-/// by its body, see [`sse::Body`]), `proxy_on_done` (the SDK's answer is
+/// request bodies and trailers, response headers (a body is classified as
+/// an event stream by its own bytes, see [`sse::Body`]), `proxy_on_done` (the SDK's answer is
 /// the ABI's default, done) and `proxy_on_log` (a stream's in-flight count
 /// is released when its context is deleted). Response trailers are handled
 /// (only responses that have them, gRPC's, enter the VM for them): they end

@@ -5,8 +5,9 @@
 //! write the drain record ([`crate::drain::SHARED_KEY`]) at once. A write
 //! names the version of the value it read, and the host refuses it if
 //! another write came in between; the change is then worked out again from
-//! what is stored now. The glue reaches the host through [`SharedValue`],
-//! so the policy here runs natively against a fake.
+//! what is stored now. The glue gives access to the host's shared data
+//! through [`SharedValue`], so the policy here runs natively against a
+//! fake.
 
 use crate::admin;
 use crate::drain::{self, Drain};
@@ -74,7 +75,8 @@ impl Change {
 /// How a change ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Updated<E> {
-    /// This state was stored: every worker must be told.
+    /// This state was stored: the glue then signals the change to every
+    /// worker.
     Stored(Drain),
     /// What is stored already says the same.
     Unchanged,

@@ -26,9 +26,9 @@ pub enum Body {
     /// bytes are not SSE framing): passes untouched.
     #[default]
     Other,
-    /// A forwarded response not classified yet; `started` once a chunk with bytes
-    /// passed (the next chunk may then start inside an event); `looked`:
-    /// chunks read that showed no framing.
+    /// A forwarded response not classified yet; `started` once a chunk with
+    /// bytes passed (the next chunk may then start inside an event);
+    /// `looked`: chunks read that showed no framing.
     Unknown {
         started: bool,
         looked: u8,
@@ -133,9 +133,9 @@ mod tests {
     use super::*;
     use crate::sse::final_event;
 
-    /// Runs `chunks` (bytes, end of stream, must end now) through the [`Body`] of
-    /// a forwarded response; returns the actions and how often each lookup
-    /// ran (cut, chunk).
+    /// Runs `chunks` (bytes, end of stream, must end now) through the
+    /// [`Body`] of a forwarded response; returns the actions and how often
+    /// each lookup ran (cut, chunk).
     fn run_body(chunks: &[(&[u8], bool, bool)]) -> (Vec<ChunkAction>, [u32; 2]) {
         let mut body = Body::forwarded();
         let calls = std::cell::Cell::new([0; 2]);
