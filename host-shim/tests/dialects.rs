@@ -128,7 +128,7 @@ fn a_websocket_session_gets_close_1012_at_a_frame_boundary_before_the_grace_end(
     start_drain(&w);
     clock.advance(Duration::from_millis(9_600));
     // The worker's tick, as Envoy gives one every second: a chunk near its
-    // cut reads the clock only then (see `sse::due`).
+    // cut reads the clock only then (see `sse::CutPolicy`).
     w.tick();
     let out = s.response_body(frame[1..].to_vec(), false);
     let body = out.body.clone().expect("the chunk went on");

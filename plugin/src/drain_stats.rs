@@ -14,7 +14,8 @@
 //!   when that leaves nothing in flight past the admit window, the drain
 //!   became `drained` at that instant.
 //! - [`cut`] says whether a request that ended counts in
-//!   `drainpipe_drain_resets`.
+//!   `drainpipe_drain_resets`; [`end_matters`] whether a request's end
+//!   needs the drain state read at all.
 
 use crate::drain::{Drain, Phase, Windows};
 
@@ -98,10 +99,23 @@ pub struct Response {
 /// period) counts; a response without a body is never counted (the plugin
 /// does not read response headers).
 pub fn cut(response: Response, drain: Drain) -> bool {
-    drain.started_unix_ms.is_some()
-        && response.body_started
-        && !response.whole
-        && !response.final_event
+    drain.started_unix_ms.is_some() && response.maybe_cut()
+}
+
+impl Response {
+    /// Whether the response may have been cut: it had started and did not
+    /// end, and not by the plugin's final event.
+    pub fn maybe_cut(self) -> bool {
+        self.body_started && !self.whole && !self.final_event
+    }
+}
+
+/// Whether a request's end can move the drain's stats, by the drain state
+/// as the worker last read it (`seen`): only while a drain is on, or if the
+/// response may have been cut (a drain may have started since the
+/// reading). A request served whole costs nothing more.
+pub fn end_matters(response: Response, seen: Drain) -> bool {
+    seen.started_unix_ms.is_some() || response.maybe_cut()
 }
 
 #[cfg(test)]
@@ -231,5 +245,33 @@ mod tests {
         };
         assert!(!cut(ended, drain), "counted in drainpipe_streams_ended");
         assert!(!cut(Response::default(), drain), "no body seen");
+    }
+
+    #[test]
+    fn a_request_end_matters_only_during_a_drain_or_when_its_response_may_be_cut() {
+        let whole = Response {
+            body_started: true,
+            whole: true,
+            final_event: false,
+        };
+        let mid_body = Response {
+            whole: false,
+            ..whole
+        };
+        let ended = Response {
+            final_event: true,
+            ..mid_body
+        };
+        let draining = Drain::started_at(START);
+        for r in [whole, mid_body, ended, Response::default()] {
+            assert!(end_matters(r, draining), "{r:?} during a drain");
+        }
+        assert!(
+            end_matters(mid_body, Drain::SERVING),
+            "a drain may have started"
+        );
+        assert!(!end_matters(whole, Drain::SERVING));
+        assert!(!end_matters(ended, Drain::SERVING));
+        assert!(!end_matters(Response::default(), Drain::SERVING));
     }
 }

@@ -27,7 +27,9 @@ use crate::drain_stats;
 use crate::headers::{Headers as _, Wire};
 use crate::metrics;
 use crate::reply::LocalReply;
+use crate::schedule::{Polls, Ticks};
 use crate::sse::{self, ChunkAction};
+use crate::store::{self, Change, Refused, SharedValue, Updated};
 use crate::traffic::{self, Verdict};
 use crate::websocket;
 
@@ -41,8 +43,6 @@ proxy_wasm::main! {{
     });
 }}
 
-/// How often each worker refreshes the state gauge.
-const TICK: Duration = Duration::from_secs(1);
 /// Timeout of the call to Envoy's admin when a drain starts or ends.
 const ENVOY_ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -126,9 +126,10 @@ struct Shared {
     seen: Cell<drain::Seen>,
     /// Admitted and completed counts not yet in the stats (see [`counts`]).
     pending: Cell<counts::Pending>,
-    /// How far `seen.read_unix_ms` may trail the clock: it is refreshed on
-    /// every tick (two periods, for a late tick).
-    clock_lag_ms: u64,
+    /// How streams are cut; its `clock_lag_ms` is how far
+    /// `seen.read_unix_ms` may trail the clock: it is refreshed on every
+    /// tick (two periods, for a late tick).
+    cut: sse::CutPolicy,
     /// This worker's traffic streams counted in flight, by context id, and
     /// whether the plugin has reset them: the tick ends those still running
     /// at the grace end (once each), and keeps coming often until Envoy has
@@ -220,49 +221,22 @@ impl Shared {
 
     /// Starts the drain unless one is on (the first start time stays).
     fn start_drain(&self, now: u64) {
-        // Compare-and-swap on the host's shared data, so concurrent starts from
-        // several workers keep one start time.
-        for _ in 0..8 {
-            let (bytes, cas) = match hostcalls::get_shared_data(SHARED_KEY) {
-                Ok(v) => v,
-                Err(status) => {
-                    log::error!("reading drain state failed: {status:?}");
-                    return;
-                }
-            };
-            let current = Drain::decode(bytes.as_deref()).unwrap_or(Drain::SERVING);
-            let next = admin::start(current, now);
-            if next == current {
-                return;
+        match store::update(&mut DrainRecord, Change::Start { now_unix_ms: now }) {
+            Updated::Stored(_) => {
+                self.changed();
+                log::info!("drain started");
             }
-            match hostcalls::set_shared_data(SHARED_KEY, Some(&next.encode()), cas) {
-                Ok(()) => {
-                    self.changed();
-                    log::info!("drain started");
-                    return;
-                }
-                Err(Status::CasMismatch) => continue,
-                Err(status) => {
-                    log::error!("storing drain state failed: {status:?}");
-                    return;
-                }
-            }
+            Updated::Unchanged => {}
+            Updated::ReadFailed(status) => log::error!("reading drain state failed: {status:?}"),
+            Updated::WriteFailed(status) => log::error!("storing drain state failed: {status:?}"),
+            Updated::KeptChanging => log::error!("drain state kept changing; drain not started"),
         }
-        log::error!("drain state kept changing; drain not started");
     }
 
-    /// Adopts a drain controller's state (see [`crate::drain::follow`]).
+    /// Adopts a drain controller's state (see [`crate::drain::follow`]);
+    /// if another worker changed it meanwhile, the next poll looks again.
     fn follow(&self, controller: Drain) {
-        let Ok((bytes, cas)) = hostcalls::get_shared_data(SHARED_KEY) else {
-            return;
-        };
-        let local = Drain::decode(bytes.as_deref()).unwrap_or(Drain::SERVING);
-        let Some(next) = drain::follow(controller, local) else {
-            return;
-        };
-        // On a CAS mismatch another worker just changed it: the next poll
-        // looks again.
-        if hostcalls::set_shared_data(SHARED_KEY, Some(&next.encode()), cas).is_ok() {
+        if let Updated::Stored(next) = store::update(&mut DrainRecord, Change::Follow(controller)) {
             self.changed();
             match next.started_unix_ms {
                 Some(_) => log::info!("drain started by the drain controller"),
@@ -279,6 +253,26 @@ impl Shared {
             }
             Err(status) => log::error!("storing drain state failed: {status:?}"),
         }
+    }
+}
+
+/// The drain record in the host's shared data.
+struct DrainRecord;
+
+impl SharedValue for DrainRecord {
+    type Error = Status;
+
+    fn read(&mut self) -> Result<store::Versioned, Status> {
+        hostcalls::get_shared_data(SHARED_KEY)
+    }
+
+    fn write(&mut self, value: &[u8], version: Option<u32>) -> Result<(), Refused<Status>> {
+        hostcalls::set_shared_data(SHARED_KEY, Some(value), version).map_err(
+            |status| match status {
+                Status::CasMismatch => Refused::Mismatch,
+                status => Refused::Failed(status),
+            },
+        )
     }
 }
 
@@ -379,14 +373,10 @@ fn grpc_code(status: u32) -> GrpcStatusCode {
 struct Root {
     context_id: u32,
     shared: Option<Rc<Shared>>,
-    /// The tick period set, and the one used away from a grace end.
-    tick_ms: u64,
-    normal_tick_ms: u64,
-    /// Drain controller polling: when the next poll is due, whether one is
-    /// out, and whether the last one worked (to log changes only).
-    next_poll_unix_ms: u64,
-    poll_pending: bool,
-    controller_ok: Option<bool>,
+    /// The tick period.
+    ticks: Ticks,
+    /// Drain controller polling.
+    polls: Polls,
 }
 
 impl Root {
@@ -397,10 +387,9 @@ impl Root {
         let Some(ctl) = &shared.cfg.drain_controller else {
             return;
         };
-        if self.poll_pending || now < self.next_poll_unix_ms {
+        if !self.polls.start(now, ctl.poll_ms) {
             return;
         }
-        self.next_poll_unix_ms = now + ctl.poll_ms;
         let call = self.dispatch_http_call(
             &ctl.cluster,
             vec![
@@ -413,7 +402,7 @@ impl Root {
             Duration::from_millis(ctl.poll_ms),
         );
         match call {
-            Ok(_) => self.poll_pending = true,
+            Ok(_) => self.polls.sent(),
             Err(status) => self.controller_health(Err(format!(
                 "cannot call the drain controller through cluster {:?}: {status:?}",
                 ctl.cluster
@@ -422,14 +411,12 @@ impl Root {
     }
 
     fn controller_health(&mut self, result: Result<(), String>) {
-        let ok = result.is_ok();
-        if self.controller_ok != Some(ok) {
+        if self.polls.worked(result.is_ok()) {
             match result {
                 Ok(()) => log::info!("following the drain controller"),
                 Err(e) => log::warn!("{e}; keeping the current drain state"),
             }
         }
-        self.controller_ok = Some(ok);
     }
 }
 
@@ -477,7 +464,7 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
-        self.poll_pending = false;
+        self.polls.answered();
         let Some(shared) = self.shared.clone() else {
             return;
         };
@@ -521,21 +508,22 @@ impl RootContext for Root {
                 return false;
             }
         }
-        let tick = match &cfg.drain_controller {
-            Some(ctl) => TICK.min(Duration::from_millis(ctl.poll_ms)),
-            None => TICK,
+        let ticks = Ticks::new(cfg.drain_controller.as_ref().map(|ctl| ctl.poll_ms));
+        let cut = sse::CutPolicy {
+            windows: cfg.windows(),
+            margin_ms: cfg.final_event_margin_ms,
+            clock_lag_ms: ticks.clock_lag_ms(),
         };
         self.shared = Some(Rc::new(Shared {
             cfg,
             metrics,
             seen: Cell::default(),
             pending: Cell::default(),
-            clock_lag_ms: 2 * tick.as_millis() as u64,
+            cut,
             streams: RefCell::default(),
         }));
-        self.normal_tick_ms = tick.as_millis() as u64;
-        self.tick_ms = self.normal_tick_ms;
-        self.set_tick_period(tick);
+        self.ticks = ticks;
+        self.set_tick_period(Duration::from_millis(ticks.period_ms));
         true
     }
 
@@ -548,10 +536,9 @@ impl RootContext for Root {
         shared.flush(now);
         self.poll_controller(now);
         let here = !shared.streams.borrow().is_empty();
-        let plan = drain::at_tick(drain, now, shared.windows(), self.normal_tick_ms, here);
-        if plan.period_ms != self.tick_ms {
-            self.tick_ms = plan.period_ms;
-            self.set_tick_period(Duration::from_millis(plan.period_ms));
+        let plan = self.ticks.at_tick(drain, now, shared.windows(), here);
+        if let Some(period_ms) = plan.set_period_ms {
+            self.set_tick_period(Duration::from_millis(period_ms));
         }
         if plan.end_in_flight {
             self.end_in_flight(&shared);
@@ -685,23 +672,22 @@ impl HttpContext for Traffic {
 }
 
 impl Traffic {
-    /// Whether this stream's cut is due now, and why.
+    /// Whether this stream must end now, and why: the clock and the drain
+    /// state are read only when the cut policy says it may.
     fn due(&self, shared: &Shared) -> Option<sse::Limit> {
-        sse::due(
-            || now_unix_ms(self),
-            self.deadline_unix_ms,
-            shared.seen.get(),
-            shared.cfg.windows(),
-            shared.cfg.final_event_margin_ms,
-            shared.clock_lag_ms,
-            |now| shared.drain(now),
-        )
+        let cut = &shared.cut;
+        if !cut.may_be_due(self.deadline_unix_ms, shared.seen.get()) {
+            return None;
+        }
+        let now = now_unix_ms(self);
+        cut.due(self.deadline_unix_ms, now, shared.drain(now))
     }
 
     /// An upgraded WebSocket session's bytes from the upstream: every chunk
     /// is followed (the frame boundaries cannot be found mid-stream), and
-    /// once the cut is due the client gets a close frame (1012) at the next
-    /// boundary; what comes after it is dropped and the stream ended.
+    /// once the session must end the client gets a close frame (1012) at
+    /// the next boundary; what comes after it is dropped and the stream
+    /// ended.
     fn on_websocket_body(
         &mut self,
         shared: &Shared,
@@ -780,12 +766,7 @@ impl Drop for Traffic {
         shared.streams.borrow_mut().remove(&self.context_id);
         Metrics::add(m.inflight, -1);
         shared.count(None, counts::Pending::complete);
-        // A request's end moves the drain's stats only while a drain is on
-        // (as this worker last read it), or if it may have been cut: a
-        // request served whole costs nothing more here.
-        let r = self.response;
-        let maybe_cut = r.body_started && !r.whole && !r.final_event;
-        if shared.seen.get().drain.started_unix_ms.is_none() && !maybe_cut {
+        if !drain_stats::end_matters(self.response, shared.seen.get().drain) {
             return;
         }
         let now = now_unix_ms(self);

@@ -13,6 +13,8 @@
 //! - [`admin`]: the drain API;
 //! - [`dialect`]: which API a request speaks, and its refusals and endings;
 //! - [`reply`]: local replies;
+//! - [`schedule`]: when a worker ticks and polls its drain controller;
+//! - [`store`]: changing the stored drain state (compare-and-swap, retried);
 //! - [`sse`]: ending SSE streams with a final error event before a limit;
 //! - [`websocket`]: ending WebSocket sessions with a close frame at a frame boundary;
 //! - [`json`]: the small JSON reader and writer all of them use;
@@ -34,7 +36,9 @@ pub mod drain_stats;
 pub mod headers;
 pub mod json;
 pub mod reply;
+pub mod schedule;
 pub mod sse;
+pub mod store;
 pub mod traffic;
 pub mod websocket;
 
@@ -47,8 +51,8 @@ pub use drain::{Drain, Phase};
 /// The proxy-wasm callbacks the plugin handles. The release build (`cargo
 /// xtask build`) removes the SDK's exports of every other `proxy_on_*`
 /// callback, so Envoy does not enter the VM for events the plugin ignores:
-/// request bodies and trailers, response headers (an event stream is told
-/// by its body, see [`sse::Body`]), `proxy_on_done` (the SDK's answer is
+/// request bodies and trailers, response headers (a body is classified as
+/// an event stream by its own bytes, see [`sse::Body`]), `proxy_on_done` (the SDK's answer is
 /// the ABI's default, done) and `proxy_on_log` (a stream's in-flight count
 /// is released when its context is deleted). Response trailers are handled
 /// (only responses that have them, gRPC's, enter the VM for them): they end

@@ -183,7 +183,7 @@ impl Closer {
 
     /// Decides for the next chunk; `cut` says whether the session must end.
     /// Every chunk is followed (the framing cannot be picked up mid-stream).
-    /// Once the cut is due, the close frame goes at the chunk's first frame
+    /// Once the session must end, the close frame goes at the chunk's first frame
     /// boundary and the rest of the chunk is dropped; with no boundary in
     /// it, the chunk passes and the next one is tried.
     pub fn on_chunk(&mut self, cut: bool, chunk: &[u8]) -> ChunkAction {
