@@ -191,7 +191,10 @@ impl Config {
         if !p.starts_with('/') || p.len() > 1024 || p.bytes().any(|b| !b.is_ascii_graphic()) {
             return Err(ConfigError::new(
                 "health_path",
-                format!("expected an absolute path like \"/healthz/ready\", got {p:?}"),
+                format!(
+                    "expected an absolute path like \"/healthz/ready\", got {}",
+                    json::quote(p)
+                ),
             ));
         }
         if p.contains('?') {
@@ -451,7 +454,7 @@ fn object<'v>(key: &str, value: &'v Value, what: &str) -> Result<&'v Map, Config
 }
 
 fn expected_one_of(key: &str, choices: &str, got: &str) -> ConfigError {
-    ConfigError::new(key, format!("expected {choices}, got {got:?}"))
+    ConfigError::new(key, format!("expected {choices}, got {}", json::quote(got)))
 }
 
 fn parse_dialects(key: &str, value: &Value) -> Result<Vec<PathDialect>, ConfigError> {
@@ -470,16 +473,25 @@ fn parse_dialects(key: &str, value: &Value) -> Result<Vec<PathDialect>, ConfigEr
             ConfigError::new(
                 &key,
                 format!(
-                    "unknown dialect {name:?} (known: openai, openai_responses, anthropic, grpc, plain)"
+                    "unknown dialect {} (known: openai, openai_responses, anthropic, grpc, plain)",
+                    json::quote(name)
                 ),
             )
         })?;
-        out.push(PathDialect {
-            prefix: prefix.clone(),
-            dialect,
-        });
+        // Longest prefix first; of equal lengths, document order (an
+        // insertion, not `sort`: the sort's code is kilobytes of the module).
+        let at = out
+            .iter()
+            .position(|d: &PathDialect| d.prefix.len() < prefix.len())
+            .unwrap_or(out.len());
+        out.insert(
+            at,
+            PathDialect {
+                prefix: prefix.clone(),
+                dialect,
+            },
+        );
     }
-    out.sort_by_key(|d| std::cmp::Reverse(d.prefix.len()));
     Ok(out)
 }
 
@@ -501,8 +513,8 @@ fn parse_controller(key: &str, value: &Value) -> Result<ControllerConfig, Config
         return Err(ConfigError::new(
             "drain_controller.path",
             format!(
-                "expected an absolute path like \"/drain\", got {:?}",
-                c.path
+                "expected an absolute path like \"/drain\", got {}",
+                json::quote(&c.path)
             ),
         ));
     }

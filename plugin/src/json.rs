@@ -526,6 +526,15 @@ pub(crate) fn push_u64(out: &mut String, mut n: u64) {
     out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
 }
 
+/// `s` as a JSON string literal, for messages: `"a\"b"`. The plugin's
+/// messages quote with this rather than `{:?}`, whose escaping brings
+/// Unicode tables into the module; for printable text both read the same.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    write_str(&mut out, s);
+    out
+}
+
 /// A JSON string literal: `"` and `\` escaped, control characters as
 /// `\n`-style or `\u00XX` escapes, everything else as is.
 pub fn write_str(out: &mut String, s: &str) {
