@@ -11,7 +11,7 @@
 //! (`"`, `\`, control characters; nothing else).
 //!
 //! ```
-//! use drainpipe::json::{self, Object, Value};
+//! use drainpipe::json::{self, Object};
 //! let v = json::parse(br#"{"b": [1, true], "a": null}"#).unwrap();
 //! assert_eq!(v.get("b").and_then(|b| b.as_array()).map(|a| a.len()), Some(2));
 //! assert_eq!(v.to_string(), r#"{"b":[1,true],"a":null}"#);
@@ -61,7 +61,8 @@ impl Map {
     }
 
     /// The distinct keys with the value that counts (the last), in the
-    /// order of their last occurrence.
+    /// order of their last occurrence. Quadratic in the members: for the
+    /// configuration's small objects.
     pub fn entries(&self) -> impl Iterator<Item = (&String, &Value)> {
         self.0
             .iter()
