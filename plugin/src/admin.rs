@@ -9,8 +9,7 @@
 //! | anything else | 404 |
 //! | missing or wrong token (when `admin_token` is set) | 401, before any routing |
 
-use crate::json::Value;
-use crate::json_object;
+use crate::json::Object;
 
 use crate::config::Config;
 use crate::drain::{Drain, Phase};
@@ -77,20 +76,20 @@ pub struct Status {
 impl Status {
     /// The reply to an action: 202 for a drain start, 200 otherwise.
     pub fn reply(&self, action: Action, warning: Option<&str>) -> LocalReply {
-        let mut body = json_object! {
-            "state": self.phase.as_str(),
-            "inflight": self.inflight,
-            "drain_started_unix_ms": self.drain.started_unix_ms,
-            "elapsed_ms": self.drain.elapsed_ms(self.now_unix_ms),
-            "admitted": self.admitted,
-            "rejected_draining": self.rejected_draining,
-            "rejected_deadline": self.rejected_deadline,
-        };
+        // Keys in alphabetical order, as the status has always been written.
+        let mut body = Object::new()
+            .u64("admitted", self.admitted)
+            .opt_u64("drain_started_unix_ms", self.drain.started_unix_ms)
+            .opt_u64("elapsed_ms", self.drain.elapsed_ms(self.now_unix_ms))
+            .u64("inflight", self.inflight)
+            .u64("rejected_deadline", self.rejected_deadline)
+            .u64("rejected_draining", self.rejected_draining)
+            .str("state", self.phase.as_str());
         if let Some(w) = warning {
-            body.insert("warning", w);
+            body = body.str("warning", w);
         }
         let status = if action == Action::Start { 202 } else { 200 };
-        LocalReply::json(status, body)
+        LocalReply::json(status, body.finish())
     }
 }
 
@@ -105,7 +104,7 @@ pub fn start(current: Drain, now_unix_ms: u64) -> Drain {
 fn error(status: u32, message: &str, code: &str) -> LocalReply {
     LocalReply::json(
         status,
-        json_object! {"error": json_object! {"message": message, "type": "invalid_request_error", "param": Value::Null, "code": code}},
+        crate::dialect::error_object(message, "invalid_request_error", code),
     )
 }
 

@@ -182,37 +182,12 @@ impl Config {
                 format!("expected a JSON object, got {}", kind(&doc)),
             ));
         };
-        let mut cfg = Config::default();
-        let mut margin = None;
-        for (key, value) in &top {
-            match key.as_str() {
-                "role" => {
-                    cfg.role = match string(key, value)? {
-                        "traffic" => Role::Traffic,
-                        "admin" => Role::Admin,
-                        other => {
-                            return Err(ConfigError::new(
-                                key,
-                                format!("expected \"traffic\" or \"admin\", got {other:?}"),
-                            ))
-                        }
-                    }
-                }
-                "health_path" => cfg.health_path = string(key, value)?.to_string(),
-                "admit_window_ms" => cfg.admit_window_ms = duration(key, value)?,
-                "grace_ms" => cfg.grace_ms = duration(key, value)?,
-                "retry_after_s" => cfg.retry_after_s = retry_after(key, value)?,
-                "deadline" => parse_deadline(&mut cfg.deadline, value)?,
-                "admin_token" => cfg.admin_token = Some(string(key, value)?.to_string()),
-                "envoy_admin_cluster" => {
-                    cfg.envoy_admin_cluster = Some(string(key, value)?.to_string())
-                }
-                "final_event_margin_ms" => margin = Some(duration(key, value)?),
-                "drain_controller" => cfg.drain_controller = Some(parse_controller(value)?),
-                "dialects" => cfg.dialects = parse_dialects(value)?,
-                _ => return Err(unknown_key(key, TOP_KEYS)),
-            }
-        }
+        let mut b = Building {
+            cfg: Config::default(),
+            margin: None,
+        };
+        read_object(&mut b, &top, "", TOP_KEYS)?;
+        let Building { mut cfg, margin } = b;
         // A default that depends on another key follows it: only a margin
         // set explicitly can conflict with the minimum budget.
         cfg.final_event_margin_ms = margin.unwrap_or_else(|| default_margin(&cfg.deadline));
@@ -226,7 +201,10 @@ impl Config {
         if !p.starts_with('/') || p.len() > 1024 || p.bytes().any(|b| !b.is_ascii_graphic()) {
             return Err(ConfigError::new(
                 "health_path",
-                format!("expected an absolute path like \"/healthz/ready\", got {p:?}"),
+                format!(
+                    "expected an absolute path like \"/healthz/ready\", got {}",
+                    json::quote(p)
+                ),
             ));
         }
         if p.contains('?') {
@@ -345,84 +323,160 @@ fn retry_after(key: &str, value: &Value) -> Result<u64, ConfigError> {
     }
 }
 
-const TOP_KEYS: &[&str] = &[
-    "role",
-    "health_path",
-    "admit_window_ms",
-    "grace_ms",
-    "retry_after_s",
-    "deadline",
-    "admin_token",
-    "envoy_admin_cluster",
-    "final_event_margin_ms",
-    "drain_controller",
-    "dialects",
-];
-const CONTROLLER_KEYS: &[&str] = &["cluster", "path", "poll_ms"];
-const DEADLINE_KEYS: &[&str] = &[
-    "default_timeout_ms",
-    "websocket_default_timeout_ms",
-    "max_timeout_ms",
-    "min_budget_ms",
-    "upstream_headers",
+/// The configuration being read: the struct, and the settings whose
+/// defaults depend on others, applied once every key is read.
+struct Building {
+    cfg: Config,
+    margin: Option<u64>,
+}
+
+/// A key of a JSON object and how its value is read into a `T`, given the
+/// key's dotted path for errors.
+type Key<T> = (
+    &'static str,
+    fn(&mut T, &str, &Value) -> Result<(), ConfigError>,
+);
+
+/// The top-level keys: this table is both what is read and what the
+/// unknown-key error lists.
+const TOP_KEYS: &[Key<Building>] = &[
+    ("role", |b, k, v| {
+        b.cfg.role = match string(k, v)? {
+            "traffic" => Role::Traffic,
+            "admin" => Role::Admin,
+            other => return Err(expected_one_of(k, "\"traffic\" or \"admin\"", other)),
+        };
+        Ok(())
+    }),
+    ("health_path", |b, k, v| {
+        b.cfg.health_path = string(k, v)?.to_string();
+        Ok(())
+    }),
+    ("admit_window_ms", |b, k, v| {
+        b.cfg.admit_window_ms = duration(k, v)?;
+        Ok(())
+    }),
+    ("grace_ms", |b, k, v| {
+        b.cfg.grace_ms = duration(k, v)?;
+        Ok(())
+    }),
+    ("retry_after_s", |b, k, v| {
+        b.cfg.retry_after_s = retry_after(k, v)?;
+        Ok(())
+    }),
+    ("deadline", |b, k, v| {
+        read_object(&mut b.cfg.deadline, object(k, v, "")?, k, DEADLINE_KEYS)
+    }),
+    ("admin_token", |b, k, v| {
+        b.cfg.admin_token = Some(string(k, v)?.to_string());
+        Ok(())
+    }),
+    ("envoy_admin_cluster", |b, k, v| {
+        b.cfg.envoy_admin_cluster = Some(string(k, v)?.to_string());
+        Ok(())
+    }),
+    ("final_event_margin_ms", |b, k, v| {
+        b.margin = Some(duration(k, v)?);
+        Ok(())
+    }),
+    ("drain_controller", |b, k, v| {
+        b.cfg.drain_controller = Some(parse_controller(k, v)?);
+        Ok(())
+    }),
+    ("dialects", |b, k, v| {
+        b.cfg.dialects = parse_dialects(k, v)?;
+        Ok(())
+    }),
 ];
 
-fn parse_deadline(d: &mut DeadlineConfig, value: &Value) -> Result<(), ConfigError> {
-    let obj: &Map = value.as_object().ok_or_else(|| {
-        ConfigError::new(
-            "deadline",
-            format!("expected a JSON object, got {}", kind(value)),
-        )
-    })?;
-    let mut websocket = None;
-    for (key, value) in obj {
-        let path = format!("deadline.{key}");
-        let ms = match key.as_str() {
-            "default_timeout_ms" => &mut d.default_timeout_ms,
-            "max_timeout_ms" => &mut d.max_timeout_ms,
-            "min_budget_ms" => &mut d.min_budget_ms,
-            "websocket_default_timeout_ms" => {
-                websocket = Some((path, value));
-                continue;
-            }
-            "upstream_headers" => {
-                d.upstream_headers = match string(&path, value)? {
-                    "router" => UpstreamHeaders::Router,
-                    "all" => UpstreamHeaders::All,
-                    other => {
-                        return Err(ConfigError::new(
-                            path,
-                            format!("expected \"router\" or \"all\", got {other:?}"),
-                        ))
-                    }
-                };
-                continue;
-            }
-            _ => return Err(unknown_key(&path, DEADLINE_KEYS)),
+const DEADLINE_KEYS: &[Key<DeadlineConfig>] = &[
+    ("default_timeout_ms", |d, k, v| {
+        d.default_timeout_ms = duration(k, v)?;
+        Ok(())
+    }),
+    ("max_timeout_ms", |d, k, v| {
+        d.max_timeout_ms = duration(k, v)?;
+        Ok(())
+    }),
+    ("min_budget_ms", |d, k, v| {
+        d.min_budget_ms = duration(k, v)?;
+        Ok(())
+    }),
+    // After the minimum and the maximum: its bounds.
+    ("websocket_default_timeout_ms", |d, k, v| {
+        d.websocket_default_timeout_ms = integer(k, v, d.min_budget_ms, d.max_timeout_ms)?;
+        Ok(())
+    }),
+    ("upstream_headers", |d, k, v| {
+        d.upstream_headers = match string(k, v)? {
+            "router" => UpstreamHeaders::Router,
+            "all" => UpstreamHeaders::All,
+            other => return Err(expected_one_of(k, "\"router\" or \"all\"", other)),
         };
-        *ms = duration(&path, value)?;
+        Ok(())
+    }),
+];
+
+const CONTROLLER_KEYS: &[Key<ControllerConfig>] = &[
+    ("cluster", |c, k, v| {
+        c.cluster = string(k, v)?.to_string();
+        Ok(())
+    }),
+    ("path", |c, k, v| {
+        c.path = string(k, v)?.to_string();
+        Ok(())
+    }),
+    ("poll_ms", |c, k, v| {
+        c.poll_ms = integer(k, v, 100, 60_000)?;
+        Ok(())
+    }),
+];
+
+/// Reads the members of `obj` (at `path`, `""` for the document) into
+/// `into` by `keys`: a key not in `keys` is refused, and of a repeated key
+/// the last value counts.
+fn read_object<T>(into: &mut T, obj: &Map, path: &str, keys: &[Key<T>]) -> Result<(), ConfigError> {
+    let path_of = |key: &str| match path {
+        "" => key.to_string(),
+        _ => format!("{path}.{key}"),
+    };
+    if let Some((key, _)) = obj
+        .iter()
+        .find(|(key, _)| !keys.iter().any(|(known, _)| known == key))
+    {
+        let known: Vec<&str> = keys.iter().map(|(name, _)| *name).collect();
+        return Err(ConfigError::new(
+            path_of(key),
+            format!("unknown key (known keys: {})", known.join(", ")),
+        ));
     }
-    // Read last, once the bounds are known: between the minimum budget and
-    // the maximum, as the default for requests.
-    if let Some((path, value)) = websocket {
-        d.websocket_default_timeout_ms = integer(&path, value, d.min_budget_ms, d.max_timeout_ms)?;
+    for (name, read) in keys {
+        if let Some(value) = obj.get(name) {
+            read(into, &path_of(name), value)?;
+        }
     }
     Ok(())
 }
 
-fn parse_dialects(value: &Value) -> Result<Vec<PathDialect>, ConfigError> {
-    let obj = value.as_object().ok_or_else(|| {
+/// `value` as an object; `what` describes it in the error.
+fn object<'v>(key: &str, value: &'v Value, what: &str) -> Result<&'v Map, ConfigError> {
+    value.as_object().ok_or_else(|| {
         ConfigError::new(
-            "dialects",
-            format!(
-                "expected a JSON object of path prefixes and dialects, got {}",
-                kind(value)
-            ),
+            key,
+            format!("expected a JSON object{what}, got {}", kind(value)),
         )
-    })?;
+    })
+}
+
+fn expected_one_of(key: &str, choices: &str, got: &str) -> ConfigError {
+    ConfigError::new(key, format!("expected {choices}, got {}", json::quote(got)))
+}
+
+fn parse_dialects(key: &str, value: &Value) -> Result<Vec<PathDialect>, ConfigError> {
+    let obj = object(key, value, " of path prefixes and dialects")?;
     let mut out = Vec::new();
-    for (prefix, value) in obj {
-        let key = format!("dialects.{prefix}");
+    for (prefix, value) in obj.entries() {
+        let key = format!("{key}.{prefix}");
         if !prefix.starts_with('/') || prefix.bytes().any(|b| !b.is_ascii_graphic()) {
             return Err(ConfigError::new(
                 key,
@@ -434,40 +488,36 @@ fn parse_dialects(value: &Value) -> Result<Vec<PathDialect>, ConfigError> {
             ConfigError::new(
                 &key,
                 format!(
-                    "unknown dialect {name:?} (known: openai, openai_responses, anthropic, grpc, plain)"
+                    "unknown dialect {} (known: openai, openai_responses, anthropic, grpc, plain)",
+                    json::quote(name)
                 ),
             )
         })?;
-        out.push(PathDialect {
-            prefix: prefix.clone(),
-            dialect,
-        });
+        // Longest prefix first; of equal lengths, document order (an
+        // insertion, not `sort`: the sort's code is kilobytes of the module).
+        let at = out
+            .iter()
+            .position(|d: &PathDialect| d.prefix.len() < prefix.len())
+            .unwrap_or(out.len());
+        out.insert(
+            at,
+            PathDialect {
+                prefix: prefix.clone(),
+                dialect,
+            },
+        );
     }
-    out.sort_by_key(|d| std::cmp::Reverse(d.prefix.len()));
     Ok(out)
 }
 
-fn parse_controller(value: &Value) -> Result<ControllerConfig, ConfigError> {
-    let obj = value.as_object().ok_or_else(|| {
-        ConfigError::new(
-            "drain_controller",
-            format!("expected a JSON object, got {}", kind(value)),
-        )
-    })?;
+fn parse_controller(key: &str, value: &Value) -> Result<ControllerConfig, ConfigError> {
+    let obj = object(key, value, "")?;
     let mut c = ControllerConfig {
         cluster: String::new(),
         path: "/drain".to_string(),
         poll_ms: 1_000,
     };
-    for (key, value) in obj {
-        let path = format!("drain_controller.{key}");
-        match key.as_str() {
-            "cluster" => c.cluster = string(&path, value)?.to_string(),
-            "path" => c.path = string(&path, value)?.to_string(),
-            "poll_ms" => c.poll_ms = integer(&path, value, 100, 60_000)?,
-            _ => return Err(unknown_key(&path, CONTROLLER_KEYS)),
-        }
-    }
+    read_object(&mut c, obj, key, CONTROLLER_KEYS)?;
     if c.cluster.is_empty() {
         return Err(ConfigError::new(
             "drain_controller.cluster",
@@ -478,19 +528,12 @@ fn parse_controller(value: &Value) -> Result<ControllerConfig, ConfigError> {
         return Err(ConfigError::new(
             "drain_controller.path",
             format!(
-                "expected an absolute path like \"/drain\", got {:?}",
-                c.path
+                "expected an absolute path like \"/drain\", got {}",
+                json::quote(&c.path)
             ),
         ));
     }
     Ok(c)
-}
-
-fn unknown_key(key: &str, known: &[&str]) -> ConfigError {
-    ConfigError::new(
-        key,
-        format!("unknown key (known keys: {})", known.join(", ")),
-    )
 }
 
 fn string<'v>(key: &str, value: &'v Value) -> Result<&'v str, ConfigError> {
@@ -592,6 +635,64 @@ mod tests {
         assert_eq!(cfg.admin_token.as_deref(), Some("s3cret"));
         assert_eq!(cfg.envoy_admin_cluster.as_deref(), Some("envoy_admin"));
         assert_eq!(cfg.final_event_margin_ms, 50);
+    }
+
+    /// The key tables are what is read and what an unknown key's error
+    /// lists: every listed key is taken (a wrong value gets a type error,
+    /// not "unknown key"), in every section.
+    #[test]
+    fn every_listed_key_is_accepted_and_listed_in_the_unknown_key_error() {
+        fn names<T>(keys: &[Key<T>]) -> Vec<&'static str> {
+            keys.iter().map(|(name, _)| *name).collect()
+        }
+        let sections = [
+            ("", r#"{"x":1}"#, names(TOP_KEYS)),
+            ("deadline", r#"{"deadline":{"x":1}}"#, names(DEADLINE_KEYS)),
+            (
+                "drain_controller",
+                r#"{"drain_controller":{"x":1}}"#,
+                names(CONTROLLER_KEYS),
+            ),
+        ];
+        for (section, unknown, keys) in sections {
+            let err = Config::parse(unknown.as_bytes()).unwrap_err();
+            assert_eq!(
+                err.problem,
+                format!("unknown key (known keys: {})", keys.join(", "))
+            );
+            for key in keys {
+                let doc = match section {
+                    "" => format!(r#"{{"{key}":[]}}"#),
+                    _ => format!(r#"{{"{section}":{{"{key}":[]}}}}"#),
+                };
+                let err = Config::parse(doc.as_bytes()).unwrap_err();
+                let path = match section {
+                    "" => key.to_string(),
+                    _ => format!("{section}.{key}"),
+                };
+                assert_eq!(err.key, path, "{doc}: {err}");
+                assert!(err.problem.starts_with("expected "), "{doc}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn of_a_repeated_key_the_last_value_counts() {
+        let c = Config::parse(
+            br#"{"grace_ms":1000,"deadline":{"max_timeout_ms":1},"grace_ms":9000,
+                "deadline":{"min_budget_ms":0},"dialects":{"/a":"openai","/a":"anthropic"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.grace_ms, 9000);
+        // The second `deadline` replaces the first, it is not merged with it.
+        assert_eq!(c.deadline.max_timeout_ms, 600_000);
+        assert_eq!(c.deadline.min_budget_ms, 0);
+        let dialects: Vec<_> = c
+            .dialects
+            .iter()
+            .map(|d| (d.prefix.as_str(), d.dialect))
+            .collect();
+        assert_eq!(dialects, [("/a", Dialect::Anthropic)]);
     }
 
     #[test]

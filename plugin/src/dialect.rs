@@ -17,8 +17,7 @@
 //! | 7 | anything else | [`Dialect::Plain`] |
 
 use crate::headers::Headers;
-use crate::json::Value;
-use crate::json_object;
+use crate::json::Object;
 use crate::reply::LocalReply;
 use crate::sse::Limit;
 
@@ -135,14 +134,38 @@ pub fn detect(overrides: &[PathDialect], headers: &dyn Headers) -> Dialect {
     Dialect::Plain
 }
 
-/// The OpenAI error object: `{"error":{"message","type","param","code"}}`.
-fn openai_error_object(message: &str, code: &str) -> Value {
-    json_object! {"error": json_object! {"message": message, "type": "server_error", "param": Value::Null, "code": code}}
+/// The OpenAI error object, `type` `server_error`:
+/// `{"error":{"code","message","param","type"}}`.
+pub(crate) fn openai_error_object(message: &str, code: &str) -> String {
+    error_object(message, "server_error", code)
 }
 
-/// The Anthropic error object: `{"type":"error","error":{"type","message"}}`.
-fn anthropic_error_object(kind: &str, message: &str) -> Value {
-    json_object! {"type": "error", "error": json_object! {"type": kind, "message": message}}
+/// The OpenAI error object of a `kind` (its `type`), members in
+/// alphabetical order as the plugin has always written them.
+pub(crate) fn error_object(message: &str, kind: &str, code: &str) -> String {
+    Object::new()
+        .object("error", openai_error(message, kind, code))
+        .finish()
+}
+
+/// The inner object of the OpenAI error object.
+fn openai_error(message: &str, kind: &str, code: &str) -> Object {
+    Object::new()
+        .str("code", code)
+        .str("message", message)
+        .null("param")
+        .str("type", kind)
+}
+
+/// The Anthropic error object: `{"error":{"message","type"},"type":"error"}`.
+fn anthropic_error_object(kind: &str, message: &str) -> String {
+    Object::new()
+        .object(
+            "error",
+            Object::new().str("message", message).str("type", kind),
+        )
+        .str("type", "error")
+        .finish()
 }
 
 /// A gRPC trailers-only answer: HTTP 200, `grpc-status`, and the message
@@ -214,14 +237,14 @@ pub fn final_event(dialect: Dialect, limit: Limit) -> Vec<u8> {
             .into_bytes()
         }
         Dialect::OpenAiResponses => {
-            let event = json_object! {
-                "type": "error",
-                "code": code,
-                "message": message,
-                "param": Value::Null,
-                "sequence_number": 0u64,
-                "error": json_object! {"type": "server_error", "code": code, "message": message, "param": Value::Null}
-            };
+            let event = Object::new()
+                .str("code", code)
+                .object("error", openai_error(message, "server_error", code))
+                .str("message", message)
+                .null("param")
+                .u64("sequence_number", 0)
+                .str("type", "error")
+                .finish();
             format!("event: error\ndata: {event}\n\n").into_bytes()
         }
         _ => format!("data: {}\n\n", openai_error_object(message, code)).into_bytes(),

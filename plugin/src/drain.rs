@@ -110,7 +110,10 @@ impl Drain {
             None | Some(b"") => Ok(Drain::SERVING),
             Some(b) => crate::deadline::parse_ms(b)
                 .map(Drain::started_at)
-                .ok_or_else(|| format!("bad drain record {:?}", String::from_utf8_lossy(b))),
+                .ok_or_else(|| {
+                    let record = crate::json::quote(&String::from_utf8_lossy(b));
+                    format!("bad drain record {record}")
+                }),
         }
     }
 

@@ -404,8 +404,8 @@ impl Root {
         match call {
             Ok(_) => self.polls.sent(),
             Err(status) => self.controller_health(Err(format!(
-                "cannot call the drain controller through cluster {:?}: {status:?}",
-                ctl.cluster
+                "cannot call the drain controller through cluster {}: {status:?}",
+                crate::json::quote(&ctl.cluster)
             ))),
         }
     }
@@ -878,7 +878,8 @@ impl HttpContext for Admin {
                 }
                 Err(status) => {
                     let w = format!(
-                        "cannot call Envoy's admin through cluster {cluster:?}: {status:?}"
+                        "cannot call Envoy's admin through cluster {}: {status:?}",
+                        crate::json::quote(cluster)
                     );
                     log::warn!("{w}");
                     warning = Some(w);

@@ -2,19 +2,21 @@
 //! controller's status, and the bodies of its local replies.
 //!
 //! A small strict reader (RFC 8259: no comments, no trailing commas, no
-//! trailing characters, nesting at most [`MAX_DEPTH`]) and a compact writer,
-//! instead of a general-purpose JSON library, to keep the wasm module small.
-//! Objects keep their keys sorted, a repeated key keeps its last value, and
-//! the writer escapes like common JSON libraries (`"`, `\`, control
-//! characters; nothing else), so the output is stable byte for byte.
+//! trailing characters, nesting at most [`MAX_DEPTH`]) into a [`Value`]
+//! tree, and a writer of objects ([`Object`]) that writes each member as it
+//! is given, instead of a general-purpose JSON library, to keep the wasm
+//! module small (BENCHMARKS.md measures serde_json against it). Objects keep
+//! their members in document order; of a repeated key, the last value
+//! counts ([`Map::get`]). The writer escapes like common JSON libraries
+//! (`"`, `\`, control characters; nothing else).
 //!
 //! ```
-//! use drainpipe::json::{self, Value};
+//! use drainpipe::json::{self, Object};
 //! let v = json::parse(br#"{"b": [1, true], "a": null}"#).unwrap();
 //! assert_eq!(v.get("b").and_then(|b| b.as_array()).map(|a| a.len()), Some(2));
-//! assert_eq!(v.to_string(), r#"{"a":null,"b":[1,true]}"#);
-//! let reply = drainpipe::json_object! { "status": "serving", "inflight": 3u64 };
-//! assert_eq!(reply.to_string(), r#"{"inflight":3,"status":"serving"}"#);
+//! assert_eq!(v.to_string(), r#"{"b":[1,true],"a":null}"#);
+//! let reply = Object::new().str("status", "serving").u64("inflight", 3).finish();
+//! assert_eq!(reply, r#"{"status":"serving","inflight":3}"#);
 //! ```
 
 use std::fmt;
@@ -42,27 +44,31 @@ pub enum Number {
     Other(String),
 }
 
-/// A JSON object: keys sorted, each once.
+/// A JSON object: its members in document order, a repeated key kept
+/// (the last one counts).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Map(Vec<(String, Value)>);
 
 impl Map {
+    /// The value of `key`: of a repeated key, the last.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.find(key).ok().map(|i| &self.0[i].1)
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
-    /// Sets `key`, replacing an earlier value.
-    pub fn insert(&mut self, key: impl Into<String>, value: Value) {
-        let key = key.into();
-        match self.find(&key) {
-            Ok(i) => self.0[i].1 = value,
-            Err(i) => self.0.insert(i, (key, value)),
-        }
-    }
-
-    /// The entries, in key order.
+    /// The members, in document order, a repeated key as often as written.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
         self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    /// The distinct keys with the value that counts (the last), in the
+    /// order of their last occurrence. Quadratic in the members: for the
+    /// configuration's small objects.
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(i, (k, _))| !self.0[i + 1..].iter().any(|(later, _)| later == k))
+            .map(|(_, (k, v))| (k, v))
     }
 
     pub fn len(&self) -> usize {
@@ -72,34 +78,9 @@ impl Map {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    fn find(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
-    }
-}
-
-impl<'m> IntoIterator for &'m Map {
-    type Item = (&'m String, &'m Value);
-    type IntoIter = std::iter::Map<
-        std::slice::Iter<'m, (String, Value)>,
-        fn(&'m (String, Value)) -> (&'m String, &'m Value),
-    >;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(k, v)| (k, v))
-    }
 }
 
 impl Value {
-    /// An object from `(key, value)` pairs, in any order.
-    pub fn object<K: Into<String>>(entries: impl IntoIterator<Item = (K, Value)>) -> Value {
-        let mut map = Map::default();
-        for (k, v) in entries {
-            map.insert(k, v);
-        }
-        Value::Object(map)
-    }
-
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.as_object()?.get(key)
     }
@@ -139,63 +120,78 @@ impl Value {
             _ => None,
         }
     }
-
-    /// Sets `key` on an object; a no-op on other values.
-    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) {
-        if let Value::Object(m) = self {
-            m.insert(key, value.into());
-        }
-    }
 }
 
-impl From<&str> for Value {
-    fn from(s: &str) -> Value {
-        Value::String(s.to_string())
-    }
-}
-
-impl From<String> for Value {
-    fn from(s: String) -> Value {
-        Value::String(s)
-    }
-}
-
-impl From<bool> for Value {
-    fn from(b: bool) -> Value {
-        Value::Bool(b)
-    }
-}
-
-impl From<u64> for Value {
-    fn from(n: u64) -> Value {
-        Value::Number(Number::Unsigned(n))
-    }
-}
-
-impl From<u32> for Value {
-    fn from(n: u32) -> Value {
-        Value::Number(Number::Unsigned(n.into()))
-    }
-}
-
-impl<T: Into<Value>> From<Option<T>> for Value {
-    fn from(v: Option<T>) -> Value {
-        v.map_or(Value::Null, Into::into)
-    }
-}
-
-/// An object value from `"key": value` pairs; values are anything with
-/// `Into<Value>` (strings, integers, booleans, options, values).
+/// A JSON object written member by member, in the order given.
 ///
 /// ```
-/// let v = drainpipe::json_object! { "error": drainpipe::json_object! { "code": "x", "param": None::<u64> } };
-/// assert_eq!(v.to_string(), r#"{"error":{"code":"x","param":null}}"#);
+/// use drainpipe::json::Object;
+/// let error = Object::new().str("code", "x").null("param");
+/// let body = Object::new().object("error", error).finish();
+/// assert_eq!(body, r#"{"error":{"code":"x","param":null}}"#);
 /// ```
-#[macro_export]
-macro_rules! json_object {
-    ($($key:literal : $value:expr),* $(,)?) => {
-        $crate::json::Value::object([$(($key, $crate::json::Value::from($value))),*])
-    };
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object(String);
+
+impl Default for Object {
+    fn default() -> Self {
+        Object::new()
+    }
+}
+
+impl Object {
+    pub fn new() -> Object {
+        Object(String::from("{"))
+    }
+
+    /// Starts a member: the separator, the key and the colon.
+    fn key(&mut self, key: &str) -> &mut String {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        write_str(&mut self.0, key);
+        self.0.push(':');
+        &mut self.0
+    }
+
+    /// A string member.
+    pub fn str(mut self, key: &str, value: &str) -> Object {
+        write_str(self.key(key), value);
+        self
+    }
+
+    /// An integer member.
+    pub fn u64(mut self, key: &str, value: u64) -> Object {
+        push_u64(self.key(key), value);
+        self
+    }
+
+    /// An integer member, `null` for `None`.
+    pub fn opt_u64(self, key: &str, value: Option<u64>) -> Object {
+        match value {
+            Some(n) => self.u64(key, n),
+            None => self.null(key),
+        }
+    }
+
+    /// A `null` member.
+    pub fn null(mut self, key: &str) -> Object {
+        self.key(key).push_str("null");
+        self
+    }
+
+    /// An object member.
+    pub fn object(mut self, key: &str, value: Object) -> Object {
+        let value = value.finish();
+        self.key(key).push_str(&value);
+        self
+    }
+
+    /// The object's text.
+    pub fn finish(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
 }
 
 /// Why a text is not JSON, and where (1-based line and column).
@@ -322,7 +318,7 @@ impl Reader<'_> {
                 return Err(self.error("expected `:`"));
             }
             let value = self.value(depth)?;
-            map.insert(key, value);
+            map.0.push((key, value));
             self.skip_ws();
             if self.eat(b"}") {
                 return Ok(Value::Object(map));
@@ -531,6 +527,15 @@ pub(crate) fn push_u64(out: &mut String, mut n: u64) {
     out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
 }
 
+/// `s` as a JSON string literal, for messages: `"a\"b"`. The plugin's
+/// messages quote with this rather than `{:?}`, whose escaping brings
+/// Unicode tables into the module; for printable text both read the same.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    write_str(&mut out, s);
+    out
+}
+
 /// A JSON string literal: `"` and `\` escaped, control characters as
 /// `\n`-style or `\u00XX` escapes, everything else as is.
 pub fn write_str(out: &mut String, s: &str) {
@@ -690,31 +695,47 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_sorted_and_the_last_repeat_wins() {
+    fn members_keep_document_order_and_the_last_repeat_counts() {
         let v = ok(r#"{"b":1,"a":2,"b":3}"#);
-        let keys: Vec<&String> = v.as_object().unwrap().iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["a", "b"]);
+        let map = v.as_object().unwrap();
+        let keys: Vec<&String> = map.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["b", "a", "b"]);
         assert_eq!(v.get("b").and_then(Value::as_u64), Some(3));
-        assert_eq!(v.to_string(), r#"{"a":2,"b":3}"#);
+        let entries: Vec<(&str, Option<u64>)> = map
+            .entries()
+            .map(|(k, v)| (k.as_str(), v.as_u64()))
+            .collect();
+        assert_eq!(entries, [("a", Some(2)), ("b", Some(3))]);
     }
 
     #[test]
     fn writer_escapes_only_quotes_backslashes_and_controls() {
-        let v = Value::from("q\" b\\ n\n t\t \u{1} \u{1f} \u{7f} é / <");
+        let body = Object::new()
+            .str("q\"", "q\" b\\ n\n t\t \u{1} \u{1f} \u{7f} é / <")
+            .finish();
         assert_eq!(
-            v.to_string(),
-            "\"q\\\" b\\\\ n\\n t\\t \\u0001 \\u001f \u{7f} é / <\""
+            body,
+            "{\"q\\\"\":\"q\\\" b\\\\ n\\n t\\t \\u0001 \\u001f \u{7f} é / <\"}"
         );
+        let theirs: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(serde_json::to_string(&theirs).unwrap(), body);
     }
 
     #[test]
-    fn object_macro_and_insert() {
-        let mut v = crate::json_object! { "z": 1u64, "a": None::<u64>, "m": "x", "t": true };
-        v.insert("b", "w");
+    fn objects_are_written_in_the_order_given() {
+        let inner = Object::new().null("param").str("code", "x");
+        let body = Object::new()
+            .u64("z", 1)
+            .opt_u64("a", None)
+            .opt_u64("b", Some(u64::MAX))
+            .object("e", inner)
+            .object("empty", Object::new())
+            .finish();
         assert_eq!(
-            v.to_string(),
-            r#"{"a":null,"b":"w","m":"x","t":true,"z":1}"#
+            body,
+            r#"{"z":1,"a":null,"b":18446744073709551615,"e":{"param":null,"code":"x"},"empty":{}}"#
         );
+        assert_eq!(Object::default().finish(), "{}");
     }
 
     /// Non-integers are kept as text and never converted, so a number too
@@ -770,12 +791,10 @@ mod tests {
             );
             if let (Ok(a), Ok(b)) = (ours, theirs) {
                 assert_eq!(a.as_u64(), b.as_u64(), "{text:?}");
-                // Floats print differently (kept as written here).
-                let theirs = b.to_string();
-                let float = text.contains(['.', 'e', 'E']) || theirs.contains(['.', 'e']);
-                if !float {
-                    assert_eq!(a.to_string(), theirs, "{text:?}");
-                }
+                // What ours writes reads back as the same document
+                // (members in document order, numbers as written).
+                let again: serde_json::Value = serde_json::from_str(&a.to_string()).unwrap();
+                assert_eq!(again, b, "{text:?}");
             }
         }
     }

@@ -1,8 +1,7 @@
 //! Local replies: readiness answers and JSON errors (each dialect's in
 //! [`crate::dialect`]).
 
-use crate::json::Value;
-use crate::json_object;
+use crate::json::Object;
 
 use crate::config::Config;
 use crate::dialect::{self, Dialect};
@@ -21,14 +20,14 @@ pub struct LocalReply {
 
 impl LocalReply {
     /// A JSON reply.
-    pub fn json(status: u32, body: Value) -> LocalReply {
+    pub fn json(status: u32, body: String) -> LocalReply {
         LocalReply {
             status,
             headers: vec![
                 ("content-type", "application/json".to_string()),
                 ("cache-control", "no-store".to_string()),
             ],
-            body: body.to_string(),
+            body,
             grpc_status: None,
         }
     }
@@ -53,16 +52,13 @@ impl LocalReply {
 
 /// The OpenAI error object: `{"error":{"message","type","param","code"}}`.
 pub fn openai_error(status: u32, message: &str, code: &str) -> LocalReply {
-    LocalReply::json(
-        status,
-        json_object! {"error": json_object! {"message": message, "type": "server_error", "param": Value::Null, "code": code}},
-    )
+    LocalReply::json(status, dialect::openai_error_object(message, code))
 }
 
 /// Readiness: 200 while serving, 503 with the state from drain start on.
 pub fn health(phase: Phase, head: bool) -> LocalReply {
     let status = if phase == Phase::Serving { 200 } else { 503 };
-    let mut reply = LocalReply::json(status, json_object! { "status": phase.as_str() });
+    let mut reply = LocalReply::json(status, Object::new().str("status", phase.as_str()).finish());
     if head {
         reply.body.clear();
     }
