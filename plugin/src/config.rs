@@ -182,17 +182,45 @@ impl Config {
                 format!("expected a JSON object, got {}", kind(&doc)),
             ));
         };
-        let mut b = Building {
-            cfg: Config::default(),
-            margin: None,
-        };
-        read_object(&mut b, &top, "", TOP_KEYS)?;
-        let Building { mut cfg, margin } = b;
-        // A default that depends on another key follows it: only a margin
-        // set explicitly can conflict with the minimum budget.
-        cfg.final_event_margin_ms = margin.unwrap_or_else(|| default_margin(&cfg.deadline));
+        let mut cfg = Config::default();
+        // The durations whose defaults follow other keys start unset.
+        cfg.admit_window_ms = UNSET;
+        cfg.grace_ms = UNSET;
+        cfg.final_event_margin_ms = UNSET;
+        let d = &mut cfg.deadline;
+        (d.default_timeout_ms, d.max_timeout_ms, d.min_budget_ms) = (UNSET, UNSET, UNSET);
+        read_object(&mut cfg, &top, "", TOP_KEYS)?;
+        cfg.follow_defaults();
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Gives each duration left unset its default, following the keys it
+    /// depends on, so that a default never conflicts with a value set:
+    /// only values set explicitly can conflict (and are refused by
+    /// [`Config::validate`]).
+    fn follow_defaults(&mut self) {
+        let set = |v: u64| (v != UNSET).then_some(v);
+        let (admit, grace) = (set(self.admit_window_ms), set(self.grace_ms));
+        self.grace_ms = grace.unwrap_or(30_000.max(admit.unwrap_or(0)));
+        self.admit_window_ms = admit.unwrap_or(5_000.min(self.grace_ms));
+        let d = &mut self.deadline;
+        let (default, max, min) = (
+            set(d.default_timeout_ms),
+            set(d.max_timeout_ms),
+            set(d.min_budget_ms),
+        );
+        let ws = (d.websocket_default_timeout_ms != NO_DEADLINE)
+            .then_some(d.websocket_default_timeout_ms);
+        let longest_set = default.or(min).unwrap_or(0).max(ws.unwrap_or(0));
+        d.max_timeout_ms = max.unwrap_or(600_000.max(longest_set));
+        d.default_timeout_ms =
+            default.unwrap_or(60_000.max(min.unwrap_or(0)).min(d.max_timeout_ms));
+        d.min_budget_ms =
+            min.unwrap_or(5_000.min(d.default_timeout_ms).min(ws.unwrap_or(u64::MAX)));
+        if self.final_event_margin_ms == UNSET {
+            self.final_event_margin_ms = default_margin(&self.deadline);
+        }
     }
 
     /// Checks the relations between settings.
@@ -244,6 +272,16 @@ impl Config {
                 format!(
                     "{} exceeds deadline.default_timeout_ms ({}): every request without a deadline would be refused",
                     d.min_budget_ms, d.default_timeout_ms
+                ),
+            ));
+        }
+        let ws = d.websocket_default_timeout_ms;
+        if ws != NO_DEADLINE && !(d.min_budget_ms..=d.max_timeout_ms).contains(&ws) {
+            return Err(ConfigError::new(
+                "deadline.websocket_default_timeout_ms",
+                format!(
+                    "expected an integer from {} to {} (deadline.min_budget_ms to deadline.max_timeout_ms), got {ws}",
+                    d.min_budget_ms, d.max_timeout_ms
                 ),
             ));
         }
@@ -323,12 +361,9 @@ fn retry_after(key: &str, value: &Value) -> Result<u64, ConfigError> {
     }
 }
 
-/// The configuration being read: the struct, and the settings whose
-/// defaults depend on others, applied once every key is read.
-struct Building {
-    cfg: Config,
-    margin: Option<u64>,
-}
+/// A duration not set by the configuration yet: its default follows other
+/// keys ([`Config::follow_defaults`]). No valid duration has this value.
+const UNSET: u64 = u64::MAX;
 
 /// A key of a JSON object and how its value is read into a `T`, given the
 /// key's dotted path for errors.
@@ -339,9 +374,9 @@ type Key<T> = (
 
 /// The top-level keys: this table is both what is read and what the
 /// unknown-key error lists.
-const TOP_KEYS: &[Key<Building>] = &[
+const TOP_KEYS: &[Key<Config>] = &[
     ("role", |b, k, v| {
-        b.cfg.role = match string(k, v)? {
+        b.role = match string(k, v)? {
             "traffic" => Role::Traffic,
             "admin" => Role::Admin,
             other => return Err(expected_one_of(k, "\"traffic\" or \"admin\"", other)),
@@ -349,42 +384,42 @@ const TOP_KEYS: &[Key<Building>] = &[
         Ok(())
     }),
     ("health_path", |b, k, v| {
-        b.cfg.health_path = string(k, v)?.to_string();
+        b.health_path = string(k, v)?.to_string();
         Ok(())
     }),
     ("admit_window_ms", |b, k, v| {
-        b.cfg.admit_window_ms = duration(k, v)?;
+        b.admit_window_ms = duration(k, v)?;
         Ok(())
     }),
     ("grace_ms", |b, k, v| {
-        b.cfg.grace_ms = duration(k, v)?;
+        b.grace_ms = duration(k, v)?;
         Ok(())
     }),
     ("retry_after_s", |b, k, v| {
-        b.cfg.retry_after_s = retry_after(k, v)?;
+        b.retry_after_s = retry_after(k, v)?;
         Ok(())
     }),
     ("deadline", |b, k, v| {
-        read_object(&mut b.cfg.deadline, object(k, v, "")?, k, DEADLINE_KEYS)
+        read_object(&mut b.deadline, object(k, v, "")?, k, DEADLINE_KEYS)
     }),
     ("admin_token", |b, k, v| {
-        b.cfg.admin_token = Some(string(k, v)?.to_string());
+        b.admin_token = Some(string(k, v)?.to_string());
         Ok(())
     }),
     ("envoy_admin_cluster", |b, k, v| {
-        b.cfg.envoy_admin_cluster = Some(string(k, v)?.to_string());
+        b.envoy_admin_cluster = Some(string(k, v)?.to_string());
         Ok(())
     }),
     ("final_event_margin_ms", |b, k, v| {
-        b.margin = Some(duration(k, v)?);
+        b.final_event_margin_ms = duration(k, v)?;
         Ok(())
     }),
     ("drain_controller", |b, k, v| {
-        b.cfg.drain_controller = Some(parse_controller(k, v)?);
+        b.drain_controller = Some(parse_controller(k, v)?);
         Ok(())
     }),
     ("dialects", |b, k, v| {
-        b.cfg.dialects = parse_dialects(k, v)?;
+        b.dialects = parse_dialects(k, v)?;
         Ok(())
     }),
 ];
@@ -402,9 +437,8 @@ const DEADLINE_KEYS: &[Key<DeadlineConfig>] = &[
         d.min_budget_ms = duration(k, v)?;
         Ok(())
     }),
-    // After the minimum and the maximum: its bounds.
     ("websocket_default_timeout_ms", |d, k, v| {
-        d.websocket_default_timeout_ms = integer(k, v, d.min_budget_ms, d.max_timeout_ms)?;
+        d.websocket_default_timeout_ms = duration(k, v)?;
         Ok(())
     }),
     ("upstream_headers", |d, k, v| {
@@ -696,6 +730,39 @@ mod tests {
     }
 
     #[test]
+    fn a_default_follows_the_keys_it_depends_on_and_never_conflicts_with_them() {
+        let c = |json: &str| Config::parse(json.as_bytes()).unwrap();
+        let cfg = c(r#"{"grace_ms":3000}"#);
+        assert_eq!((cfg.admit_window_ms, cfg.grace_ms), (3_000, 3_000));
+        let cfg = c(r#"{"admit_window_ms":40000}"#);
+        assert_eq!((cfg.admit_window_ms, cfg.grace_ms), (40_000, 40_000));
+        let d = c(r#"{"deadline":{"default_timeout_ms":1000}}"#).deadline;
+        assert_eq!((d.min_budget_ms, d.max_timeout_ms), (1_000, 600_000));
+        let d = c(r#"{"deadline":{"default_timeout_ms":700000}}"#).deadline;
+        assert_eq!((d.min_budget_ms, d.max_timeout_ms), (5_000, 700_000));
+        let d = c(r#"{"deadline":{"max_timeout_ms":30000}}"#).deadline;
+        assert_eq!((d.default_timeout_ms, d.min_budget_ms), (30_000, 5_000));
+        let d = c(r#"{"deadline":{"min_budget_ms":70000}}"#).deadline;
+        assert_eq!((d.default_timeout_ms, d.max_timeout_ms), (70_000, 600_000));
+        let d = c(r#"{"deadline":{"min_budget_ms":700000}}"#).deadline;
+        assert_eq!((d.default_timeout_ms, d.max_timeout_ms), (700_000, 700_000));
+        let d = c(r#"{"deadline":{"websocket_default_timeout_ms":3600000}}"#).deadline;
+        assert_eq!((d.max_timeout_ms, d.min_budget_ms), (3_600_000, 5_000));
+        let d = c(r#"{"deadline":{"websocket_default_timeout_ms":4000}}"#).deadline;
+        assert_eq!((d.max_timeout_ms, d.min_budget_ms), (600_000, 4_000));
+        // The WebSocket default is checked against the bounds as they end up.
+        let d =
+            c(r#"{"deadline":{"websocket_default_timeout_ms":2000,"default_timeout_ms":1000}}"#)
+                .deadline;
+        assert_eq!(d.websocket_default_timeout_ms, 2_000);
+        // Values set explicitly can still conflict.
+        let err = Config::parse(br#"{"grace_ms":3000,"admit_window_ms":4000}"#).unwrap_err();
+        assert_eq!(err.key, "admit_window_ms");
+        // Empty input and the empty object give the same defaults.
+        assert_eq!(c("{}"), Config::default());
+    }
+
+    #[test]
     fn the_margin_default_follows_the_minimum_budget() {
         let c = Config::parse(br#"{"deadline":{"min_budget_ms":500}}"#).unwrap();
         assert_eq!(c.final_event_margin_ms, 500);
@@ -811,7 +878,7 @@ mod tests {
             (r#"{"health_path":"/a b"}"#, "health_path", "absolute path"),
             (r#"{"health_path":"/r?x=1"}"#, "health_path", "query string"),
             (
-                r#"{"admit_window_ms":40000}"#,
+                r#"{"admit_window_ms":40000,"grace_ms":30000}"#,
                 "admit_window_ms",
                 "exceeds grace_ms",
             ),
@@ -821,24 +888,24 @@ mod tests {
                 "greater than 0",
             ),
             (
-                r#"{"deadline":{"default_timeout_ms":700000}}"#,
+                r#"{"deadline":{"default_timeout_ms":700000,"max_timeout_ms":600000}}"#,
                 "deadline.default_timeout_ms",
                 "exceeds deadline.max_timeout_ms",
             ),
             (
-                r#"{"deadline":{"min_budget_ms":70000}}"#,
+                r#"{"deadline":{"min_budget_ms":70000,"default_timeout_ms":60000}}"#,
                 "deadline.min_budget_ms",
                 "exceeds deadline.default_timeout_ms",
             ),
             (
-                r#"{"deadline":{"websocket_default_timeout_ms":700000}}"#,
+                r#"{"deadline":{"websocket_default_timeout_ms":700000,"max_timeout_ms":600000}}"#,
                 "deadline.websocket_default_timeout_ms",
-                "expected an integer from 5000 to 600000, got 700000",
+                "expected an integer from 5000 to 600000",
             ),
             (
-                r#"{"deadline":{"websocket_default_timeout_ms":4000,"max_timeout_ms":900000}}"#,
+                r#"{"deadline":{"websocket_default_timeout_ms":4000,"min_budget_ms":5000}}"#,
                 "deadline.websocket_default_timeout_ms",
-                "expected an integer from 5000 to 900000, got 4000",
+                "expected an integer from 5000 to 600000",
             ),
             (
                 r#"{"deadline":{"websocket_default_timeout_ms":null}}"#,

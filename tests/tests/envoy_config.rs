@@ -4,8 +4,8 @@
 
 use std::process::Command;
 
-use drainpipe_tests::envoy::{envoy_bin, plugin_wasm, repo_root, EnvoyConfig, Scratch};
-use drainpipe_tests::{Envoy, Ports};
+use drainpipe_tests::envoy::{envoy_bin, free_port, plugin_wasm, repo_root, EnvoyConfig, Scratch};
+use drainpipe_tests::{Envoy, EnvoyOptions, Ports};
 
 /// The Envoy bootstrap files shipped under envoy/.
 fn shipped_envoy_configs() -> Vec<std::path::PathBuf> {
@@ -68,7 +68,7 @@ fn bad_plugin_config_makes_envoy_refuse_to_start_with_the_plugin_error_in_its_lo
         ),
         (
             "drainpipe",
-            r#"{"deadline": {"min_budget_ms": 999999}}"#,
+            r#"{"deadline": {"min_budget_ms": 999999, "default_timeout_ms": 60000}}"#,
             "invalid plugin configuration: deadline.min_budget_ms",
         ),
         (
@@ -93,6 +93,29 @@ fn bad_plugin_config_makes_envoy_refuse_to_start_with_the_plugin_error_in_its_lo
             log.contains(expected),
             "{config}: log lacks {expected:?}:\n{log}"
         );
+    }
+}
+
+#[test]
+fn a_single_key_whose_value_another_keys_default_would_contradict_starts_envoy() {
+    // Each would conflict with another key's fixed default (grace 30 s,
+    // admit window 5 s, default timeout 60 s, minimum budget 5 s, maximum
+    // 600 s); those defaults follow the key instead.
+    for config in [
+        r#"{"grace_ms": 3000}"#,
+        r#"{"admit_window_ms": 40000}"#,
+        r#"{"deadline": {"default_timeout_ms": 1000}}"#,
+        r#"{"deadline": {"max_timeout_ms": 30000}}"#,
+        r#"{"deadline": {"min_budget_ms": 70000}}"#,
+        r#"{"deadline": {"websocket_default_timeout_ms": 3600000}}"#,
+    ] {
+        let ports = Ports::fresh(free_port());
+        let cfg = EnvoyConfig::repo()
+            .unwrap()
+            .localize(ports, &plugin_wasm().unwrap())
+            .raw_plugin_config("drainpipe", config);
+        let envoy = Envoy::start(&cfg, ports, EnvoyOptions::default());
+        assert!(envoy.is_ok(), "{config}: {:#}", envoy.err().unwrap());
     }
 }
 
