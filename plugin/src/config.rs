@@ -182,13 +182,20 @@ impl Config {
                 format!("expected a JSON object, got {}", kind(&doc)),
             ));
         };
-        let mut cfg = Config::default();
+        let defaults = Config::default();
         // The durations whose defaults follow other keys start unset.
-        cfg.admit_window_ms = UNSET;
-        cfg.grace_ms = UNSET;
-        cfg.final_event_margin_ms = UNSET;
-        let d = &mut cfg.deadline;
-        (d.default_timeout_ms, d.max_timeout_ms, d.min_budget_ms) = (UNSET, UNSET, UNSET);
+        let mut cfg = Config {
+            admit_window_ms: UNSET,
+            grace_ms: UNSET,
+            final_event_margin_ms: UNSET,
+            deadline: DeadlineConfig {
+                default_timeout_ms: UNSET,
+                max_timeout_ms: UNSET,
+                min_budget_ms: UNSET,
+                ..defaults.deadline
+            },
+            ..defaults
+        };
         read_object(&mut cfg, &top, "", TOP_KEYS)?;
         cfg.follow_defaults();
         cfg.validate()?;
