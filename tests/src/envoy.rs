@@ -36,25 +36,32 @@ pub const COUNTS_SETTLE: Duration = Duration::from_millis(drainpipe::counts::FLU
 /// Taken below the kernel's ephemeral range, so that no client connection
 /// of a test running in parallel can be holding it as its local port by the
 /// time the server binds it (a port from `bind(0)` can be, and Envoy then
-/// exits with "Address already in use"). Ports are handed out in turn from
-/// a per-process random start, each checked free when handed out.
+/// exits with "Address already in use"). Each port is drawn at random from
+/// the pool, checked free, and never handed out twice by one process;
+/// drawing at random (not in turn) keeps two processes that allocate at
+/// the same time from walking the same ports.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::OnceLock;
-    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static HANDED: Mutex<Option<(crate::rng::Rng, HashSet<u16>)>> = Mutex::new(None);
     let (low, high) = port_pool();
-    let span = u32::from(high - low);
-    let next = NEXT.get_or_init(|| {
-        let seed = std::process::id()
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-        AtomicU32::new(seed % span)
+    let span = u64::from(high - low);
+    let mut guard = HANDED.lock().unwrap_or_else(|e| e.into_inner());
+    let (rng, handed) = guard.get_or_insert_with(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let seed = (u64::from(std::process::id()) << 32) ^ nanos;
+        (crate::rng::Rng(seed | 1), HashSet::new())
     });
-    for _ in 0..span {
-        let port = low + (next.fetch_add(1, Ordering::Relaxed) % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+    if handed.len() as u64 >= span / 2 {
+        handed.clear();
+    }
+    for _ in 0..span * 4 {
+        let port = low + rng.below(span) as u16;
+        if !handed.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.insert(port);
             return port;
         }
     }
