@@ -611,4 +611,15 @@ mod tests {
             assert_eq!(all.len(), 5, "{p:?}");
         }
     }
+
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range_and_never_handed_out_twice() {
+        let (low, high) = port_pool();
+        let ports: Vec<u16> = (0..500).map(|_| free_port()).collect();
+        assert!(ports.iter().all(|p| (low..high).contains(p)), "{ports:?}");
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len());
+    }
 }
