@@ -47,6 +47,59 @@ impl Pending {
     }
 }
 
+/// A worker's traffic streams counted in flight, by context id, and
+/// whether the plugin has reset them. A stream is added when admitted and
+/// removed when Envoy deletes its context, so the list holds the worker's
+/// concurrent streams only: a linear scan of a short vector, and no
+/// allocation per request once it has grown (a `BTreeMap` cost more per
+/// request, BENCHMARKS.md).
+#[derive(Debug, Default)]
+pub struct InFlight {
+    streams: Vec<(u32, bool)>,
+}
+
+impl InFlight {
+    /// A stream admitted, not reset.
+    pub fn admit(&mut self, id: u32) {
+        match self.streams.iter_mut().find(|(s, _)| *s == id) {
+            Some(entry) => entry.1 = false,
+            None => self.streams.push((id, false)),
+        }
+    }
+
+    /// A stream the plugin has reset (the tick will not end it again).
+    pub fn mark_reset(&mut self, id: u32) {
+        match self.streams.iter_mut().find(|(s, _)| *s == id) {
+            Some(entry) => entry.1 = true,
+            None => self.streams.push((id, true)),
+        }
+    }
+
+    /// A stream gone (its context deleted).
+    pub fn remove(&mut self, id: u32) {
+        if let Some(at) = self.streams.iter().position(|(s, _)| *s == id) {
+            self.streams.swap_remove(at);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// The streams not reset yet, each marked reset: the tick ends them
+    /// once each.
+    pub fn take_unreset(&mut self) -> Vec<u32> {
+        self.streams
+            .iter_mut()
+            .filter(|(_, reset)| !*reset)
+            .map(|(id, reset)| {
+                *reset = true;
+                *id
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +118,28 @@ mod tests {
         assert!(p.due(11_000));
         assert_eq!(p.take(11_000), (0, 1));
         assert_eq!(p.take(11_000), (0, 0));
+    }
+
+    #[test]
+    fn in_flight_streams_are_ended_once_each_and_leave_when_deleted() {
+        let mut f = InFlight::default();
+        assert!(f.is_empty());
+        for id in [3, 7, 5] {
+            f.admit(id);
+        }
+        f.mark_reset(7);
+        let mut ended = f.take_unreset();
+        ended.sort_unstable();
+        assert_eq!(ended, [3, 5]);
+        assert!(f.take_unreset().is_empty(), "each stream is ended once");
+        f.remove(3);
+        f.remove(3);
+        f.remove(7);
+        assert!(!f.is_empty());
+        f.remove(5);
+        assert!(f.is_empty());
+        f.admit(9);
+        f.admit(9);
+        assert_eq!(f.take_unreset(), [9], "admitted twice is one stream");
     }
 }

@@ -8,7 +8,6 @@
 //! gauge defined under one name by every worker is one stat).
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -134,7 +133,7 @@ struct Shared {
     /// whether the plugin has reset them: the tick ends those still running
     /// at the grace end (once each), and keeps coming often until Envoy has
     /// deleted them.
-    streams: RefCell<BTreeMap<u32, bool>>,
+    streams: RefCell<counts::InFlight>,
 }
 
 impl Shared {
@@ -426,16 +425,7 @@ impl Root {
     /// in its dialect's terms, so this is a reset). Each leaves the
     /// in-flight count when Envoy deletes its context.
     fn end_in_flight(&self, shared: &Shared) {
-        let ids: Vec<u32> = shared
-            .streams
-            .borrow_mut()
-            .iter_mut()
-            .filter(|(_, reset)| !**reset)
-            .map(|(id, reset)| {
-                *reset = true;
-                *id
-            })
-            .collect();
+        let ids = shared.streams.borrow_mut().take_unreset();
         for id in &ids {
             let ended = hostcalls::set_effective_context(*id)
                 .and_then(|()| hostcalls::reset_http_response());
@@ -632,7 +622,7 @@ impl HttpContext for Traffic {
                 Metrics::add(m.inflight, 1);
                 shared.count(Some(now), counts::Pending::admit);
                 self.counted = true;
-                shared.streams.borrow_mut().insert(self.context_id, false);
+                shared.streams.borrow_mut().admit(self.context_id);
                 self.dialect = decision.dialect;
                 self.deadline_unix_ms = forward.deadline_unix_ms;
                 self.body = sse::Body::forwarded_as(decision.dialect);
@@ -727,7 +717,7 @@ impl Traffic {
             ChunkAction::Drop => {
                 self.set_http_response_body(0, body_size, &[]);
                 if !end_of_stream {
-                    shared.streams.borrow_mut().insert(self.context_id, true);
+                    shared.streams.borrow_mut().mark_reset(self.context_id);
                     self.reset_http_response();
                 }
             }
@@ -744,7 +734,7 @@ impl Traffic {
             return Action::Continue;
         }
         if self.due(shared) == Some(sse::Limit::Drain) {
-            shared.streams.borrow_mut().insert(self.context_id, true);
+            shared.streams.borrow_mut().mark_reset(self.context_id);
             Metrics::add(shared.metrics.ended_at_grace, 1);
             self.reset_http_response();
         }
@@ -763,7 +753,7 @@ impl Drop for Traffic {
         }
         let shared = &self.shared;
         let m = &shared.metrics;
-        shared.streams.borrow_mut().remove(&self.context_id);
+        shared.streams.borrow_mut().remove(self.context_id);
         Metrics::add(m.inflight, -1);
         shared.count(None, counts::Pending::complete);
         if !drain_stats::end_matters(self.response, shared.seen.get().drain) {

@@ -1,5 +1,5 @@
 //! The release plugin as `cargo xtask build` leaves it (LTO, `opt-level =
-//! "z"`, the callbacks it does not handle out of its exports, then `wasm-opt
+//! 2`, the callbacks it does not handle out of its exports, then `wasm-opt
 //! -Oz`): one module loaded into every Envoy worker's VM, so its size is a
 //! target (BENCHMARKS.md), and each exported callback is a VM entry Envoy
 //! makes.
