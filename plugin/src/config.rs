@@ -110,14 +110,14 @@ impl Default for Config {
         Config {
             role: Role::Traffic,
             health_path: "/healthz/ready".to_string(),
-            admit_window_ms: 5_000,
-            grace_ms: 30_000,
+            admit_window_ms: DEFAULT_ADMIT_WINDOW_MS,
+            grace_ms: DEFAULT_GRACE_MS,
             retry_after_s: 5,
             deadline: DeadlineConfig {
-                default_timeout_ms: 60_000,
+                default_timeout_ms: DEFAULT_TIMEOUT_MS,
                 websocket_default_timeout_ms: NO_DEADLINE,
-                max_timeout_ms: 600_000,
-                min_budget_ms: 5_000,
+                max_timeout_ms: DEFAULT_MAX_TIMEOUT_MS,
+                min_budget_ms: DEFAULT_MIN_BUDGET_MS,
                 upstream_headers: UpstreamHeaders::Router,
             },
             admin_token: None,
@@ -209,8 +209,8 @@ impl Config {
     fn follow_defaults(&mut self) {
         let set = |v: u64| (v != UNSET).then_some(v);
         let (admit, grace) = (set(self.admit_window_ms), set(self.grace_ms));
-        self.grace_ms = grace.unwrap_or(30_000.max(admit.unwrap_or(0)));
-        self.admit_window_ms = admit.unwrap_or(5_000.min(self.grace_ms));
+        self.grace_ms = grace.unwrap_or(DEFAULT_GRACE_MS.max(admit.unwrap_or(0)));
+        self.admit_window_ms = admit.unwrap_or(DEFAULT_ADMIT_WINDOW_MS.min(self.grace_ms));
         let d = &mut self.deadline;
         let (default, max, min) = (
             set(d.default_timeout_ms),
@@ -220,14 +220,19 @@ impl Config {
         let ws = (d.websocket_default_timeout_ms != NO_DEADLINE)
             .then_some(d.websocket_default_timeout_ms);
         let longest_set = default.or(min).unwrap_or(0).max(ws.unwrap_or(0));
-        d.max_timeout_ms = max.unwrap_or(600_000.max(longest_set));
-        d.default_timeout_ms =
-            default.unwrap_or(60_000.max(min.unwrap_or(0)).min(d.max_timeout_ms));
-        d.min_budget_ms =
-            min.unwrap_or(5_000.min(d.default_timeout_ms).min(ws.unwrap_or(u64::MAX)));
-        if self.final_event_margin_ms == UNSET {
-            self.final_event_margin_ms = default_margin(&self.deadline);
-        }
+        d.max_timeout_ms = max.unwrap_or(DEFAULT_MAX_TIMEOUT_MS.max(longest_set));
+        d.default_timeout_ms = default.unwrap_or(
+            DEFAULT_TIMEOUT_MS
+                .max(min.unwrap_or(0))
+                .min(d.max_timeout_ms),
+        );
+        d.min_budget_ms = min.unwrap_or(
+            DEFAULT_MIN_BUDGET_MS
+                .min(d.default_timeout_ms)
+                .min(ws.unwrap_or(u64::MAX)),
+        );
+        self.final_event_margin_ms =
+            set(self.final_event_margin_ms).unwrap_or_else(|| default_margin(&self.deadline));
     }
 
     /// Checks the relations between settings.
@@ -351,6 +356,14 @@ pub fn default_margin(deadline: &DeadlineConfig) -> u64 {
 }
 
 const DEFAULT_MARGIN_MS: u64 = 1_000;
+
+// The defaults of the durations: [`Config::default`] has them, and
+// [`Config::follow_defaults`] starts from them when other keys are set.
+const DEFAULT_ADMIT_WINDOW_MS: u64 = 5_000;
+const DEFAULT_GRACE_MS: u64 = 30_000;
+const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+const DEFAULT_MAX_TIMEOUT_MS: u64 = 600_000;
+const DEFAULT_MIN_BUDGET_MS: u64 = 5_000;
 
 fn retry_after(key: &str, value: &Value) -> Result<u64, ConfigError> {
     match value.as_u64() {
