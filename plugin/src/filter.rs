@@ -646,10 +646,7 @@ impl HttpContext for Traffic {
             body_size,
             end_of_stream,
             || self.due(&shared),
-            || match body_size {
-                0 => Vec::new(),
-                n => self.get_http_response_body(0, n).unwrap_or_default(),
-            },
+            || self.response_chunk(body_size),
         );
         self.body = body;
         self.apply_chunk(&shared, action, body_size, end_of_stream)
@@ -673,6 +670,14 @@ impl Traffic {
         cut.due(self.deadline_unix_ms, now, shared.drain(now))
     }
 
+    /// The response chunk of `body_size` bytes this body callback is for.
+    fn response_chunk(&self, body_size: usize) -> Vec<u8> {
+        match body_size {
+            0 => Vec::new(),
+            n => self.get_http_response_body(0, n).unwrap_or_default(),
+        }
+    }
+
     /// An upgraded WebSocket session's bytes from the upstream: every chunk
     /// is followed (the frame boundaries cannot be found mid-stream), and
     /// once the session must end the client gets a close frame (1012) at
@@ -684,10 +689,7 @@ impl Traffic {
         body_size: usize,
         end_of_stream: bool,
     ) -> Action {
-        let chunk = match body_size {
-            0 => Vec::new(),
-            n => self.get_http_response_body(0, n).unwrap_or_default(),
-        };
+        let chunk = self.response_chunk(body_size);
         let cut = !self.ws.closed() && self.counted && self.due(shared).is_some();
         let action = self.ws.on_chunk(cut, &chunk);
         // A session ended by the closing handshake is whole, even if the
