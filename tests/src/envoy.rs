@@ -69,14 +69,17 @@ pub fn free_port() -> u16 {
 }
 
 /// The ports [`free_port`] hands out: up to 10,000 just below the ephemeral
-/// range (`net.ipv4.ip_local_port_range`, 32768 by default).
+/// range (`net.ipv4.ip_local_port_range`, 32768 by default), read once.
 fn port_pool() -> (u16, u16) {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let high = ephemeral_low.max(2048);
-    (high.saturating_sub(10_000).max(1024), high)
+    static POOL: std::sync::OnceLock<(u16, u16)> = std::sync::OnceLock::new();
+    *POOL.get_or_init(|| {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        let high = ephemeral_low.max(2048);
+        (high.saturating_sub(10_000).max(1024), high)
+    })
 }
 
 /// The ports one Envoy uses.
