@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drainpipe_tests::envoy::upstream_and_envoy;
+use futures::future::join_all;
 use drainpipe_tests::fake_llm::{chat_body, sse_events};
 use drainpipe_tests::load::{
     assert_drain_rejected, assert_whole_stream, drain_api, drained, fast_drain, open_stream,
@@ -141,13 +142,15 @@ async fn stream_started_before_the_drain_arrives_whole() {
 async fn inflight_is_exact_across_four_workers() {
     let (_up, envoy) = setup(4).await;
     const STREAMS: usize = 12;
-    let mut open = Vec::new();
-    for _ in 0..STREAMS {
-        // A client per stream: separate connections, spread over the workers.
-        let mut resp = open_stream(&envoy, 30).await;
+    // A client per stream: separate connections, spread over the workers.
+    // Opened together, and 5 s long, so that none has ended by the time the
+    // count is read, even on a loaded machine.
+    let open = join_all((0..STREAMS).map(|_| async {
+        let mut resp = open_stream(&envoy, 50).await;
         resp.chunk().await.unwrap().expect("first token");
-        open.push(resp);
-    }
+        resp
+    }))
+    .await;
     assert_eq!(
         envoy.stat("drainpipe_inflight").await.unwrap(),
         STREAMS as u64

@@ -254,8 +254,11 @@ async fn silent_websocket_session_at_the_grace_end_is_ended_and_the_drain_comple
     let ended = started.elapsed();
     wait_drain_status(&envoy, Duration::from_secs(10), drained).await;
     let took = started.elapsed();
+    // At the grace end (3 s) plus Envoy's delayed close (1 s), with room
+    // for a loaded machine; a session that is never ended keeps the drain
+    // open past the client's 10 s.
     assert!(
-        took >= Duration::from_millis(2_900) && took < Duration::from_millis(4_600),
+        took >= Duration::from_millis(2_900) && took < Duration::from_millis(7_000),
         "drained after {took:?} (the client saw the end after {ended:?}); log:\n{}",
         envoy.log_tail(30)
     );
