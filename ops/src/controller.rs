@@ -1,9 +1,12 @@
 //! `drainpipe controller --listen ADDR`: a standalone drain controller.
 //!
 //! It holds one drain state, set by `POST /drain` and `DELETE /drain` and,
-//! on SIGTERM or SIGINT, by itself: it then keeps answering for `--linger`
-//! so the plugins polling it see the drain, and exits 0 (a second signal
-//! ends the linger). The plugin follows it when configured with
+//! on SIGTERM or SIGINT, by itself: it then keeps answering so the plugins
+//! polling it see the drain, and exits 0 after `--linger`, or, with
+//! `--envoy-stats`, as soon as the plugin reports `drained` in Envoy's
+//! Prometheus stats (or Envoy stops answering after reporting the drain),
+//! with `--linger` as the bound. A second signal ends the wait. The plugin
+//! follows it when configured with
 //! `drain_controller: {"cluster": .., "path": "/drain", "poll_ms": ..}`.
 //! This is the drain API for Envoys that cannot get a listener of their
 //! own (Istio's sidecar, for one).
@@ -15,8 +18,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
+use crate::api::DrainApi;
 use crate::say;
 use crate::signals::{self, Signals};
+use crate::supervise::POLL_EVERY;
+use crate::watch::{Verdict, Watch};
 
 /// Why the controller could not run.
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +137,15 @@ fn respond(state: &DrainState, request: Request) {
 }
 
 /// Serves the drain API on `listen` until a signal has started the drain
-/// and `linger` has passed.
-pub fn run(listen: SocketAddr, linger: Duration) -> Result<(), ControllerError> {
+/// and the drain is over: `linger` has passed or, with `envoy_stats`
+/// (Envoy's `/stats/prometheus`), the plugin reports `drained` there, or
+/// Envoy stopped answering after reporting the drain, whichever comes
+/// first.
+pub fn run(
+    listen: SocketAddr,
+    linger: Duration,
+    envoy_stats: Option<&str>,
+) -> Result<(), ControllerError> {
     use libc::{SIGINT, SIGTERM};
     // Before the server's threads start, so they inherit the mask.
     let signals = Signals::block(&[SIGTERM, SIGINT]).map_err(ControllerError::Signals)?;
@@ -154,19 +167,45 @@ pub fn run(listen: SocketAddr, linger: Duration) -> Result<(), ControllerError> 
         }
     };
     state.start();
+    let started = Instant::now();
+    let Some(url) = envoy_stats else {
+        say(format!(
+            "{} received: draining; exiting in {}",
+            signals::name(signal),
+            humantime::format_duration(linger)
+        ));
+        let until = started + linger;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            if let Some(signal) = signals.wait(left) {
+                say(format!("{} received again: exiting", signals::name(signal)));
+                break;
+            }
+        }
+        return Ok(());
+    };
     say(format!(
-        "{} received: draining; exiting in {}",
+        "{} received: draining; exiting once the plugin reports drained ({url}), at most in {}",
         signals::name(signal),
         humantime::format_duration(linger)
     ));
-    let until = Instant::now() + linger;
-    while let Some(left) = until.checked_duration_since(Instant::now()) {
-        if let Some(signal) = signals.wait(left) {
+    // The plugins keep polling this controller until it exits; the drain
+    // they adopted stays when it no longer answers.
+    let stats = DrainApi::envoy_stats(url);
+    let mut watch = Watch::new(started, linger).done_when_gone();
+    loop {
+        let (verdict, line) = watch.observe(Instant::now(), stats.status());
+        if let Some(line) = line {
+            say(line);
+        }
+        if verdict != Verdict::Waiting {
+            return Ok(());
+        }
+        let left = (started + linger).saturating_duration_since(Instant::now());
+        if let Some(signal) = signals.wait(left.min(POLL_EVERY)) {
             say(format!("{} received again: exiting", signals::name(signal)));
-            break;
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ enum Command {
     #[command(after_help = DRAIN_EXIT)]
     Drain(DrainArgs),
     /// Serve a drain controller the plugin follows (`drain_controller`); SIGTERM drains it
-    #[command(long_about = CONTROLLER_HELP)]
+    #[command(long_about = CONTROLLER_HELP, after_help = CONTROLLER_EXAMPLE)]
     Controller(ControllerArgs),
 }
 
@@ -75,8 +75,16 @@ wait until the drain someone else started is over
 const CONTROLLER_HELP: &str = "\
 A standalone drain controller: GET, POST and DELETE /drain, the state the \
 plugin follows when configured with drain_controller. On SIGTERM or SIGINT \
-it starts the drain itself, keeps answering for --linger so every plugin \
-sees it, then exits 0.";
+it starts the drain itself and keeps answering so every plugin sees it: \
+for --linger, or with --envoy-stats until the plugin reports `drained` in \
+Envoy's Prometheus stats (or Envoy stops answering after reporting the \
+drain), at most --linger. Then it exits 0; a second SIGTERM or SIGINT \
+exits at once.";
+
+const CONTROLLER_EXAMPLE: &str = "\
+Example (an Istio pod: the sidecar's Prometheus endpoint):
+  drainpipe controller --listen 127.0.0.1:10002 --linger 35s \\
+    --envoy-stats http://127.0.0.1:15090/stats/prometheus";
 
 /// A duration: 500ms, 35s, 2m, 1m30s.
 fn duration(text: &str) -> Result<Duration, String> {
@@ -151,9 +159,14 @@ struct ControllerArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10002")]
     listen: SocketAddr,
     /// After a signal starts the drain, keep answering this long so the
-    /// plugins see it, then exit
+    /// plugins see it, then exit (with --envoy-stats: at most this long)
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
     linger: Duration,
+    /// Exit as soon as the plugin's drainpipe_state says `drained` in
+    /// Envoy's Prometheus stats at this URL, e.g.
+    /// http://127.0.0.1:15090/stats/prometheus in an Istio pod
+    #[arg(long, value_name = "URL", value_parser = http_url)]
+    envoy_stats: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -179,13 +192,15 @@ fn main() -> ExitCode {
             }
         }
         Command::Drain(args) => ExitCode::from(drain(args)),
-        Command::Controller(args) => match controller::run(args.listen, args.linger) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                say(&e);
-                ExitCode::FAILURE
+        Command::Controller(args) => {
+            match controller::run(args.listen, args.linger, args.envoy_stats.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    say(&e);
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }
 
