@@ -48,6 +48,7 @@ fn bad_arguments_are_one_line_and_exit_2() {
         (&["drain", "--no-start"], "--wait"),
         (&["controller", "--listen", "nowhere"], "--listen"),
         (&["controller", "--linger", "1x"], "--linger"),
+        (&["controller", "--envoy-stats", "ftp://x/stats"], "http://"),
         (&["bogus"], "'bogus'"),
     ];
     for (args, names) in cases {
