@@ -69,8 +69,8 @@ Examples:
   drainpipe drain --wait                 the preStop of Envoy's container
   drainpipe drain --wait --no-start      the preStop of the LLM server's container: \
 wait until the drain someone else started is over
-  drainpipe drain --wait --no-start --envoy-stats http://127.0.0.1:15000/stats/prometheus
-                                         the same in an Istio pod (the sidecar's admin)";
+  drainpipe drain --wait --no-start --envoy-stats http://127.0.0.1:15090/stats/prometheus
+                                         the same in an Istio pod (the sidecar's Prometheus endpoint)";
 
 const CONTROLLER_HELP: &str = "\
 A standalone drain controller: GET, POST and DELETE /drain, the state the \
@@ -147,7 +147,7 @@ struct DrainArgs {
     no_start: bool,
     /// Instead of a drain API, read the plugin's drainpipe_state and
     /// drainpipe_inflight from Envoy's Prometheus stats at this URL (with
-    /// --no-start), e.g. http://127.0.0.1:15000/stats/prometheus in an
+    /// --no-start), e.g. http://127.0.0.1:15090/stats/prometheus in an
     /// Istio pod, whose sidecar has no drain listener
     #[arg(long, value_name = "URL", value_parser = http_url, requires = "no_start", conflicts_with_all = ["drain_url", "token"])]
     envoy_stats: Option<String>,
