@@ -95,10 +95,16 @@ impl Watch {
         let line = format!(
             "waiting: {} ({waited_s}s of {})",
             describe(self.last.as_ref()),
-            humantime::format_duration(self.timeout)
+            seconds(self.timeout)
         );
         (Verdict::Waiting, Some(line))
     }
+}
+
+/// A duration in seconds, as `prestop.sh` prints its timeout: `90s` (not
+/// humantime's `1m 30s`), `1.5s` for a fraction.
+pub fn seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
 }
 
 #[cfg(test)]
@@ -146,6 +152,20 @@ mod tests {
         assert_eq!(
             w.observe(ms(2100), status("drained", 0)),
             (Verdict::Drained, Some("drained after 2s".into()))
+        );
+    }
+
+    #[test]
+    fn the_timeout_is_shown_in_seconds_as_prestop_shows_it() {
+        assert_eq!(seconds(Duration::from_secs(90)), "90s");
+        assert_eq!(seconds(Duration::from_secs(3600)), "3600s");
+        assert_eq!(seconds(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(seconds(Duration::from_millis(250)), "0.25s");
+        let t0 = Instant::now();
+        let mut w = Watch::new(t0, Duration::from_secs(90));
+        assert_eq!(
+            w.observe(t0, status("draining", 1)).1.as_deref(),
+            Some("waiting: state=draining inflight=1 (0s of 90s)")
         );
     }
 
