@@ -102,9 +102,16 @@ impl Watch {
 }
 
 /// A duration in seconds, as `prestop.sh` prints its timeout: `90s` (not
-/// humantime's `1m 30s`), `1.5s` for a fraction.
+/// humantime's `1m 30s`), `1.5s` for a fraction (to the millisecond).
 pub fn seconds(d: Duration) -> String {
-    format!("{}s", d.as_secs_f64())
+    // Integer arithmetic: float formatting would add its code to the binary.
+    match d.subsec_millis() {
+        0 => format!("{}s", d.as_secs()),
+        ms => {
+            let fraction = format!("{ms:03}");
+            format!("{}.{}s", d.as_secs(), fraction.trim_end_matches('0'))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +168,7 @@ mod tests {
         assert_eq!(seconds(Duration::from_secs(3600)), "3600s");
         assert_eq!(seconds(Duration::from_millis(1500)), "1.5s");
         assert_eq!(seconds(Duration::from_millis(250)), "0.25s");
+        assert_eq!(seconds(Duration::from_millis(2005)), "2.005s");
         let t0 = Instant::now();
         let mut w = Watch::new(t0, Duration::from_secs(90));
         assert_eq!(
