@@ -11,6 +11,7 @@ use drainpipe_tests::load::{
     ShortRequests,
 };
 use drainpipe_tests::ops::{drainpipe_bin, Supervised};
+use drainpipe_tests::process::ChildGuard;
 use drainpipe_tests::{procfs, FakeLlm, Ports};
 
 async fn supervised(args: &[&str]) -> (FakeLlm, Supervised) {
@@ -242,25 +243,16 @@ fn an_envoy_that_ignores_sigterm_is_killed_5_s_after_it_was_asked_to_stop() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut child = ChildGuard::new(child);
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let mut exited = None;
-    while t0.elapsed() < Duration::from_secs(15) {
-        if let Some(status) = child.try_wait().unwrap() {
-            exited = Some((status, t0.elapsed()));
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let Some((status, after)) = exited else {
-        let _ = child.kill();
-        panic!("the supervisor did not exit within 15 s of SIGTERM");
-    };
-    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    child.signal(libc::SIGTERM);
+    let status = child
+        .wait_exit(Duration::from_secs(15))
+        .expect("the supervisor exits within 15 s of SIGTERM");
+    let after = t0.elapsed();
+    let stderr = std::io::read_to_string(stderr).unwrap();
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("killing it"), "{stderr}");
     assert!(
