@@ -47,9 +47,11 @@ that exits, passes SIGHUP, SIGUSR1 and SIGUSR2 to Envoy. On SIGTERM or \
 SIGINT (docker stop, Compose, Nomad, ECS, systemd, Cloud Run): start the \
 drain through the drain API, print the state and in-flight count every \
 second on stderr until `drained` or --timeout, then stop Envoy through its \
-admin (POST /quitquitquit; SIGTERM if the admin does not answer). A second \
-SIGTERM or SIGINT stops Envoy at once. Give the container's stop timeout \
-(docker's --time, Compose's stop_grace_period) more than --timeout.";
+admin (POST /quitquitquit; SIGTERM if the admin does not answer; SIGKILL \
+if Envoy is still running 5 s later, and at the latest --timeout + 5 s after \
+the signal). A second SIGTERM or SIGINT stops Envoy at once. Give the \
+platform's stop timeout (docker stop --time, Compose's stop_grace_period, \
+systemd's TimeoutStopSec with KillMode=mixed) --timeout + 10 s.";
 
 const RUN_EXIT: &str = "\
 Exit status: 0 drained, 1 timed out (Envoy is stopped anyway), 2 the drain \

@@ -14,6 +14,12 @@
 //! 4. exits once Envoy has: 0 drained, 1 timed out, 2 the drain could not
 //!    be started.
 //!
+//! The timeout runs from the signal, and Envoy is killed at the latest
+//! `--timeout` + [`STOP_LIMIT`] after it (see [`kill_at`]), whatever the
+//! HTTP calls took: the supervisor is done before a platform that allows
+//! `--timeout + 10 s` (Compose's `stop_grace_period`, systemd's
+//! `TimeoutStopSec`, Kubernetes' grace period) kills it.
+//!
 //! A second SIGTERM or SIGINT stops Envoy at once (SIGTERM: Envoy exits
 //! without draining) and exits 3. If Envoy exits by itself, the supervisor
 //! exits with Envoy's status (128 + the signal if a signal ended it).
@@ -40,8 +46,11 @@ pub mod exit {
 
 /// How often the drain API is polled while draining.
 pub const POLL_EVERY: Duration = Duration::from_millis(250);
-/// How long Envoy has to exit once asked before it is killed.
-pub const STOP_LIMIT: Duration = Duration::from_secs(10);
+/// How long Envoy has to exit once asked before it is killed, and the
+/// most the supervisor takes past `--timeout` (counted from the signal).
+/// The platform's stop timeout is `--timeout` + 10 s: this leaves 5 s for
+/// the kill to take effect and the supervisor to exit.
+pub const STOP_LIMIT: Duration = Duration::from_secs(5);
 
 /// What `run` needs.
 #[derive(Debug, Clone)]
@@ -85,12 +94,21 @@ enum Phase {
     Draining {
         watch: Watch,
         next_poll: Instant,
+        deadline: Instant,
     },
     Stopping {
         outcome: u8,
-        since: Instant,
+        kill_at: Instant,
         killed: bool,
     },
+}
+
+/// When to kill an Envoy asked to stop at `asked`: [`STOP_LIMIT`] later,
+/// but never after `deadline`, the signal's time plus `--timeout` plus
+/// [`STOP_LIMIT`] (an HTTP call that hung near the timeout does not push
+/// the kill back).
+pub fn kill_at(asked: Instant, deadline: Instant) -> Instant {
+    (asked + STOP_LIMIT).min(deadline)
 }
 
 /// Runs Envoy under supervision until it exits; the exit status.
@@ -129,19 +147,9 @@ pub fn run(opts: Options) -> Result<u8, RunError> {
         match signal {
             Some(sig @ (SIGTERM | SIGINT)) => {
                 phase = match phase {
-                    Phase::Serving => start_drain(&api, &opts, envoy, sig),
-                    Phase::Draining { .. } | Phase::Stopping { .. } => {
-                        say(format!(
-                            "{} received again: stopping Envoy at once",
-                            signals::name(sig)
-                        ));
-                        signals::send(envoy, SIGTERM);
-                        Phase::Stopping {
-                            outcome: exit::INTERRUPTED,
-                            since: Instant::now(),
-                            killed: false,
-                        }
-                    }
+                    Phase::Serving => start_drain(&api, &opts, envoy, sig, Instant::now()),
+                    Phase::Draining { deadline, .. } => stop_at_once(envoy, sig, deadline),
+                    Phase::Stopping { kill_at, .. } => stop_at_once(envoy, sig, kill_at),
                 }
             }
             Some(sig @ (SIGHUP | SIGUSR1 | SIGUSR2)) => {
@@ -151,7 +159,11 @@ pub fn run(opts: Options) -> Result<u8, RunError> {
             _ => {}
         }
         match &mut phase {
-            Phase::Draining { watch, next_poll } if Instant::now() >= *next_poll => {
+            Phase::Draining {
+                watch,
+                next_poll,
+                deadline,
+            } if Instant::now() >= *next_poll => {
                 let (verdict, line) = watch.observe(Instant::now(), api.status());
                 if let Some(line) = line {
                     say(line);
@@ -162,18 +174,18 @@ pub fn run(opts: Options) -> Result<u8, RunError> {
                     Verdict::TimedOut => exit::TIMED_OUT,
                     Verdict::Waiting | Verdict::ProxyGone => continue,
                 };
+                let asked = Instant::now();
                 stop_envoy(&opts.envoy_admin, envoy);
                 phase = Phase::Stopping {
                     outcome,
-                    since: Instant::now(),
+                    kill_at: kill_at(asked, *deadline),
                     killed: false,
                 };
             }
-            Phase::Stopping { since, killed, .. } if !*killed && since.elapsed() > STOP_LIMIT => {
-                say(format!(
-                    "Envoy still running {}s after it was asked to stop: killing it",
-                    STOP_LIMIT.as_secs()
-                ));
+            Phase::Stopping {
+                kill_at, killed, ..
+            } if !*killed && Instant::now() >= *kill_at => {
+                say("Envoy still running after it was asked to stop: killing it");
                 signals::send(envoy, libc::SIGKILL);
                 *killed = true;
             }
@@ -182,30 +194,56 @@ pub fn run(opts: Options) -> Result<u8, RunError> {
     }
 }
 
-fn start_drain(api: &DrainApi, opts: &Options, envoy: pid_t, signal: c_int) -> Phase {
+/// The first SIGTERM or SIGINT, taken at `signaled`: the timeout runs from
+/// there.
+fn start_drain(
+    api: &DrainApi,
+    opts: &Options,
+    envoy: pid_t,
+    signal: c_int,
+    signaled: Instant,
+) -> Phase {
     say(format!(
         "{} received: starting the drain ({})",
         signals::name(signal),
         api.url
     ));
+    let deadline = signaled + opts.timeout + STOP_LIMIT;
     match api.start() {
         Ok(status) => {
             say(format!("drain started: {}", describe(Some(&status))));
-            let now = Instant::now();
             Phase::Draining {
-                watch: Watch::new(now, opts.timeout),
-                next_poll: now,
+                watch: Watch::new(signaled, opts.timeout),
+                next_poll: Instant::now(),
+                deadline,
             }
         }
         Err(e) => {
             say(format!("the drain could not be started: {e}"));
+            let asked = Instant::now();
             stop_envoy(&opts.envoy_admin, envoy);
             Phase::Stopping {
                 outcome: exit::NOT_STARTED,
-                since: Instant::now(),
+                kill_at: kill_at(asked, deadline),
                 killed: false,
             }
         }
+    }
+}
+
+/// A second SIGTERM or SIGINT: SIGTERM to Envoy (it exits without
+/// draining), SIGKILL [`STOP_LIMIT`] later or at `deadline`.
+fn stop_at_once(envoy: pid_t, signal: c_int, deadline: Instant) -> Phase {
+    say(format!(
+        "{} received again: stopping Envoy at once",
+        signals::name(signal)
+    ));
+    let asked = Instant::now();
+    signals::send(envoy, libc::SIGTERM);
+    Phase::Stopping {
+        outcome: exit::INTERRUPTED,
+        kill_at: kill_at(asked, deadline),
+        killed: false,
     }
 }
 
@@ -295,6 +333,21 @@ mod tests {
         assert_eq!(exit_code(libc::SIGTERM), 143);
         assert_eq!(describe_status(libc::SIGKILL), "killed by SIGKILL");
         assert_eq!(describe_status(3 << 8), "status 3");
+    }
+
+    #[test]
+    fn envoy_is_killed_stop_limit_after_it_was_asked_but_never_past_the_deadline() {
+        let signal = Instant::now();
+        let timeout = Duration::from_secs(35);
+        let deadline = signal + timeout + STOP_LIMIT;
+        // Drained after 2 s: killed 5 s after the request to stop.
+        let asked = signal + Duration::from_secs(2);
+        assert_eq!(kill_at(asked, deadline), asked + STOP_LIMIT);
+        // Timed out, the last poll and the admin's call hung for their 2 s
+        // each: the deadline holds.
+        let asked = signal + timeout + Duration::from_secs(4);
+        assert_eq!(kill_at(asked, deadline), deadline);
+        assert_eq!(deadline - signal, Duration::from_secs(40));
     }
 
     #[test]

@@ -95,9 +95,22 @@ impl Watch {
         let line = format!(
             "waiting: {} ({waited_s}s of {})",
             describe(self.last.as_ref()),
-            humantime::format_duration(self.timeout)
+            seconds(self.timeout)
         );
         (Verdict::Waiting, Some(line))
+    }
+}
+
+/// A duration in seconds, as `prestop.sh` prints its timeout: `90s` (not
+/// humantime's `1m 30s`), `1.5s` for a fraction (to the millisecond).
+pub fn seconds(d: Duration) -> String {
+    // Integer arithmetic: float formatting would add its code to the binary.
+    match d.subsec_millis() {
+        0 => format!("{}s", d.as_secs()),
+        ms => {
+            let fraction = format!("{ms:03}");
+            format!("{}.{}s", d.as_secs(), fraction.trim_end_matches('0'))
+        }
     }
 }
 
@@ -146,6 +159,21 @@ mod tests {
         assert_eq!(
             w.observe(ms(2100), status("drained", 0)),
             (Verdict::Drained, Some("drained after 2s".into()))
+        );
+    }
+
+    #[test]
+    fn the_timeout_is_shown_in_seconds_as_prestop_shows_it() {
+        assert_eq!(seconds(Duration::from_secs(90)), "90s");
+        assert_eq!(seconds(Duration::from_secs(3600)), "3600s");
+        assert_eq!(seconds(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(seconds(Duration::from_millis(250)), "0.25s");
+        assert_eq!(seconds(Duration::from_millis(2005)), "2.005s");
+        let t0 = Instant::now();
+        let mut w = Watch::new(t0, Duration::from_secs(90));
+        assert_eq!(
+            w.observe(t0, status("draining", 1)).1.as_deref(),
+            Some("waiting: state=draining inflight=1 (0s of 90s)")
         );
     }
 

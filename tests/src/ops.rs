@@ -1,8 +1,9 @@
 //! The operations binary, `drainpipe` (crate `drainpipe-ops`), for tests
-//! that run it: built on first use, and Envoy started under `drainpipe run`.
+//! that run it: built on first use, and Envoy started under `drainpipe run`;
+//! and where the static build images ship is (`cargo xtask dist`).
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -38,11 +39,39 @@ pub fn drainpipe_bin() -> anyhow::Result<PathBuf> {
     built.clone().map_err(anyhow::Error::msg)
 }
 
+/// The target of the static `drainpipe` that goes into images.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Where `cargo xtask dist` leaves the static `drainpipe`:
+/// `target/x86_64-unknown-linux-musl/release/drainpipe`.
+pub fn static_drainpipe_path() -> PathBuf {
+    target_dir().join(MUSL_TARGET).join("release/drainpipe")
+}
+
+/// The static `drainpipe`, built by `cargo xtask dist` (`cargo xtask test`
+/// builds it before the tests, as it builds the release plugin).
+pub fn static_drainpipe_bin() -> anyhow::Result<PathBuf> {
+    let path = static_drainpipe_path();
+    if !path.exists() {
+        anyhow::bail!(
+            "the static drainpipe is not built at {}: run `cargo xtask dist`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// `drainpipe run` with the drain API and admin of `ports`, `args` after
 /// them, ending in `--`: the wrapper that starts Envoy under supervision.
 pub fn run_wrapper(ports: Ports, args: &[&str]) -> Vec<OsString> {
+    let bin = drainpipe_bin().expect("the drainpipe binary");
+    run_wrapper_of(&bin, ports, args)
+}
+
+/// [`run_wrapper`] with the `drainpipe` binary at `bin`.
+pub fn run_wrapper_of(bin: &Path, ports: Ports, args: &[&str]) -> Vec<OsString> {
     let mut wrapper: Vec<OsString> = vec![
-        drainpipe_bin().expect("the drainpipe binary").into(),
+        bin.into(),
         "run".into(),
         "--drain-url".into(),
         format!("http://127.0.0.1:{}/drain", ports.drain).into(),
@@ -65,8 +94,18 @@ pub struct Supervised {
 impl Supervised {
     /// Starts `cfg` (localized to `ports`) under `drainpipe run ARGS --`.
     pub fn start(cfg: &EnvoyConfig, ports: Ports, args: &[&str]) -> anyhow::Result<Supervised> {
+        Supervised::start_with(&drainpipe_bin()?, cfg, ports, args)
+    }
+
+    /// [`Supervised::start`] with the `drainpipe` binary at `bin`.
+    pub fn start_with(
+        bin: &Path,
+        cfg: &EnvoyConfig,
+        ports: Ports,
+        args: &[&str],
+    ) -> anyhow::Result<Supervised> {
         let opts = EnvoyOptions {
-            wrapper: run_wrapper(ports, args),
+            wrapper: run_wrapper_of(bin, ports, args),
             ..EnvoyOptions::default()
         };
         let envoy = Envoy::start(cfg, ports, opts)?;

@@ -5,7 +5,10 @@
 //! in the tests: supervisor.rs sends SIGTERM exactly as `docker stop`
 //! does.)
 
+use std::time::Duration;
+
 use drainpipe::Config;
+use drainpipe_ops::supervise::STOP_LIMIT;
 use drainpipe_tests::envoy::{repo_root, EnvoyConfig};
 use serde_json::Value;
 
@@ -118,10 +121,13 @@ fn compose_stops_envoy_first_within_a_grace_period_above_the_timeout() {
     let timeout = seconds(&entrypoint[t + 1]);
     let envoy = &compose["services"]["envoy"];
     assert_eq!(envoy["build"]["dockerfile"], "envoy/docker/Dockerfile");
-    assert_eq!(
-        seconds(envoy["stop_grace_period"].as_str().unwrap()),
-        timeout + 10,
-        "stop_grace_period = --timeout + 10"
+    let grace = seconds(envoy["stop_grace_period"].as_str().unwrap());
+    assert_eq!(grace, timeout + 10, "stop_grace_period = --timeout + 10");
+    // drainpipe kills Envoy at the latest --timeout + STOP_LIMIT after the
+    // SIGTERM: it has exited, with Envoy, before Docker's SIGKILL.
+    assert!(
+        Duration::from_secs(timeout) + STOP_LIMIT < Duration::from_secs(grace),
+        "--timeout + {STOP_LIMIT:?} must stay under stop_grace_period ({grace} s)"
     );
     // Envoy shares the LLM server's network namespace (127.0.0.1:8000) and
     // depends on it, so Compose stops Envoy first and the LLM server after.

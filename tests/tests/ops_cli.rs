@@ -1,15 +1,16 @@
 //! The `drainpipe` binary's commands other than `run` under load: bad
 //! arguments are one line and a non-zero exit; `drain --wait` (the preStop
 //! client) and `drain --wait --no-start` (the LLM server's preStop) against
-//! a real Envoy; the controller's errors.
+//! a real Envoy; the controller's errors; the static build images ship
+//! (`cargo xtask dist`): linked statically, and draining a real Envoy.
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use drainpipe_tests::envoy::upstream_and_envoy;
-use drainpipe_tests::load::open_stream;
-use drainpipe_tests::ops::drainpipe_bin;
-use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
+use drainpipe_tests::envoy::{plugin_wasm, upstream_and_envoy, EnvoyConfig};
+use drainpipe_tests::load::{assert_whole_stream, fast_drain, open_stream, read_to_end};
+use drainpipe_tests::ops::{drainpipe_bin, static_drainpipe_bin, Supervised};
+use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
 use serde_json::json;
 
 fn drainpipe(args: &[&str]) -> Output {
@@ -262,4 +263,93 @@ fn the_drainpipe_binary_links_no_wasmtime_and_no_async_runtime() {
             "drainpipe-ops depends on {banned}:\n{tree}"
         );
     }
+}
+
+/// What makes an ELF executable depend on the machine it runs on: its
+/// program interpreter (the dynamic loader) and the shared libraries it
+/// needs (`DT_NEEDED`). Empty for a static executable (static-pie keeps a
+/// dynamic segment for its own relocations, with no library in it).
+fn dynamic_dependencies(bytes: &[u8]) -> Vec<String> {
+    use object::elf::{FileHeader64, DT_NEEDED};
+    use object::read::elf::{Dyn as _, FileHeader as _, ProgramHeader as _};
+    use object::Endianness;
+
+    let header = FileHeader64::<Endianness>::parse(bytes).expect("an ELF64 file");
+    let endian = header.endian().expect("a known byte order");
+    let mut found = Vec::new();
+    for segment in header
+        .program_headers(endian, bytes)
+        .expect("program headers")
+    {
+        if let Some(interp) = segment.interpreter(endian, bytes).expect("PT_INTERP") {
+            found.push(format!("interpreter {}", String::from_utf8_lossy(interp)));
+        }
+        for entry in segment
+            .dynamic(endian, bytes)
+            .expect("PT_DYNAMIC")
+            .unwrap_or(&[])
+        {
+            if entry.d_tag(endian) == DT_NEEDED {
+                found.push("a needed shared library (DT_NEEDED)".to_string());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn dynamic_dependencies_are_found_in_a_dynamically_linked_binary() {
+    // The debug build for the host's default (glibc) target.
+    let bytes = std::fs::read(drainpipe_bin().unwrap()).unwrap();
+    let found = dynamic_dependencies(&bytes);
+    assert!(
+        found.iter().any(|f| f.starts_with("interpreter /")),
+        "{found:?}"
+    );
+    assert!(found.iter().any(|f| f.contains("DT_NEEDED")), "{found:?}");
+}
+
+/// The binary images ship (`cargo xtask dist`, musl): no loader, no shared
+/// library, and it runs `drainpipe run` as a container's entrypoint does:
+/// SIGTERM drains a real Envoy while a stream runs, the stream arrives
+/// whole, exit 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_static_binary_is_static_and_drains_a_real_envoy_under_run() {
+    let bin = static_drainpipe_bin().unwrap();
+    let bytes = std::fs::read(&bin).unwrap();
+    let found = dynamic_dependencies(&bytes);
+    assert!(
+        found.is_empty(),
+        "{} is not static: {found:?}",
+        bin.display()
+    );
+    println!(
+        "static drainpipe: {} bytes ({})",
+        bytes.len(),
+        bin.display()
+    );
+
+    let help = Command::new(&bin).arg("--help").output().unwrap();
+    assert!(help.status.success(), "{help:?}");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: drainpipe"));
+
+    let upstream = FakeLlm::start().await.expect("fake upstream");
+    let ports = Ports::fresh(upstream.port());
+    let cfg = EnvoyConfig::repo()
+        .unwrap()
+        .localize(ports, &plugin_wasm().unwrap())
+        .patch_plugin("drainpipe", fast_drain());
+    let mut sup = Supervised::start_with(&bin, &cfg, ports, &["--timeout", "20s"])
+        .expect("Envoy starts under the static drainpipe run");
+    let resp = open_stream(&sup.envoy, 20).await;
+    let t0 = Instant::now();
+    sup.signal(libc::SIGTERM);
+    let read = read_to_end(resp, t0).await;
+    assert_whole_stream(&read.whole(), 20);
+    let status = tokio::task::block_in_place(|| sup.envoy.wait_exit(Duration::from_secs(15)))
+        .expect("the supervisor exits once drained");
+    let lines = sup.lines().join("\n");
+    assert_eq!(status.code(), Some(0), "{lines}");
+    assert!(lines.contains("drained after"), "{lines}");
+    assert!(!sup.envoy_alive(), "Envoy is still running");
 }

@@ -11,6 +11,7 @@ use drainpipe_tests::load::{
     ShortRequests,
 };
 use drainpipe_tests::ops::{drainpipe_bin, Supervised};
+use drainpipe_tests::process::ChildGuard;
 use drainpipe_tests::{procfs, FakeLlm, Ports};
 
 async fn supervised(args: &[&str]) -> (FakeLlm, Supervised) {
@@ -226,6 +227,44 @@ fn envoy_exiting_by_itself_gives_its_status() {
     }
 }
 
+/// An Envoy that does not stop when asked (here a program that ignores
+/// SIGTERM, with no admin and no drain API to answer) is killed
+/// `STOP_LIMIT` (5 s) later: the supervisor is done well before the
+/// platform's SIGKILL at `--timeout + 10 s`.
+#[test]
+fn an_envoy_that_ignores_sigterm_is_killed_5_s_after_it_was_asked_to_stop() {
+    let nowhere = format!("http://127.0.0.1:{}", drainpipe_tests::envoy::free_port());
+    let mut child = std::process::Command::new(drainpipe_bin().unwrap())
+        .args(["run", "--timeout", "20s"])
+        .args(["--drain-url", &format!("{nowhere}/drain")])
+        .args(["--envoy-admin", &nowhere])
+        // The ignored disposition survives exec.
+        .args(["--", "sh", "-c", "trap '' TERM; exec sleep 60"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut child = ChildGuard::new(child);
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    child.signal(libc::SIGTERM);
+    let status = child
+        .wait_exit(Duration::from_secs(15))
+        .expect("the supervisor exits within 15 s of SIGTERM");
+    let after = t0.elapsed();
+    let stderr = std::io::read_to_string(stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("killing it"), "{stderr}");
+    assert!(
+        stderr.contains("Envoy exited (killed by SIGKILL)"),
+        "{stderr}"
+    );
+    assert!(
+        after >= Duration::from_secs(5) && after < Duration::from_secs(8),
+        "exited {after:?} after SIGTERM:\n{stderr}"
+    );
+}
+
 /// A signal mask survives exec: Envoy must start with nothing blocked, or
 /// it would never see the SIGTERM of a second signal.
 #[test]
@@ -248,9 +287,11 @@ fn envoy_starts_with_no_signal_blocked_or_ignored_by_the_supervisor() {
 /// supervisor's child, and must not stay a zombie when it exits.
 #[test]
 fn as_pid_1_the_supervisor_reaps_orphans() {
-    if !unshare_works() {
+    if let Err(refused) = new_pid_namespace() {
         eprintln!(
-            "skipped: `unshare --pid --fork` is not permitted here (needs root or user namespaces)"
+            "SKIPPED as_pid_1_the_supervisor_reaps_orphans: the kernel refuses a new PID \
+             namespace here ({refused}; it needs root or user namespaces), so reaping as \
+             PID 1 is not checked"
         );
         return;
     }
@@ -294,9 +335,25 @@ fn as_pid_1_the_supervisor_reaps_orphans() {
     assert_eq!(kids.len(), 1, "only the shell is left: {kids:?}");
 }
 
-fn unshare_works() -> bool {
-    std::process::Command::new("unshare")
+/// Whether `unshare --pid --fork` can make a PID namespace: `Err` with
+/// unshare's words only when the kernel refuses it (EPERM); a missing or
+/// failing `unshare` fails the test.
+fn new_pid_namespace() -> Result<(), String> {
+    let out = std::process::Command::new("unshare")
         .args(["--pid", "--fork", "true"])
         .output()
-        .is_ok_and(|o| o.status.success())
+        .unwrap_or_else(|e| {
+            panic!("cannot run unshare ({e}): util-linux has it, `cargo xtask setup` installs it")
+        });
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if stderr.contains("Operation not permitted") {
+        return Err(stderr);
+    }
+    panic!(
+        "`unshare --pid --fork true` failed ({}): {stderr}",
+        out.status
+    );
 }

