@@ -22,7 +22,7 @@ use crate::api::DrainApi;
 use crate::say;
 use crate::signals::{self, Signals};
 use crate::supervise::POLL_EVERY;
-use crate::watch::{Verdict, Watch};
+use crate::watch::{self, Verdict, Watch};
 
 /// Why the controller could not run.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +172,7 @@ pub fn run(
         say(format!(
             "{} received: draining; exiting in {}",
             signals::name(signal),
-            humantime::format_duration(linger)
+            watch::seconds(linger)
         ));
         let until = started + linger;
         while let Some(left) = until.checked_duration_since(Instant::now()) {
@@ -186,7 +186,7 @@ pub fn run(
     say(format!(
         "{} received: draining; exiting once the plugin reports drained ({url}), at most in {}",
         signals::name(signal),
-        humantime::format_duration(linger)
+        watch::seconds(linger)
     ));
     // The plugins keep polling this controller until it exits; the drain
     // they adopted stays when it no longer answers.
