@@ -7,7 +7,8 @@
 //! calls (unary) go to their cluster over HTTP/2 with Envoy's request
 //! headers; the answer is the response message or the call's gRPC status
 //! (an HTTP status mapped as Envoy maps it, UNAVAILABLE when the cluster
-//! cannot be reached).
+//! cannot be reached). gRPC streams are carried out by
+//! [`crate::grpc_streams`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use hyper::body::Frame;
 use hyper::{HeaderMap, Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::grpc_streams::Streams;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -97,6 +100,7 @@ impl Calls {
         let waiting = host.calls_waiting();
         // Per worker, the tokens of the http and the gRPC calls under way.
         let mut started = vec![(HashSet::new(), HashSet::new()); workers.len()];
+        let mut streams: Vec<_> = workers.iter().map(|_| Streams::default()).collect();
         loop {
             tokio::select! {
                 _ = waiting.notified() => {}
@@ -118,6 +122,9 @@ impl Calls {
                         worker.respond_grpc_call(token, calls.send_grpc(call).await);
                     });
                 }
+            }
+            for (worker, streams) in workers.iter().zip(streams.iter_mut()) {
+                streams.update(worker, |name| self.clusters.get(name).cloned());
             }
         }
     }
@@ -318,7 +325,7 @@ async fn grpc_exchange(
 
 /// The status message as Envoy reports an upstream's answer: the
 /// `grpc-message` with the response's details (`via_upstream`) in braces.
-fn with_details(message: &str) -> String {
+pub(crate) fn with_details(message: &str) -> String {
     match message {
         "" => "via_upstream".to_owned(),
         _ => format!("{message}{{via_upstream}}"),
