@@ -328,8 +328,8 @@ impl Worker {
         self.lock().deliver_grpc_call(token, response)
     }
 
-    /// The gRPC streams open (not cancelled, and not ended on both sides),
-    /// oldest first.
+    /// The gRPC streams to carry out, oldest first: opened, not cancelled,
+    /// and not ended by the remote side.
     pub fn grpc_streams(&self) -> Vec<GrpcStreamRequest> {
         let inner = self.lock();
         inner
@@ -338,6 +338,7 @@ impl Worker {
             .data()
             .grpc_streams
             .iter()
+            .filter(|(_, s)| !s.remote_closed)
             .map(|(&token, s)| GrpcStreamRequest {
                 token,
                 cluster: s.cluster.clone(),
