@@ -7,16 +7,25 @@
 
 mod support;
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use drainpipe_shim::{
     Clock, GrpcStreamEvent, GrpcStreamSend, Headers, Host, HttpStream, PluginConfig, Wasm, Worker,
 };
 
+/// The fidelity filter, compiled once for the whole binary.
+fn fidelity_filter() -> Wasm {
+    static WASM: OnceLock<Wasm> = OnceLock::new();
+    WASM.get_or_init(|| {
+        Wasm::from_file(support::fidelity_filter_path()).expect("load the fidelity filter")
+    })
+    .clone()
+}
+
 fn stream_host() -> (Host, Clock) {
     let clock = Clock::manual(support::T0_MS);
-    let wasm = Wasm::from_file(support::fidelity_filter_path()).expect("load the fidelity filter");
-    let host = Host::builder(wasm)
+    let host = Host::builder(fidelity_filter())
         .vm_id("fidelity_vm")
         .clock(clock.clone())
         .cluster("grpc", None)
