@@ -679,16 +679,41 @@ async fn grpc_check(request: Request<Incoming>) -> Result<Response<GrpcBody>, In
 /// comes, and when the client ends its side, trailers with status OK and
 /// what the request carried (`x-echo-request`: path, authority, headers).
 /// The message `fail` ends the stream at once with FAILED_PRECONDITION.
-/// `fidelity.Echo/Refuse` answers trailers-only, PERMISSION_DENIED.
+/// `fidelity.Echo/Refuse` answers trailers-only, PERMISSION_DENIED;
+/// `Unavailable` an HTTP 503 (not gRPC); `NoTrailers` one message, then the
+/// end of the body without trailers.
 fn grpc_echo(request: Request<Incoming>) -> Response<GrpcBody> {
     let response = Response::builder().header("content-type", "application/grpc");
-    if request.uri().path() == "/fidelity.Echo/Refuse" {
-        let body = http_body_util::Empty::new().boxed_unsync();
-        return response
-            .header("grpc-status", "7")
-            .header("grpc-message", "refused here")
-            .body(body)
-            .unwrap();
+    let message = |text: &str| {
+        let mut frame = vec![0];
+        frame.extend_from_slice(&(text.len() as u32).to_be_bytes());
+        frame.extend_from_slice(text.as_bytes());
+        Frame::data(Bytes::from(frame))
+    };
+    match request.uri().path() {
+        "/fidelity.Echo/Refuse" => {
+            let body = http_body_util::Empty::new().boxed_unsync();
+            return response
+                .header("grpc-status", "7")
+                .header("grpc-message", "refused here")
+                .body(body)
+                .unwrap();
+        }
+        "/fidelity.Echo/Unavailable" => {
+            let body = http_body_util::Full::new(Bytes::from("try later")).boxed_unsync();
+            return Response::builder()
+                .status(503)
+                .header("content-type", "text/plain")
+                .body(body)
+                .unwrap();
+        }
+        "/fidelity.Echo/NoTrailers" => {
+            let frames = futures::stream::iter([Ok(message("only one"))]);
+            return response
+                .body(StreamBody::new(frames).boxed_unsync())
+                .unwrap();
+        }
+        _ => {}
     }
     let mut seen = vec![
         format!("path={}", request.uri().path()),
@@ -716,19 +741,15 @@ fn grpc_echo(request: Request<Incoming>) -> Response<GrpcBody> {
                 if pending.len() < end {
                     break;
                 }
-                let message = String::from_utf8_lossy(&pending[5..end]).into_owned();
+                let text = String::from_utf8_lossy(&pending[5..end]).into_owned();
                 pending.drain(..end);
-                if message == "fail" {
+                if text == "fail" {
                     trailers.insert("grpc-status", "9".parse().unwrap());
                     trailers.insert("grpc-message", "failing on purpose".parse().unwrap());
                     let _ = frames.send(Frame::trailers(trailers));
                     return;
                 }
-                let answer = format!("echo {message}");
-                let mut frame = vec![0];
-                frame.extend_from_slice(&(answer.len() as u32).to_be_bytes());
-                frame.extend_from_slice(answer.as_bytes());
-                let _ = frames.send(Frame::data(Bytes::from(frame)));
+                let _ = frames.send(message(&format!("echo {text}")));
             }
         }
         trailers.insert("grpc-status", "0".parse().unwrap());
