@@ -289,7 +289,11 @@ fn declared_clusters(scenario: &Value, upstreams: &Upstreams) -> Vec<Declared> {
             },
             None => Declared {
                 name: c["name"].as_str().unwrap().to_owned(),
-                port: upstreams.grpc.port,
+                // `"unreachable": true`: a port nothing listens on.
+                port: match c["unreachable"] == true {
+                    true => free_port(),
+                    false => upstreams.grpc.port,
+                },
                 h2: true,
             },
         })

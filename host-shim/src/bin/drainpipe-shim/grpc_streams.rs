@@ -79,15 +79,16 @@ async fn run(
     let token = stream.token;
     let deliver = |event| worker.deliver_grpc_stream(token, event);
     let Some(cluster) = cluster else {
-        unreachable_cluster(&deliver);
-        return;
+        return unreachable_cluster(&deliver, None);
     };
-    let response = match open(&cluster, &stream, sends).await {
+    let address = cluster.base.trim_start_matches("http://");
+    let tcp = match tokio::net::TcpStream::connect(address).await {
+        Ok(tcp) => tcp,
+        Err(e) => return unreachable_cluster(&deliver, Some(&e)),
+    };
+    let response = match open(tcp, &cluster, &stream, sends).await {
         Ok(response) => response,
-        Err(_) => {
-            unreachable_cluster(&deliver);
-            return;
-        }
+        Err(_) => return unreachable_cluster(&deliver, None),
     };
     let (parts, body) = response.into_parts();
     let mut headers = Headers::from_pairs([(":status", parts.status.as_str())]);
@@ -119,12 +120,11 @@ async fn run(
 /// Sends the request headers and, as the guest sends them, its messages;
 /// returns the response once its headers arrive.
 async fn open(
+    tcp: tokio::net::TcpStream,
     cluster: &Cluster,
     stream: &GrpcStreamRequest,
     mut sends: mpsc::UnboundedReceiver<GrpcStreamSend>,
 ) -> Result<hyper::Response<Incoming>, BoxError> {
-    let address = cluster.base.trim_start_matches("http://");
-    let tcp = tokio::net::TcpStream::connect(address).await?;
     tcp.set_nodelay(true)?;
     // Envoy's gRPC client's headers, in its order (a stream has no timeout).
     let mut request = Request::builder()
@@ -288,19 +288,43 @@ fn stream_error(deliver: &impl Fn(GrpcStreamEvent) -> bool, status: u32) {
     }
 }
 
-/// What a stream to a cluster that cannot be reached gets: the router's
-/// 503, mapped to UNAVAILABLE.
-fn unreachable_cluster(deliver: &impl Fn(GrpcStreamEvent) -> bool) {
+/// What a stream to a cluster that cannot be reached gets, as Envoy's
+/// router answers it: a trailers-only UNAVAILABLE, and a close whose
+/// message carries the reset's details (the socket error of a refused
+/// connection, in Envoy's words).
+fn unreachable_cluster(deliver: &impl Fn(GrpcStreamEvent) -> bool, error: Option<&std::io::Error>) {
+    const MESSAGE: &str = "upstream connect error or disconnect/reset before headers. \
+                           reset reason: remote connection failure";
     if !deliver(GrpcStreamEvent::InitialMetadata(Headers::new())) {
         return;
     }
-    if deliver(GrpcStreamEvent::TrailingMetadata(Headers::new())) {
+    let trailers = Headers::from_pairs([
+        (":status", "200"),
+        ("content-type", "application/grpc"),
+        ("grpc-status", "14"),
+        ("grpc-message", MESSAGE),
+    ]);
+    let cause = match error {
+        Some(e) => format!("|delayed_connect_error:_{}", strerror(e).replace(' ', "_")),
+        None => String::new(),
+    };
+    if deliver(GrpcStreamEvent::TrailingMetadata(trailers)) {
         deliver(GrpcStreamEvent::Close {
             status: GrpcCallResponse::UNAVAILABLE,
-            message: "upstream connect error or disconnect/reset before headers. \
-                      reset reason: remote connection failure"
-                .to_owned(),
+            message: format!(
+                "{MESSAGE}{{upstream_reset_before_response_started{{remote_connection_failure{cause}}}}}"
+            ),
         });
+    }
+}
+
+/// The C library's words for a socket error (`Connection refused`), without
+/// Rust's ` (os error N)`.
+fn strerror(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    match text.find(" (os error") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
     }
 }
 
@@ -323,6 +347,13 @@ mod tests {
         }
         assert_eq!(messages, [b"one".to_vec(), Vec::new(), b"three".to_vec()]);
         assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_socket_error_is_worded_as_the_c_library_words_it() {
+        // ECONNREFUSED on Linux.
+        let refused = std::io::Error::from_raw_os_error(111);
+        assert_eq!(strerror(&refused), "Connection refused");
     }
 
     #[test]
