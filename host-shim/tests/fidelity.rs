@@ -827,3 +827,8 @@ async fn replaced_headers_move_to_the_end_and_envoys_headers_are_there() {
 async fn a_grpc_stream_gets_metadata_messages_and_status_as_in_envoy() {
     side_by_side("grpc-stream").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_unary_grpc_call_to_a_cluster_refusing_the_connection_fails_as_in_envoy() {
+    side_by_side("grpc-call-refused").await;
+}

@@ -24,7 +24,7 @@ use hyper::{HeaderMap, Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::grpc_streams::Streams;
+use crate::grpc_streams::{unreachable_message, Streams};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -189,19 +189,19 @@ impl Calls {
 
 impl Calls {
     async fn send_grpc(&self, call: GrpcCallRequest) -> GrpcCallResponse {
-        let unavailable = || GrpcCallResponse::Closed {
+        // As Envoy reports a cluster it cannot reach (a failed connect is
+        // the exchange's only I/O error).
+        let unavailable = |connect_error: Option<&std::io::Error>| GrpcCallResponse::Closed {
             status: GrpcCallResponse::UNAVAILABLE,
-            message: "upstream connect error or disconnect/reset before headers. \
-                      reset reason: remote connection failure"
-                .to_owned(),
+            message: unreachable_message(connect_error),
         };
         let Some(cluster) = self.clusters.get(&call.cluster) else {
-            return unavailable();
+            return unavailable(None);
         };
         let timeout = call.timeout;
         match tokio::time::timeout(timeout, grpc_exchange(cluster, call)).await {
             Ok(Ok(response)) => response,
-            Ok(Err(_)) => unavailable(),
+            Ok(Err(e)) => unavailable(e.downcast_ref()),
             // The worker's timers answered it already.
             Err(_) => GrpcCallResponse::timed_out(),
         }

@@ -290,11 +290,8 @@ fn stream_error(deliver: &impl Fn(GrpcStreamEvent) -> bool, status: u32) {
 
 /// What a stream to a cluster that cannot be reached gets, as Envoy's
 /// router answers it: a trailers-only UNAVAILABLE, and a close whose
-/// message carries the reset's details (the socket error of a refused
-/// connection, in Envoy's words).
+/// message carries the reset's details ([`unreachable_message`]).
 fn unreachable_cluster(deliver: &impl Fn(GrpcStreamEvent) -> bool, error: Option<&std::io::Error>) {
-    const MESSAGE: &str = "upstream connect error or disconnect/reset before headers. \
-                           reset reason: remote connection failure";
     if !deliver(GrpcStreamEvent::InitialMetadata(Headers::new())) {
         return;
     }
@@ -302,20 +299,29 @@ fn unreachable_cluster(deliver: &impl Fn(GrpcStreamEvent) -> bool, error: Option
         (":status", "200"),
         ("content-type", "application/grpc"),
         ("grpc-status", "14"),
-        ("grpc-message", MESSAGE),
+        ("grpc-message", UNREACHABLE),
     ]);
-    let cause = match error {
-        Some(e) => format!("|delayed_connect_error:_{}", strerror(e).replace(' ', "_")),
-        None => String::new(),
-    };
     if deliver(GrpcStreamEvent::TrailingMetadata(trailers)) {
         deliver(GrpcStreamEvent::Close {
             status: GrpcCallResponse::UNAVAILABLE,
-            message: format!(
-                "{MESSAGE}{{upstream_reset_before_response_started{{remote_connection_failure{cause}}}}}"
-            ),
+            message: unreachable_message(error),
         });
     }
+}
+
+/// The router's answer to a request whose cluster cannot be reached.
+const UNREACHABLE: &str = "upstream connect error or disconnect/reset before headers. \
+                           reset reason: remote connection failure";
+
+/// The message Envoy's gRPC client reports for a cluster that cannot be
+/// reached: the router's answer, then the reset's details, with the socket
+/// error of a failed connect in Envoy's words.
+pub(crate) fn unreachable_message(connect_error: Option<&std::io::Error>) -> String {
+    let cause = match connect_error {
+        Some(e) => format!("|delayed_connect_error:_{}", strerror(e).replace(' ', "_")),
+        None => String::new(),
+    };
+    format!("{UNREACHABLE}{{upstream_reset_before_response_started{{remote_connection_failure{cause}}}}}")
 }
 
 /// The C library's words for a socket error (`Connection refused`), without
