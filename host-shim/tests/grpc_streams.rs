@@ -193,3 +193,18 @@ fn a_stream_to_an_undeclared_cluster_is_a_parse_failure_as_in_envoy() {
     assert_eq!(reply.body_text(), "open failed: ParseFailure\n");
     assert!(worker.grpc_streams().is_empty());
 }
+
+#[test]
+fn a_stream_outlives_the_request_that_opened_it_as_in_envoy() {
+    // Envoy keeps a stream on the root context: the end of the HTTP stream
+    // does not reset it, and its callbacks still come (the SDK finds no
+    // context for them and drops them).
+    let (host, _) = stream_host();
+    let worker = host.worker().unwrap();
+    let mut s = open(&worker, &[]);
+    s.finish();
+    assert_eq!(worker.grpc_streams().len(), 1);
+    assert!(worker.deliver_grpc_stream(6, initial()));
+    assert!(worker.deliver_grpc_stream(6, GrpcStreamEvent::Message("echo one".into())));
+    assert_eq!(worker.failure(), None, "{}", host.log().dump());
+}
