@@ -50,7 +50,8 @@ pub(crate) struct HostState {
     pub(crate) grpc_calls: BTreeMap<u32, PendingGrpcCall>,
     /// The next gRPC call's token (1 modulo 4, as in Envoy).
     pub(crate) next_grpc_call: u32,
-    /// The message being delivered by `proxy_on_grpc_receive`.
+    /// The message being delivered by `proxy_on_grpc_receive` (a call's
+    /// answer or a stream's message).
     pub(crate) grpc_receive: Option<Vec<u8>>,
     /// The status `proxy_get_status` reports (set for `proxy_on_grpc_close`).
     pub(crate) grpc_status: (u32, String),

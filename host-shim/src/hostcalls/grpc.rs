@@ -10,8 +10,8 @@
 //! Envoy's `nextGrpcCallId` gives them.
 //!
 //! Streams: `proxy_grpc_stream` opens one (tokens 2 modulo 4, as Envoy's
-//! `nextGrpcStreamId`: 6, 10, ...), owned by the caller's root context as in Envoy;
-//! `proxy_grpc_send` queues a message for the driver
+//! `nextGrpcStreamId`: 6, 10, ...), owned by the caller's root context as
+//! in Envoy; `proxy_grpc_send` queues a message for the driver
 //! ([`crate::Worker::take_grpc_stream_sends`]), `proxy_grpc_close` ends the
 //! guest's side, `proxy_grpc_cancel` resets the stream (no callback
 //! follows). What the remote side does comes back through
@@ -124,7 +124,7 @@ fn grpc_call(
         return Err(Status::ParseFailure.into());
     }
     let token = state.next_grpc_call;
-    state.next_grpc_call += 4;
+    state.next_grpc_call = state.next_grpc_call.wrapping_add(4);
     let deadline = state.shared.clock.monotonic_nanos() + u64::from(timeout_ms) * 1_000_000;
     let context_id = state.current;
     state.grpc_calls.insert(
@@ -160,7 +160,7 @@ fn grpc_stream(
     }
     let root = state.current_root().ok_or(Status::BadArgument)?;
     let token = state.next_grpc_stream;
-    state.next_grpc_stream += 4;
+    state.next_grpc_stream = state.next_grpc_stream.wrapping_add(4);
     state.grpc_streams.insert(
         token,
         GrpcStream {
