@@ -419,7 +419,7 @@ impl Host {
             next_context_id: 1,
             metric_ids: Default::default(),
             http_calls: BTreeMap::new(),
-            next_http_call: 1,
+            next_http_call: 4,
             call_response: None,
             grpc_calls: BTreeMap::new(),
             next_grpc_call: 5,

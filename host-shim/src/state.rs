@@ -44,6 +44,7 @@ pub(crate) struct HostState {
     pub(crate) next_context_id: u32,
     pub(crate) metric_ids: MetricIds,
     pub(crate) http_calls: BTreeMap<u32, PendingHttpCall>,
+    /// The next http call's token (0 modulo 4, as in Envoy).
     pub(crate) next_http_call: u32,
     /// The response being delivered by `proxy_on_http_call_response`.
     pub(crate) call_response: Option<CallResponse>,
