@@ -1,10 +1,10 @@
 //! Loading a module and configuring a host: the compiled module, its VM
 //! configuration and plugins, and the state shared by all workers.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use wasmtime::{Cache, CacheConfig, Config, Engine, ExternType, Linker, Module, Store};
 
@@ -278,7 +278,6 @@ impl HostBuilder {
             data: SharedData::new(),
             metrics: Metrics::new(),
             next_worker: AtomicU32::new(0),
-            reported: Mutex::new(HashSet::new()),
             calls_waiting: Arc::new(tokio::sync::Notify::new()),
         });
         let vm = Arc::new(VmConfig {
@@ -292,8 +291,7 @@ impl HostBuilder {
         let mut linker = Linker::new(&self.wasm.engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut HostState| &mut s.wasi)
             .map_err(|e| LoadError::Link(e.into()))?;
-        crate::hostcalls::add_to_linker(&mut linker, &self.wasm.module)
-            .map_err(|e| LoadError::Link(e.into()))?;
+        crate::hostcalls::add_to_linker(&mut linker).map_err(|e| LoadError::Link(e.into()))?;
         let host = Host {
             inner: Arc::new(HostInner {
                 wasm: self.wasm,
@@ -421,12 +419,16 @@ impl Host {
             next_context_id: 1,
             metric_ids: Default::default(),
             http_calls: BTreeMap::new(),
-            next_http_call: 1,
+            next_http_call: 4,
             call_response: None,
             grpc_calls: BTreeMap::new(),
-            next_grpc_call: 1,
+            next_grpc_call: 5,
             grpc_receive: None,
             grpc_status: (0, String::new()),
+            grpc_streams: BTreeMap::new(),
+            next_grpc_stream: 6,
+            grpc_initial_metadata: None,
+            grpc_trailing_metadata: None,
             configuring: None,
         };
         Store::new(&self.inner.wasm.engine, state)

@@ -60,12 +60,6 @@ pub use metrics::{MetricSnapshot, Metrics};
 pub use shared_data::SharedData;
 pub use stream::{Decision, HttpStream, LocalResponse, Outcome};
 pub use worker::{
-    GrpcCallRequest, GrpcCallResponse, HttpCallRequest, HttpCallResponse, StartError, StreamError,
-    Worker,
+    GrpcCallRequest, GrpcCallResponse, GrpcStreamEvent, GrpcStreamRequest, GrpcStreamSend,
+    HttpCallRequest, HttpCallResponse, StartError, StreamError, Worker,
 };
-
-/// Names of the proxy-wasm functions the shim links as stubs returning
-/// UNIMPLEMENTED.
-pub fn unimplemented_functions() -> &'static [&'static str] {
-    hostcalls::UNIMPLEMENTED
-}

@@ -1,5 +1,5 @@
 //! Where log lines go: every line from a guest (`proxy_log`, its stdout and
-//! stderr) and from the host about a guest (traps, unimplemented functions)
+//! stderr) and from the host about a guest (traps, reloads)
 //! is kept in a [`LogSink`] that tests read, and forwarded to the `log` crate.
 
 use std::collections::VecDeque;
@@ -16,7 +16,7 @@ pub enum LogSource {
     Stdout,
     /// The guest wrote to WASI stderr (Rust panics print here).
     Stderr,
-    /// The host, about the guest (traps, unimplemented functions).
+    /// The host, about the guest (traps, reloads).
     Host,
 }
 

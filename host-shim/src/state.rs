@@ -2,9 +2,9 @@
 //! metric ids, pending http calls. Everything shared between workers sits
 //! behind [`Shared`], passed in by the host; nothing lives in globals.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use wasmtime_wasi::p1::WasiP1Ctx;
 
@@ -27,8 +27,6 @@ pub(crate) struct Shared {
     pub(crate) data: SharedData,
     pub(crate) metrics: Metrics,
     pub(crate) next_worker: AtomicU32,
-    /// Unimplemented functions already reported, so each is logged once.
-    pub(crate) reported: Mutex<HashSet<String>>,
     /// Woken when a guest makes an http call (or a gRPC call), for a server
     /// that carries calls out.
     pub(crate) calls_waiting: Arc<tokio::sync::Notify>,
@@ -46,16 +44,25 @@ pub(crate) struct HostState {
     pub(crate) next_context_id: u32,
     pub(crate) metric_ids: MetricIds,
     pub(crate) http_calls: BTreeMap<u32, PendingHttpCall>,
+    /// The next http call's token (0 modulo 4, as in Envoy).
     pub(crate) next_http_call: u32,
     /// The response being delivered by `proxy_on_http_call_response`.
     pub(crate) call_response: Option<CallResponse>,
     pub(crate) grpc_calls: BTreeMap<u32, PendingGrpcCall>,
-    /// The next gRPC call's token (odd, as in Envoy).
+    /// The next gRPC call's token (1 modulo 4, as in Envoy).
     pub(crate) next_grpc_call: u32,
-    /// The message being delivered by `proxy_on_grpc_receive`.
+    /// The message being delivered by `proxy_on_grpc_receive` (a call's
+    /// answer or a stream's message).
     pub(crate) grpc_receive: Option<Vec<u8>>,
     /// The status `proxy_get_status` reports (set for `proxy_on_grpc_close`).
     pub(crate) grpc_status: (u32, String),
+    pub(crate) grpc_streams: BTreeMap<u32, GrpcStream>,
+    /// The next gRPC stream's token (2 modulo 4, as in Envoy).
+    pub(crate) next_grpc_stream: u32,
+    /// The metadata being delivered by `proxy_on_grpc_receive_initial_metadata`
+    /// and `proxy_on_grpc_receive_trailing_metadata`.
+    pub(crate) grpc_initial_metadata: Option<Headers>,
+    pub(crate) grpc_trailing_metadata: Option<Headers>,
     /// The plugin whose configuration `proxy_on_configure` may read.
     pub(crate) configuring: Option<usize>,
 }
@@ -175,6 +182,25 @@ pub(crate) struct PendingGrpcCall {
     pub(crate) deadline: u64,
 }
 
+/// An open gRPC stream (`proxy_grpc_stream`). As in Envoy, it belongs to
+/// the root context of the context that opened it, and it is forgotten once
+/// both sides have ended (or the guest cancels it).
+#[derive(Debug, Clone)]
+pub(crate) struct GrpcStream {
+    /// The root context its callbacks go to.
+    pub(crate) root: u32,
+    pub(crate) cluster: String,
+    pub(crate) service: String,
+    pub(crate) method: String,
+    pub(crate) metadata: Headers,
+    /// What the guest sent that the driver has not taken yet.
+    pub(crate) outbox: Vec<crate::worker::GrpcStreamSend>,
+    /// The guest closed its side (`proxy_grpc_close`).
+    pub(crate) local_closed: bool,
+    /// The remote side ended (`proxy_on_grpc_close` was delivered).
+    pub(crate) remote_closed: bool,
+}
+
 /// The response an http call callback may read; `None` maps for a failure.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CallResponse {
@@ -192,23 +218,6 @@ impl HostState {
             message,
             from_root: matches!(self.contexts.get(&self.current), Some(Context::Root(_))),
         });
-    }
-
-    /// Logs once per host that the guest called a function the shim lacks.
-    pub(crate) fn report_unimplemented(&self, name: &str) {
-        let first = self
-            .shared
-            .reported
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_owned());
-        if first {
-            self.log(
-                LogLevel::Warn,
-                LogSource::Host,
-                format!("{name} is not implemented by the shim; returned UNIMPLEMENTED"),
-            );
-        }
     }
 
     /// The HTTP context host calls currently act on.

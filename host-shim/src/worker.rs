@@ -121,6 +121,47 @@ impl GrpcCallResponse {
     }
 }
 
+/// A gRPC stream the guest opened (`proxy_grpc_stream`), still open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcStreamRequest {
+    pub token: u32,
+    pub cluster: String,
+    pub service: String,
+    pub method: String,
+    pub initial_metadata: Headers,
+}
+
+/// What the guest did on its side of a gRPC stream, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcStreamSend {
+    /// `proxy_grpc_send`: a message, ending the guest's side if
+    /// `end_stream`.
+    Message { message: Vec<u8>, end_stream: bool },
+    /// `proxy_grpc_close`: the guest's side ends (Envoy sends an empty
+    /// end of stream).
+    Close,
+}
+
+/// What the remote side of a gRPC stream did, delivered to the guest as
+/// Envoy's gRPC client delivers it (each is one callback).
+///
+/// Envoy's order: the initial metadata (empty for a trailers-only answer
+/// or an HTTP error), each message, then the trailing metadata (empty when
+/// the stream broke off) and the close with its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcStreamEvent {
+    /// `proxy_on_grpc_receive_initial_metadata`; the map is readable as
+    /// the gRPC initial metadata.
+    InitialMetadata(Headers),
+    /// `proxy_on_grpc_receive`; readable as the gRPC receive buffer.
+    Message(Vec<u8>),
+    /// `proxy_on_grpc_receive_trailing_metadata`.
+    TrailingMetadata(Headers),
+    /// `proxy_on_grpc_close` with the status, the message readable through
+    /// `proxy_get_status`. The remote side is done.
+    Close { status: u32, message: String },
+}
+
 /// A guest trap, with what the guest printed before it (a Rust panic
 /// message, for instance).
 #[derive(Debug, Clone)]
@@ -285,6 +326,43 @@ impl Worker {
     /// is pending.
     pub fn respond_grpc_call(&self, token: u32, response: GrpcCallResponse) -> bool {
         self.lock().deliver_grpc_call(token, response)
+    }
+
+    /// The gRPC streams to carry out, oldest first: opened, not cancelled,
+    /// and not ended by the remote side.
+    pub fn grpc_streams(&self) -> Vec<GrpcStreamRequest> {
+        let inner = self.lock();
+        inner
+            .vm
+            .store
+            .data()
+            .grpc_streams
+            .iter()
+            .filter(|(_, s)| !s.remote_closed)
+            .map(|(&token, s)| GrpcStreamRequest {
+                token,
+                cluster: s.cluster.clone(),
+                service: s.service.clone(),
+                method: s.method.clone(),
+                initial_metadata: s.metadata.clone(),
+            })
+            .collect()
+    }
+
+    /// Takes what the guest sent on the gRPC stream `token` since the last
+    /// take, in order (empty for a stream that is not open).
+    pub fn take_grpc_stream_sends(&self, token: u32) -> Vec<GrpcStreamSend> {
+        let mut inner = self.lock();
+        match inner.vm.store.data_mut().grpc_streams.get_mut(&token) {
+            Some(stream) => std::mem::take(&mut stream.outbox),
+            None => Vec::new(),
+        }
+    }
+
+    /// Delivers what the remote side of the gRPC stream `token` did; false
+    /// if no such stream is open, or its remote side has ended already.
+    pub fn deliver_grpc_stream(&self, token: u32, event: GrpcStreamEvent) -> bool {
+        self.lock().deliver_grpc_stream(token, event)
     }
 
     /// Fails the http call `token`: no answer at all, as Envoy delivers a
@@ -589,6 +667,73 @@ impl WorkerInner {
                 let args = (context as i32, token as i32, status as i32);
                 let result = self.call::<(i32, i32, i32), ()>(context, "proxy_on_grpc_close", args);
                 self.vm.store.data_mut().grpc_status = (0, String::new());
+                result
+            }
+        };
+        result.is_ok()
+    }
+
+    /// Delivers one event of a gRPC stream to its root context, as Envoy's
+    /// stream handler does. After the close, a stream whose guest side has
+    /// ended too is forgotten.
+    pub(crate) fn deliver_grpc_stream(&mut self, token: u32, event: GrpcStreamEvent) -> bool {
+        let state = self.vm.store.data_mut();
+        let Some(stream) = state.grpc_streams.get_mut(&token) else {
+            return false;
+        };
+        if stream.remote_closed {
+            return false;
+        }
+        let root = stream.root;
+        let result = match event {
+            GrpcStreamEvent::InitialMetadata(metadata) => {
+                let count = metadata.len() as i32;
+                state.grpc_initial_metadata = Some(metadata);
+                let args = (root as i32, token as i32, count);
+                let result = self.call::<(i32, i32, i32), ()>(
+                    root,
+                    "proxy_on_grpc_receive_initial_metadata",
+                    args,
+                );
+                self.vm.store.data_mut().grpc_initial_metadata = None;
+                result
+            }
+            GrpcStreamEvent::Message(message) => {
+                let size = message.len() as i32;
+                state.grpc_receive = Some(message);
+                let args = (root as i32, token as i32, size);
+                let result = self.call::<(i32, i32, i32), ()>(root, "proxy_on_grpc_receive", args);
+                self.vm.store.data_mut().grpc_receive = None;
+                result
+            }
+            GrpcStreamEvent::TrailingMetadata(metadata) => {
+                let count = metadata.len() as i32;
+                state.grpc_trailing_metadata = Some(metadata);
+                let args = (root as i32, token as i32, count);
+                let result = self.call::<(i32, i32, i32), ()>(
+                    root,
+                    "proxy_on_grpc_receive_trailing_metadata",
+                    args,
+                );
+                self.vm.store.data_mut().grpc_trailing_metadata = None;
+                result
+            }
+            GrpcStreamEvent::Close { status, message } => {
+                stream.remote_closed = true;
+                // What the guest had not sent yet goes nowhere now.
+                stream.outbox.clear();
+                state.grpc_status = (status, message);
+                let args = (root as i32, token as i32, status as i32);
+                let result = self.call::<(i32, i32, i32), ()>(root, "proxy_on_grpc_close", args);
+                let state = self.vm.store.data_mut();
+                state.grpc_status = (0, String::new());
+                if state
+                    .grpc_streams
+                    .get(&token)
+                    .is_some_and(|s| s.local_closed)
+                {
+                    state.grpc_streams.remove(&token);
+                }
                 result
             }
         };

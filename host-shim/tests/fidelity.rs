@@ -289,7 +289,11 @@ fn declared_clusters(scenario: &Value, upstreams: &Upstreams) -> Vec<Declared> {
             },
             None => Declared {
                 name: c["name"].as_str().unwrap().to_owned(),
-                port: upstreams.grpc.port,
+                // `"unreachable": true`: a port nothing listens on.
+                port: match c["unreachable"] == true {
+                    true => free_port(),
+                    false => upstreams.grpc.port,
+                },
                 h2: true,
             },
         })
@@ -627,6 +631,9 @@ async fn serve_connection(conn: TcpStream) -> std::io::Result<()> {
 type GrpcBody = UnsyncBoxBody<Bytes, Infallible>;
 
 async fn grpc_check(request: Request<Incoming>) -> Result<Response<GrpcBody>, Infallible> {
+    if request.uri().path().starts_with("/fidelity.Echo/") {
+        return Ok(grpc_echo(request));
+    }
     let path = request.uri().path().to_owned();
     let authority = request.uri().authority().map(|a| a.to_string());
     let headers: Vec<String> = request
@@ -669,6 +676,99 @@ async fn grpc_check(request: Request<Incoming>) -> Result<Response<GrpcBody>, In
         .header("content-type", "application/grpc")
         .body(body)
         .unwrap())
+}
+
+/// `fidelity.Echo/Chat`, a bidirectional stream: the answer's headers at
+/// once (with `x-echo-initial`), `echo <m>` for each message `m` as it
+/// comes, and when the client ends its side, trailers with status OK and
+/// what the request carried (`x-echo-request`: path, authority, headers).
+/// The message `fail` ends the stream at once with FAILED_PRECONDITION.
+/// `fidelity.Echo/Refuse` answers trailers-only, PERMISSION_DENIED;
+/// `Unavailable` an HTTP 503 (not gRPC); `NoTrailers` one message, then the
+/// end of the body without trailers.
+fn grpc_echo(request: Request<Incoming>) -> Response<GrpcBody> {
+    let response = Response::builder().header("content-type", "application/grpc");
+    let message = |text: &str| {
+        let mut frame = vec![0];
+        frame.extend_from_slice(&(text.len() as u32).to_be_bytes());
+        frame.extend_from_slice(text.as_bytes());
+        Frame::data(Bytes::from(frame))
+    };
+    match request.uri().path() {
+        "/fidelity.Echo/Refuse" => {
+            let body = http_body_util::Empty::new().boxed_unsync();
+            return response
+                .header("grpc-status", "7")
+                .header("grpc-message", "refused here")
+                .body(body)
+                .unwrap();
+        }
+        "/fidelity.Echo/Unavailable" => {
+            let body = http_body_util::Full::new(Bytes::from("try later")).boxed_unsync();
+            return Response::builder()
+                .status(503)
+                .header("content-type", "text/plain")
+                .body(body)
+                .unwrap();
+        }
+        "/fidelity.Echo/NoTrailers" => {
+            let frames = futures::stream::iter([Ok(message("only one"))]);
+            return response
+                .body(StreamBody::new(frames).boxed_unsync())
+                .unwrap();
+        }
+        _ => {}
+    }
+    let mut seen = vec![
+        format!("path={}", request.uri().path()),
+        format!(
+            "authority={:?}",
+            request.uri().authority().map(|a| a.as_str())
+        ),
+    ];
+    seen.extend(
+        request
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v.as_bytes()))),
+    );
+    let (frames, received) = tokio::sync::mpsc::unbounded_channel::<Frame<Bytes>>();
+    tokio::spawn(async move {
+        let mut body = request.into_body();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut trailers = hyper::HeaderMap::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            pending.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]));
+            while pending.len() >= 5 {
+                let length = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]);
+                let end = 5 + length as usize;
+                if pending.len() < end {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&pending[5..end]).into_owned();
+                pending.drain(..end);
+                if text == "fail" {
+                    trailers.insert("grpc-status", "9".parse().unwrap());
+                    trailers.insert("grpc-message", "failing on purpose".parse().unwrap());
+                    let _ = frames.send(Frame::trailers(trailers));
+                    return;
+                }
+                let _ = frames.send(message(&format!("echo {text}")));
+            }
+        }
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("x-echo-request", seen.join(", ").parse().unwrap());
+        let _ = frames.send(Frame::trailers(trailers));
+    });
+    let mut received = received;
+    let body = StreamBody::new(futures::stream::poll_fn(move |cx| {
+        received.poll_recv(cx).map(|frame| frame.map(Ok))
+    }))
+    .boxed_unsync();
+    response
+        .header("x-echo-initial", "hello")
+        .body(body)
+        .unwrap()
 }
 
 // ------------------------------------------------------------------ tests
@@ -721,4 +821,14 @@ async fn a_local_reply_to_a_grpc_request_is_trailers_only_as_in_envoy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn replaced_headers_move_to_the_end_and_envoys_headers_are_there() {
     side_by_side("header-order").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_stream_gets_metadata_messages_and_status_as_in_envoy() {
+    side_by_side("grpc-stream").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_unary_grpc_call_to_a_cluster_refusing_the_connection_fails_as_in_envoy() {
+    side_by_side("grpc-call-refused").await;
 }

@@ -64,24 +64,19 @@ fn module_importing_a_function_the_shim_lacks_is_a_load_error_naming_it() {
 }
 
 #[test]
-fn unimplemented_abi_function_returns_unimplemented_and_is_logged_once() {
-    // on_vm_start succeeds only if both calls return UNIMPLEMENTED (12).
+fn grpc_send_to_a_call_token_is_a_bad_argument_and_to_no_open_stream_not_found() {
+    // As in Envoy: token 1 is of a unary call's kind (BadArgument, 2), token
+    // 2 of a stream's, but none is open (NotFound, 1). on_vm_start succeeds
+    // only if both calls answer so.
     let wat = wat_module(
         r#"(import "env" "proxy_grpc_send" (func $send (param i32 i32 i32 i32) (result i32)))"#,
         r#"(func (export "proxy_on_vm_start") (param i32 i32) (result i32)
               (i32.and
-                (i32.eq (call $send (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 1)) (i32.const 12))
-                (i32.eq (call $send (i32.const 2) (i32.const 0) (i32.const 0) (i32.const 1)) (i32.const 12))))"#,
+                (i32.eq (call $send (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 1)) (i32.const 2))
+                (i32.eq (call $send (i32.const 2) (i32.const 0) (i32.const 0) (i32.const 1)) (i32.const 1))))"#,
     );
     let host = host(wat).expect("load");
-    host.worker().expect("both calls returned UNIMPLEMENTED");
-    host.worker().expect("a second worker starts too");
-    assert_eq!(
-        host.log().count("proxy_grpc_send is not implemented"),
-        1,
-        "{}",
-        host.log().dump()
-    );
+    host.worker().expect("both calls answered as Envoy does");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Header maps: request and response headers and trailers of the current
-//! stream, and the headers and trailers of an http call's response.
+//! stream, the headers and trailers of an http call's response, and a gRPC
+//! stream's initial and trailing metadata (read-only, in their callbacks).
 //!
 //! As in Envoy, a stream's map is there only for the callback that delivers
 //! it (and while that direction is paused), read-only in `proxy_on_log`
@@ -98,8 +99,17 @@ fn map_mut(state: &mut HostState, raw: i32, usage: Use) -> HostResult<&mut Heade
                 &mut response.trailers
             });
         }
+        // A gRPC stream's metadata, readable only, and only in the callback
+        // that delivers it (Envoy has no editable map of that type).
         MapType::GrpcInitialMetadata | MapType::GrpcTrailingMetadata => {
-            return Err(Status::BadArgument.into())
+            let metadata = match map {
+                MapType::GrpcInitialMetadata => &mut state.grpc_initial_metadata,
+                _ => &mut state.grpc_trailing_metadata,
+            };
+            return match (metadata.as_mut(), usage) {
+                (Some(metadata), Use::Read) => Ok(metadata),
+                _ => Err(Status::BadArgument.into()),
+            };
         }
         MapType::RequestHeaders => StreamMap::RequestHeaders,
         MapType::RequestTrailers => StreamMap::RequestTrailers,

@@ -55,8 +55,9 @@ fn http_call(
     {
         return Err(Status::BadArgument.into());
     }
+    // Envoy's `nextHttpCallId`: 4, 8, 12, ...
     let token = state.next_http_call;
-    state.next_http_call += 1;
+    state.next_http_call = state.next_http_call.wrapping_add(4);
     let deadline = state.shared.clock.monotonic_nanos() + u64::from(timeout_ms) * 1_000_000;
     let context_id = state.current;
     state.http_calls.insert(

@@ -12,20 +12,13 @@ mod properties;
 mod shared_data;
 mod stream;
 mod timers;
-mod unimplemented;
 
-use wasmtime::{Linker, Module};
+use wasmtime::Linker;
 
 use crate::state::HostState;
 
-pub(crate) use unimplemented::UNIMPLEMENTED;
-
-/// Links every proxy-wasm host function, and stubs for the ABI functions the
-/// shim does not implement that `module` imports.
-pub(crate) fn add_to_linker(
-    linker: &mut Linker<HostState>,
-    module: &Module,
-) -> wasmtime::Result<()> {
+/// Links every proxy-wasm host function.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     logging::add(linker)?;
     header_maps::add(linker)?;
     buffers::add(linker)?;
@@ -37,6 +30,5 @@ pub(crate) fn add_to_linker(
     properties::add(linker)?;
     stream::add(linker)?;
     context::add(linker)?;
-    unimplemented::add(linker, module)?;
     Ok(())
 }

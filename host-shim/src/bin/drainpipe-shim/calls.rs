@@ -7,7 +7,8 @@
 //! calls (unary) go to their cluster over HTTP/2 with Envoy's request
 //! headers; the answer is the response message or the call's gRPC status
 //! (an HTTP status mapped as Envoy maps it, UNAVAILABLE when the cluster
-//! cannot be reached).
+//! cannot be reached). gRPC streams are carried out by
+//! [`crate::grpc_streams`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use hyper::body::Frame;
 use hyper::{HeaderMap, Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::grpc_streams::{unreachable_message, Streams};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -97,6 +100,7 @@ impl Calls {
         let waiting = host.calls_waiting();
         // Per worker, the tokens of the http and the gRPC calls under way.
         let mut started = vec![(HashSet::new(), HashSet::new()); workers.len()];
+        let mut streams: Vec<_> = workers.iter().map(|_| Streams::default()).collect();
         loop {
             tokio::select! {
                 _ = waiting.notified() => {}
@@ -118,6 +122,9 @@ impl Calls {
                         worker.respond_grpc_call(token, calls.send_grpc(call).await);
                     });
                 }
+            }
+            for (worker, streams) in workers.iter().zip(streams.iter_mut()) {
+                streams.update(worker, |name| self.clusters.get(name).cloned());
             }
         }
     }
@@ -182,19 +189,19 @@ impl Calls {
 
 impl Calls {
     async fn send_grpc(&self, call: GrpcCallRequest) -> GrpcCallResponse {
-        let unavailable = || GrpcCallResponse::Closed {
+        // As Envoy reports a cluster it cannot reach (a failed connect is
+        // the exchange's only I/O error).
+        let unavailable = |connect_error: Option<&std::io::Error>| GrpcCallResponse::Closed {
             status: GrpcCallResponse::UNAVAILABLE,
-            message: "upstream connect error or disconnect/reset before headers. \
-                      reset reason: remote connection failure"
-                .to_owned(),
+            message: unreachable_message(connect_error),
         };
         let Some(cluster) = self.clusters.get(&call.cluster) else {
-            return unavailable();
+            return unavailable(None);
         };
         let timeout = call.timeout;
         match tokio::time::timeout(timeout, grpc_exchange(cluster, call)).await {
             Ok(Ok(response)) => response,
-            Ok(Err(_)) => unavailable(),
+            Ok(Err(e)) => unavailable(e.downcast_ref()),
             // The worker's timers answered it already.
             Err(_) => GrpcCallResponse::timed_out(),
         }
@@ -318,7 +325,7 @@ async fn grpc_exchange(
 
 /// The status message as Envoy reports an upstream's answer: the
 /// `grpc-message` with the response's details (`via_upstream`) in braces.
-fn with_details(message: &str) -> String {
+pub(crate) fn with_details(message: &str) -> String {
     match message {
         "" => "via_upstream".to_owned(),
         _ => format!("{message}{{via_upstream}}"),

@@ -10,6 +10,7 @@
 mod admin;
 mod calls;
 mod drain;
+mod grpc_streams;
 mod logging;
 mod proxy;
 mod serve;

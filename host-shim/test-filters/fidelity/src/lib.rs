@@ -19,6 +19,13 @@
 //!   `x-grpc-status`.
 //! - `tick`: a tick every 100 ms, logged with how many ticks this root
 //!   context has had.
+//! - `stream`: a gRPC stream (see [`Chat`]): opens `fidelity.Echo/<x-stream-method>`
+//!   (default `Chat`) on cluster `x-stream-cluster` (default `grpc`), sends
+//!   each message of `x-stream-messages` (comma-separated, default
+//!   `one,two`), logs the metadata, messages and status it receives, closes
+//!   its side once every message was echoed (or, with `x-stream-cancel: 1`,
+//!   cancels the stream at the first one), and answers the request itself
+//!   with what it saw.
 //! - `reply`: answers every request locally with [`REPLY_TEXT`] and the
 //!   header `x-extra: 1`: HTTP status `x-reply-status` (503 by default)
 //!   with no gRPC status, plus `grpc-status: <x-reply-own-grpc-status>`
@@ -51,6 +58,7 @@ enum Mode {
     Grpc,
     Tick,
     Reply,
+    Stream,
 }
 
 #[derive(Default)]
@@ -75,6 +83,7 @@ impl RootContext for Root {
             "grpc" => Mode::Grpc,
             "tick" => Mode::Tick,
             "reply" => Mode::Reply,
+            "stream" => Mode::Stream,
             other => {
                 log::error!("fidelity filter: unknown mode {other:?}");
                 return false;
@@ -94,7 +103,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { mode: self.mode }))
+        Some(Box::new(Stream {
+            mode: self.mode,
+            chat: Chat::default(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -104,6 +116,7 @@ impl RootContext for Root {
 
 struct Stream {
     mode: Mode,
+    chat: Chat,
 }
 
 /// Every header pair as `name=value`, in the map's order.
@@ -124,6 +137,36 @@ fn log_every_level(callback: &str) {
 }
 
 impl Context for Stream {
+    fn on_grpc_stream_initial_metadata(&mut self, _token: u32, count: u32) {
+        let metadata = metadata_listing(&self.get_grpc_stream_initial_metadata());
+        self.chat_saw(format!("initial metadata ({count}): {metadata}"));
+    }
+
+    fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
+        let message = self.get_grpc_stream_message(0, size).unwrap_or_default();
+        self.chat_saw(format!("message {}", String::from_utf8_lossy(&message)));
+        self.chat.received += 1;
+        if self.chat.cancel {
+            self.cancel_grpc_stream(token);
+            self.chat_saw("cancelled".to_owned());
+            self.chat_answer("cancelled");
+        } else if self.chat.received == self.chat.sent {
+            self.close_grpc_stream(token);
+            self.chat_saw("closed our side".to_owned());
+        }
+    }
+
+    fn on_grpc_stream_trailing_metadata(&mut self, _token: u32, count: u32) {
+        let metadata = metadata_listing(&self.get_grpc_stream_trailing_metadata());
+        self.chat_saw(format!("trailing metadata ({count}): {metadata}"));
+    }
+
+    fn on_grpc_stream_close(&mut self, _token: u32, status_code: u32) {
+        let (code, message) = self.get_grpc_status();
+        self.chat_saw(format!("close {status_code} ({code}, {message:?})"));
+        self.chat_answer(&status_code.to_string());
+    }
+
     fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
         if status_code == 0 {
             let body = self
@@ -185,6 +228,75 @@ impl Stream {
             self.send_http_response(500, vec![], Some(b"dispatch failed\n"));
         }
         Action::Pause
+    }
+}
+
+/// What the `stream` filter did and saw on its gRPC stream.
+#[derive(Default)]
+struct Chat {
+    sent: usize,
+    received: usize,
+    cancel: bool,
+    seen: Vec<String>,
+}
+
+/// Metadata pairs as `name=value`, in order; a `date` (the server's clock)
+/// shown as `<date>`.
+fn metadata_listing(pairs: &[(String, Vec<u8>)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "date" => format!("{k}=<date>"),
+            _ => format!("{k}={}", String::from_utf8_lossy(v)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Stream {
+    fn open_stream(&mut self) -> Action {
+        let header = |name: &str, default: &str| {
+            self.get_http_request_header(name)
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let (cluster, method) = (
+            header("x-stream-cluster", "grpc"),
+            header("x-stream-method", "Chat"),
+        );
+        let messages = header("x-stream-messages", "one,two");
+        self.chat.cancel = header("x-stream-cancel", "0") == "1";
+        let opened =
+            self.open_grpc_stream(&cluster, "fidelity.Echo", &method, vec![("x-meta", b"1")]);
+        let token = match opened {
+            Ok(token) => token,
+            Err(status) => {
+                self.chat_saw(format!("open failed: {status:?}"));
+                self.chat_answer("none");
+                return Action::Pause;
+            }
+        };
+        self.chat_saw(format!("opened {token}"));
+        for message in messages.split(',').filter(|m| !m.is_empty()) {
+            self.send_grpc_stream_message(token, Some(message.as_bytes()), false);
+            self.chat.sent += 1;
+        }
+        Action::Pause
+    }
+
+    fn chat_saw(&mut self, line: String) {
+        log::info!("stream: {line}");
+        self.chat.seen.push(line);
+    }
+
+    /// Answers the request with everything seen, one line each.
+    fn chat_answer(&mut self, status: &str) {
+        let mut body = self.chat.seen.join("\n");
+        body.push('\n');
+        self.send_http_response(
+            200,
+            vec![("x-stream-status", status)],
+            Some(body.as_bytes()),
+        );
     }
 }
 
@@ -266,6 +378,7 @@ impl HttpContext for Stream {
             }
             Mode::Grpc => self.grpc_call(),
             Mode::Reply => self.reply(),
+            Mode::Stream => self.open_stream(),
             Mode::Tick => Action::Continue,
         }
     }
@@ -311,7 +424,7 @@ impl HttpContext for Stream {
                     listing(&self.get_http_response_headers())
                 );
             }
-            Mode::Call | Mode::Grpc | Mode::Tick | Mode::Reply => {}
+            Mode::Call | Mode::Grpc | Mode::Tick | Mode::Reply | Mode::Stream => {}
         }
         Action::Continue
     }
