@@ -40,7 +40,9 @@ struct Exchange {
 #[derive(Debug)]
 struct Run {
     exchanges: Vec<Exchange>,
-    /// The guest's log lines (`wasm log ...`), with their level.
+    /// The `wasm` component's log lines, with their level: the guest's
+    /// (`wasm log ...`) and the host's about it (a trap's `Function: ...
+    /// failed: ...` and its backtrace).
     logs: Vec<String>,
 }
 
@@ -81,7 +83,7 @@ async fn side_by_side(name: &str) {
     }
     assert_eq!(
         shim_logs, envoy_logs,
-        "{name}: guest log lines differ: shim (left), Envoy (right)"
+        "{name}: wasm log lines differ: shim (left), Envoy (right)"
     );
     assert!(!envoy_logs.is_empty(), "{name}: no guest log line at all");
     println!(
@@ -210,9 +212,11 @@ fn mask_uuids(text: &str) -> String {
     out
 }
 
-/// The guest's lines of an Envoy-format log: `<level> wasm log ...`, a
-/// message of several lines kept whole.
-fn guest_lines(log: &str) -> Vec<String> {
+/// The `wasm` component's lines of an Envoy-format log, as `<level>
+/// <message>` (Envoy's `[source file:line]` left out): the guest's `wasm
+/// log ...` lines and the host's about the guest; a message of several
+/// lines (a panic's, a backtrace) kept whole.
+fn wasm_lines(log: &str) -> Vec<String> {
     let mut records: Vec<String> = Vec::new();
     for line in log.lines() {
         if line.starts_with('[') {
@@ -225,9 +229,14 @@ fn guest_lines(log: &str) -> Vec<String> {
     records
         .into_iter()
         .filter_map(|r| {
-            let level = r.split("][").nth(2)?.to_owned();
-            let at = r.find("wasm log ")?;
-            Some(format!("{level} {}", mask(&r[at..])))
+            let mut fields = r.splitn(4, "][");
+            let level = fields.nth(2)?.to_owned();
+            let message = fields.next()?.strip_prefix("wasm] ")?;
+            let message = match message.strip_prefix("[source/") {
+                Some(rest) => rest.split_once("] ")?.1,
+                None => message,
+            };
+            Some(format!("{level} {}", mask(message)))
         })
         .collect()
 }
@@ -249,9 +258,18 @@ async fn settled_log(read: impl Fn() -> String) -> String {
 
 // ------------------------------------------------------------------ hosts
 
+/// The fidelity filters' module: stripped, or with `names` its `name`
+/// section kept.
+fn filter_path(scenario: &Value) -> std::path::PathBuf {
+    match scenario["names"] == true {
+        true => support::fidelity_filter_named_path(),
+        false => support::fidelity_filter_path(),
+    }
+}
+
 async fn run_envoy(scenario: &Value, upstreams: &Upstreams) -> Run {
     let ports = Ports::fresh(upstreams.http.port);
-    let config = envoy_config(scenario, ports, upstreams, &support::fidelity_filter_path());
+    let config = envoy_config(scenario, ports, upstreams, &filter_path(scenario));
     let mut options = EnvoyOptions {
         concurrency: 1,
         ..EnvoyOptions::default()
@@ -264,7 +282,7 @@ async fn run_envoy(scenario: &Value, upstreams: &Upstreams) -> Run {
     let log = settled_log(|| envoy.log()).await;
     Run {
         exchanges,
-        logs: guest_lines(&log),
+        logs: wasm_lines(&log),
     }
 }
 
@@ -428,7 +446,7 @@ async fn start_shim(scenario: &Value, upstreams: &Upstreams, traffic: u16) -> Sh
     command
         .arg("serve")
         .arg("--wasm")
-        .arg(support::fidelity_filter_path())
+        .arg(filter_path(scenario))
         .arg("--config")
         .arg(&config)
         .args(["--name", PLUGIN, "--vm-id", VM_ID, "--workers", "1"])
@@ -486,7 +504,7 @@ async fn run_shim(scenario: &Value, upstreams: &Upstreams) -> Run {
     let log = settled_log(|| shim.log()).await;
     Run {
         exchanges,
-        logs: guest_lines(&log),
+        logs: wasm_lines(&log),
     }
 }
 
@@ -686,6 +704,11 @@ async fn a_body_rewriter_pausing_on_many_chunks_gets_the_buffered_body_as_in_env
 #[tokio::test(flavor = "multi_thread")]
 async fn guest_log_lines_panics_and_the_failed_vm_are_as_in_envoy() {
     side_by_side("logs-and-trap").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_traps_backtrace_names_the_same_frames_as_in_envoy() {
+    side_by_side("trap-backtrace").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
