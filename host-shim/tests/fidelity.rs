@@ -28,7 +28,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 const VM_ID: &str = "fidelity_vm";
 const PLUGIN: &str = "fidelity";
 
-/// What the client saw for one request.
+/// What the client saw for one request: the status, the header lines in
+/// the order they came (as on the wire), the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Exchange {
     status: u16,
@@ -103,10 +104,9 @@ async fn side_by_side(name: &str) {
 // ---------------------------------------------------------------- clients
 
 async fn send_all(scenario: &Value, port: u16) -> Vec<Exchange> {
-    let client = reqwest::Client::new();
     let mut out = Vec::new();
     for request in scenario["requests"].as_array().unwrap() {
-        out.push(send(&client, port, request).await);
+        out.push(send(port, request).await);
     }
     if let Some(ms) = scenario["wait_ms"].as_u64() {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -114,52 +114,124 @@ async fn send_all(scenario: &Value, port: u16) -> Vec<Exchange> {
     out
 }
 
-async fn send(client: &reqwest::Client, port: u16, request: &Value) -> Exchange {
-    let method = reqwest::Method::from_bytes(request["method"].as_str().unwrap().as_bytes())
-        .expect("a method");
-    let url = format!(
-        "http://127.0.0.1:{port}{}",
+/// One request on a connection of its own, written on the socket, and the
+/// response as it came: its header lines in the order sent (a repeated name
+/// included, where it was), its body without the chunk framing.
+async fn send(port: u16, request: &Value) -> Exchange {
+    let what = format!("{} {}", request["method"], request["path"]);
+    tokio::time::timeout(Duration::from_secs(30), exchange(port, request))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no whole response within 30 s"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+async fn exchange(port: u16, request: &Value) -> std::io::Result<Exchange> {
+    let method = request["method"].as_str().unwrap();
+    // The same authority for both hosts, whatever their ports.
+    let mut head = format!(
+        "{method} {} HTTP/1.1\r\nhost: fidelity.test\r\n",
         request["path"].as_str().unwrap()
     );
-    // The same authority for both hosts, whatever their ports.
-    let mut builder = client.request(method, url).header("host", "fidelity.test");
     for pair in request["headers"].as_array().into_iter().flatten() {
-        builder = builder.header(pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
+        head += &format!(
+            "{}: {}\r\n",
+            pair[0].as_str().unwrap(),
+            pair[1].as_str().unwrap()
+        );
     }
-    let chunks: Vec<String> = request["body"]
+    let chunks: Vec<&str> = request["body"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(|c| c.as_str().unwrap().to_owned())
+        .map(|c| c.as_str().unwrap())
         .collect();
-    builder = match chunks.len() {
-        0 => builder,
-        1 => builder.body(chunks[0].clone()),
-        _ => {
-            let stream = futures::stream::unfold(chunks.into_iter(), |mut chunks| async move {
-                let chunk = chunks.next()?;
+    match chunks.as_slice() {
+        [] if method == "GET" || method == "HEAD" => {}
+        [] => head += "content-length: 0\r\n",
+        [one] => head += &format!("content-length: {}\r\n", one.len()),
+        _ => head += "transfer-encoding: chunked\r\n",
+    }
+    head += "\r\n";
+    let conn = TcpStream::connect(("127.0.0.1", port)).await?;
+    let (read, mut write) = conn.into_split();
+    write.write_all(head.as_bytes()).await?;
+    match chunks.as_slice() {
+        [] => {}
+        [one] => write.write_all(one.as_bytes()).await?,
+        many => {
+            for chunk in many {
                 tokio::time::sleep(Duration::from_millis(30)).await;
-                Some((Ok::<_, Infallible>(chunk), chunks))
-            });
-            builder.body(reqwest::Body::wrap_stream(stream))
+                let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+                write.write_all(framed.as_bytes()).await?;
+            }
+            write.write_all(b"0\r\n\r\n").await?;
         }
-    };
-    let response = builder.send().await.expect("a response");
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
-            (k.as_str().to_owned(), mask_header(k.as_str(), &value))
-        })
-        .collect();
-    let body = mask(&response.text().await.expect("a body"));
-    Exchange {
+    }
+    let mut read = BufReader::new(read);
+    let mut status_line = String::new();
+    read.read_line(&mut status_line).await?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {status_line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        read.read_line(&mut line).await?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap_or((line, ""));
+        let name = k.to_ascii_lowercase();
+        let value = mask_header(&name, v.trim());
+        headers.push((name, value));
+    }
+    let body = read_body(&mut read, method, status, &headers).await?;
+    Ok(Exchange {
         status,
         headers,
-        body,
+        body: mask(&String::from_utf8_lossy(&body)),
+    })
+}
+
+/// A response body as its head frames it: none (HEAD, 204, 304), chunked,
+/// by `content-length`, or up to the close.
+async fn read_body(
+    read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    method: &str,
+    status: u16,
+    headers: &[(String, String)],
+) -> std::io::Result<Vec<u8>> {
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let mut body = Vec::new();
+    if method == "HEAD" || status == 204 || status == 304 {
+        return Ok(body);
     }
+    if header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            read.read_line(&mut size).await?;
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            let mut chunk = vec![0; size + 2];
+            read.read_exact(&mut chunk).await?;
+            if size == 0 {
+                return Ok(body);
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    match header("content-length").and_then(|l| l.parse().ok()) {
+        Some(len) => {
+            body.resize(len, 0);
+            read.read_exact(&mut body).await?;
+        }
+        None => {
+            read.read_to_end(&mut body).await?;
+        }
+    }
+    Ok(body)
 }
 
 // ------------------------------------------------------------------ masks

@@ -9,7 +9,10 @@
 //! - `logs`: logs one line at each level from each stream callback; on
 //!   `/trap` it panics (the VM traps).
 //! - `headers`: replaces and adds request and response headers, and logs
-//!   every header it sees in order.
+//!   every header it sees in order; when the request has `x-repeat`, it
+//!   adds `set-cookie: a=1`, `set-cookie: b=2`, `x-mid: 1` to the response
+//!   (a repeated name; the shim sends a name's values together, so the
+//!   values are not interleaved with other names here).
 //! - `call`: asks cluster `auth` (`GET <x-auth-path>`) and lets the request
 //!   on with `x-auth-status` if it answers 200, else answers 403.
 //! - `grpc`: a unary gRPC call to cluster `grpc` (or `x-grpc-cluster`),
@@ -94,7 +97,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { mode: self.mode }))
+        Some(Box::new(Stream {
+            mode: self.mode,
+            repeat: false,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -104,6 +110,8 @@ impl RootContext for Root {
 
 struct Stream {
     mode: Mode,
+    /// `headers`: the request asked for repeated response headers.
+    repeat: bool,
 }
 
 /// Every header pair as `name=value`, in the map's order.
@@ -236,6 +244,7 @@ impl HttpContext for Stream {
                     "headers: request {}",
                     listing(&self.get_http_request_headers())
                 );
+                self.repeat = self.get_http_request_header("x-repeat").is_some();
                 self.set_http_request_header("x-b", Some("replaced"));
                 self.add_http_request_header("x-added", "added");
                 log::info!(
@@ -306,6 +315,11 @@ impl HttpContext for Stream {
                 );
                 self.set_http_response_header("x-up-b", Some("replaced"));
                 self.add_http_response_header("x-added", "added");
+                if self.repeat {
+                    self.add_http_response_header("set-cookie", "a=1");
+                    self.add_http_response_header("set-cookie", "b=2");
+                    self.add_http_response_header("x-mid", "1");
+                }
                 log::info!(
                     "headers: response after {}",
                     listing(&self.get_http_response_headers())
