@@ -605,7 +605,8 @@ impl Upstream {
     /// A gRPC server (HTTP/2 without TLS) for `fidelity.Check/Check`: the
     /// message `deny` gets PERMISSION_DENIED, `slow` an answer after 2 s;
     /// any other is answered `allowed <message>` with the request's path and
-    /// headers.
+    /// headers. Other paths are answered as the plain upstream answers them
+    /// ([`h2_plain`]).
     async fn start_grpc() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -613,6 +614,7 @@ impl Upstream {
             while let Ok((conn, _)) = listener.accept().await {
                 tokio::spawn(async move {
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .auto_date_header(false)
                         .serve_connection(TokioIo::new(conn), service_fn(grpc_check))
                         .await;
                 });
@@ -716,7 +718,43 @@ async fn serve_connection(conn: TcpStream) -> std::io::Result<()> {
 
 type GrpcBody = UnsyncBoxBody<Bytes, Infallible>;
 
+/// A plain request over HTTP/2: `/deny` gets 403, any other path 200,
+/// with `x-up-a: 1`, `x-up-b: 2`, the request's method and URI, its
+/// headers in order, a blank line and its body.
+async fn h2_plain(request: Request<Incoming>) -> Response<GrpcBody> {
+    let status = match request.uri().path() {
+        "/deny" => 403,
+        _ => 200,
+    };
+    let mut text = format!("{} {}\n", request.method(), request.uri());
+    text += &request
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+        .collect::<String>();
+    text.push('\n');
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    text.push_str(&String::from_utf8_lossy(&body));
+    let body = http_body_util::Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Response::builder()
+        .status(status)
+        .header("x-up-a", "1")
+        .header("x-up-b", "2")
+        .body(body)
+        .unwrap()
+}
+
 async fn grpc_check(request: Request<Incoming>) -> Result<Response<GrpcBody>, Infallible> {
+    if !request.uri().path().starts_with("/fidelity.Check/") {
+        return Ok(h2_plain(request).await);
+    }
     let path = request.uri().path().to_owned();
     let authority = request.uri().authority().map(|a| a.to_string());
     let headers: Vec<String> = request

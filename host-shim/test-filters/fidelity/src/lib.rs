@@ -13,8 +13,9 @@
 //!   adds `set-cookie: a=1`, `set-cookie: b=2`, `x-mid: 1` to the response
 //!   (a repeated name; the shim sends a name's values together, so the
 //!   values are not interleaved with other names here).
-//! - `call`: asks cluster `auth` (`GET <x-auth-path>`) and lets the request
-//!   on with `x-auth-status` if it answers 200, else answers 403.
+//! - `call`: asks cluster `auth` (or `x-auth-cluster`) `GET <x-auth-path>`
+//!   and lets the request on with `x-auth-status` if it answers 200, else
+//!   answers 403.
 //! - `grpc`: a unary gRPC call to cluster `grpc` (or `x-grpc-cluster`),
 //!   method `fidelity.Check/Check`, the message `x-grpc-message` (default
 //!   `allow`), timeout `x-grpc-timeout-ms` (default 5000); lets the request
@@ -257,8 +258,11 @@ impl HttpContext for Stream {
                 let path = self
                     .get_http_request_header("x-auth-path")
                     .unwrap_or_else(|| "/allow".into());
+                let cluster = self
+                    .get_http_request_header("x-auth-cluster")
+                    .unwrap_or_else(|| "auth".into());
                 let dispatched = self.dispatch_http_call(
-                    "auth",
+                    &cluster,
                     vec![(":method", "GET"), (":path", &path), (":authority", "auth")],
                     None,
                     vec![],
