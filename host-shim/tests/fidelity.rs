@@ -330,6 +330,12 @@ async fn settled_log(read: impl Fn() -> String) -> String {
 
 // ------------------------------------------------------------------ hosts
 
+/// The scenario's worker count (Envoy's `--concurrency`, the shim's
+/// `--workers`): 1 unless it says.
+fn workers(scenario: &Value) -> u32 {
+    scenario["workers"].as_u64().map_or(1, |n| n as u32)
+}
+
 /// The fidelity filters' module: stripped, or with `names` its `name`
 /// section kept.
 fn filter_path(scenario: &Value) -> std::path::PathBuf {
@@ -343,7 +349,7 @@ async fn run_envoy(scenario: &Value, upstreams: &Upstreams) -> Run {
     let ports = Ports::fresh(upstreams.http.port);
     let config = envoy_config(scenario, ports, upstreams, &filter_path(scenario));
     let mut options = EnvoyOptions {
-        concurrency: 1,
+        concurrency: workers(scenario),
         ..EnvoyOptions::default()
     };
     if let Some(level) = scenario["log_level"].as_str() {
@@ -521,7 +527,8 @@ async fn start_shim(scenario: &Value, upstreams: &Upstreams, traffic: u16) -> Sh
         .arg(filter_path(scenario))
         .arg("--config")
         .arg(&config)
-        .args(["--name", PLUGIN, "--vm-id", VM_ID, "--workers", "1"])
+        .args(["--name", PLUGIN, "--vm-id", VM_ID])
+        .args(["--workers", &workers(scenario).to_string()])
         .args(["--listen", &format!("127.0.0.1:{traffic}")])
         .args(["--admin", &format!("127.0.0.1:{}", free_port())])
         .args(["--upstream", &format!("http://127.0.0.1:{upstream}")]);
@@ -834,6 +841,11 @@ async fn a_unary_grpc_call_is_answered_refused_and_timed_out_as_in_envoy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tick_counter_has_as_many_root_contexts_as_in_envoy() {
     side_by_side("tick-counter").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_two_workers_as_many_root_contexts_tick_as_in_envoy() {
+    side_by_side("tick-counter-two-workers").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
