@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use drainpipe_tests::envoy::{free_port, repo_root, EnvoyConfig, Scratch};
+use drainpipe_tests::paths::target_dir;
 use drainpipe_tests::{Envoy, EnvoyOptions, Ports};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -531,7 +532,10 @@ async fn start_shim(scenario: &Value, upstreams: &Upstreams, traffic: u16) -> Sh
         .args(["--workers", &workers(scenario).to_string()])
         .args(["--listen", &format!("127.0.0.1:{traffic}")])
         .args(["--admin", &format!("127.0.0.1:{}", free_port())])
-        .args(["--upstream", &format!("http://127.0.0.1:{upstream}")]);
+        .args(["--upstream", &format!("http://127.0.0.1:{upstream}")])
+        // A cache of the tests' own, not the user's.
+        .arg("--compile-cache")
+        .arg(target_dir().join("tmp/fidelity-compile-cache"));
     if let Some(level) = scenario["log_level"].as_str() {
         command.args(["--log-level", level]);
     }
