@@ -5,13 +5,13 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drainpipe_tests::envoy::upstream_and_envoy;
-use futures::future::join_all;
 use drainpipe_tests::fake_llm::{chat_body, sse_events};
 use drainpipe_tests::load::{
     assert_drain_rejected, assert_whole_stream, drain_api, drained, fast_drain, open_stream,
     read_to_end, wait_drain_status,
 };
 use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
+use futures::future::join_all;
 use serde_json::{json, Value};
 
 async fn setup(concurrency: u32) -> (FakeLlm, Envoy) {
