@@ -20,7 +20,9 @@ pub(crate) fn has_name_section(bytes: &[u8]) -> bool {
 
 /// V8's words for a trap Wasmtime reports (V8's `WasmTrap*` messages), with
 /// its error class. Wasmtime does not tell a remainder by zero from a
-/// division by zero: both read as V8's division.
+/// division by zero (both read as V8's division), nor an out-of-range
+/// float-to-integer conversion from a division overflow (both read as the
+/// division's).
 fn v8_words(trap: wasmtime::Trap) -> (&'static str, &'static str) {
     use wasmtime::Trap as T;
     let runtime = |words| ("RuntimeError", words);
