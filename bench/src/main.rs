@@ -14,11 +14,14 @@
 //! whole run and their resident memory is reported at checkpoints. Once
 //! with JSON responses, once with SSE streams.
 //!
+//! With `--startup RUNS` it measures start-up instead ([`startup`]).
+//!
 //! `cargo xtask bench [ARGS]` builds everything and runs it; see `--help`.
 
 mod instructions;
 mod load;
 mod report;
+mod startup;
 mod upstream;
 mod variants;
 
@@ -27,7 +30,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use drainpipe_tests::guests::MINIMAL_FILTER;
+use drainpipe_tests::guests::{FIDELITY_FILTER, MINIMAL_FILTER};
 use drainpipe_tests::procfs;
 use drainpipe_tests::EnvoyOptions;
 
@@ -123,7 +126,14 @@ struct Args {
     /// whatever else the machine does; the shim is not run.
     #[arg(long, value_name = "REQUESTS")]
     instructions: Option<usize>,
+    /// Measure start-up instead: from spawning to the first answered
+    /// request, RUNS times each, for the shim (--shim; its compilation cache
+    /// empty, and filled) and Envoy, with drainpipe and with the shim's
+    /// fidelity filter (built from host-shim/test-filters/fidelity).
+    #[arg(long, value_name = "RUNS")]
+    startup: Option<usize>,
     /// Also write the report (Markdown) to this file.
+
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -183,6 +193,31 @@ fn run(args: Args) -> anyhow::Result<()> {
         cpus: pinning.as_ref().map(|(_, proxies)| proxies.clone()),
         shim_started: false,
     };
+    if let Some(runs) = args.startup {
+        let Some(shim) = &args.shim else {
+            bail!("--startup needs --shim");
+        };
+        let drainpipe_config = drainpipe_tests::EnvoyConfig::repo()?
+            .plugin_configurations()
+            .into_iter()
+            .find_map(|(name, text)| (name == "drainpipe").then_some(text))
+            .context("envoy/envoy.yaml has no wasm filter named drainpipe")?;
+        let fidelity_wasm = FIDELITY_FILTER.build()?;
+        let modules = [
+            startup::Module {
+                label: "drainpipe",
+                wasm: &drainpipe_wasm,
+                config: drainpipe_config,
+            },
+            startup::Module {
+                label: "fidelity filter (body)",
+                wasm: &fidelity_wasm,
+                config: "body".into(),
+            },
+        ];
+        let md = startup::measure(shim, &modules, runs, args.concurrency, upstream.port())?;
+        return publish(&md, args.out.as_deref());
+    }
     if let Some(requests) = args.instructions {
         let md = count_instructions(&args, requests, &rt, &proxies)?;
         return publish(&md, args.out.as_deref());

@@ -55,6 +55,9 @@ pub enum LoadError {
 pub struct Wasm {
     pub(crate) engine: Engine,
     pub(crate) module: Module,
+    /// Whether the module has a `name` section (a trap's line then lists
+    /// the in-VM backtrace, as Envoy's does).
+    pub(crate) names: bool,
 }
 
 impl Wasm {
@@ -113,7 +116,11 @@ impl Wasm {
                 "proxy_on_memory_allocate (or malloc)",
             ));
         }
-        Ok(Wasm { engine, module })
+        Ok(Wasm {
+            engine,
+            module,
+            names: crate::traps::has_name_section(bytes),
+        })
     }
 }
 

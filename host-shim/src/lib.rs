@@ -43,6 +43,7 @@ mod metrics;
 mod shared_data;
 mod state;
 mod stream;
+mod traps;
 mod wasi;
 mod worker;
 

@@ -167,6 +167,8 @@ pub enum GrpcStreamEvent {
 #[derive(Debug, Clone)]
 pub(crate) struct Trap {
     pub(crate) message: String,
+    /// The line Envoy logs for it (`Function: ... failed: ...`).
+    pub(crate) envoy: String,
 }
 
 /// One worker. Cloning shares it; a stream holds a clone.
@@ -187,6 +189,8 @@ pub(crate) struct WorkerInner {
 pub(crate) struct Vm {
     pub(crate) store: Store<HostState>,
     instance: Instance,
+    /// Whether the module has a `name` section (for a trap's backtrace).
+    names: bool,
     /// Root context id of each plugin, by plugin index.
     pub(crate) roots: Vec<u32>,
 }
@@ -412,6 +416,7 @@ impl Vm {
         let mut vm = Vm {
             store,
             instance,
+            names: host.inner.wasm.names,
             roots: Vec::new(),
         };
         vm.initialize()?;
@@ -481,7 +486,7 @@ impl Vm {
                     Some(exit) if exit.0 == 0 => Ok(()),
                     _ => Err(StartError::Trap {
                         callback: name.to_owned(),
-                        message: self.describe_trap(&e, 0).message,
+                        message: self.describe_trap(name, &e, 0).message,
                     }),
                 },
             };
@@ -506,13 +511,13 @@ impl Vm {
         self.store.data_mut().current = previous;
         match result {
             Ok(r) => Ok(Some(r)),
-            Err(e) => Err(self.describe_trap(&e, log_mark)),
+            Err(e) => Err(self.describe_trap(name, &e, log_mark)),
         }
     }
 
     /// A trap's message, with what the guest wrote to stderr or logged as
     /// critical since `mark` (where a Rust guest's panic message lands).
-    fn describe_trap(&self, error: &wasmtime::Error, mark: usize) -> Trap {
+    fn describe_trap(&self, callback: &str, error: &wasmtime::Error, mark: usize) -> Trap {
         let state = self.store.data();
         let worker = state.worker;
         let said: Vec<String> = state
@@ -538,7 +543,10 @@ impl Vm {
         } else {
             format!("{reason}; the guest wrote: {}", said.join(" | "))
         };
-        Trap { message }
+        Trap {
+            message,
+            envoy: crate::traps::envoy_failure(callback, error, self.names),
+        }
     }
 }
 
@@ -564,20 +572,21 @@ impl WorkerInner {
         params: P,
     ) -> Result<Option<R>, Trap> {
         if let Some(failed) = &self.failed {
+            // Envoy says nothing more about a failed VM.
+            let message = format!("the VM failed earlier: {failed}");
             return Err(Trap {
-                message: format!("the VM failed earlier: {failed}"),
+                envoy: message.clone(),
+                message,
             });
         }
         let result = self.vm.call(context_id, name, params);
         if let Err(trap) = &result {
-            self.vm.store.data().log(
-                LogLevel::Critical,
-                LogSource::Host,
-                format!(
-                    "wasm trap in {name} (context {context_id}): {}",
-                    trap.message
-                ),
-            );
+            // Envoy's line, at Envoy's level (the guest's panic message, if
+            // any, was its own critical line before).
+            self.vm
+                .store
+                .data()
+                .log(LogLevel::Error, LogSource::Host, trap.envoy.clone());
             self.failed = Some(trap.message.clone());
         }
         result

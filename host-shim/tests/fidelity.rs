@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use drainpipe_tests::envoy::{free_port, repo_root, EnvoyConfig, Scratch};
+use drainpipe_tests::paths::target_dir;
 use drainpipe_tests::{Envoy, EnvoyOptions, Ports};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -28,7 +29,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 const VM_ID: &str = "fidelity_vm";
 const PLUGIN: &str = "fidelity";
 
-/// What the client saw for one request.
+/// What the client saw for one request: the status, the header lines in
+/// the order they came (as on the wire), the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Exchange {
     status: u16,
@@ -40,7 +42,9 @@ struct Exchange {
 #[derive(Debug)]
 struct Run {
     exchanges: Vec<Exchange>,
-    /// The guest's log lines (`wasm log ...`), with their level.
+    /// The `wasm` component's log lines, with their level: the guest's
+    /// (`wasm log ...`) and the host's about it (a trap's `Function: ...
+    /// failed: ...` and its backtrace).
     logs: Vec<String>,
 }
 
@@ -81,7 +85,7 @@ async fn side_by_side(name: &str) {
     }
     assert_eq!(
         shim_logs, envoy_logs,
-        "{name}: guest log lines differ: shim (left), Envoy (right)"
+        "{name}: wasm log lines differ: shim (left), Envoy (right)"
     );
     assert!(!envoy_logs.is_empty(), "{name}: no guest log line at all");
     println!(
@@ -101,10 +105,9 @@ async fn side_by_side(name: &str) {
 // ---------------------------------------------------------------- clients
 
 async fn send_all(scenario: &Value, port: u16) -> Vec<Exchange> {
-    let client = reqwest::Client::new();
     let mut out = Vec::new();
     for request in scenario["requests"].as_array().unwrap() {
-        out.push(send(&client, port, request).await);
+        out.push(send(port, request).await);
     }
     if let Some(ms) = scenario["wait_ms"].as_u64() {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -112,52 +115,124 @@ async fn send_all(scenario: &Value, port: u16) -> Vec<Exchange> {
     out
 }
 
-async fn send(client: &reqwest::Client, port: u16, request: &Value) -> Exchange {
-    let method = reqwest::Method::from_bytes(request["method"].as_str().unwrap().as_bytes())
-        .expect("a method");
-    let url = format!(
-        "http://127.0.0.1:{port}{}",
+/// One request on a connection of its own, written on the socket, and the
+/// response as it came: its header lines in the order sent (a repeated name
+/// included, where it was), its body without the chunk framing.
+async fn send(port: u16, request: &Value) -> Exchange {
+    let what = format!("{} {}", request["method"], request["path"]);
+    tokio::time::timeout(Duration::from_secs(30), exchange(port, request))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no whole response within 30 s"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+async fn exchange(port: u16, request: &Value) -> std::io::Result<Exchange> {
+    let method = request["method"].as_str().unwrap();
+    // The same authority for both hosts, whatever their ports.
+    let mut head = format!(
+        "{method} {} HTTP/1.1\r\nhost: fidelity.test\r\n",
         request["path"].as_str().unwrap()
     );
-    // The same authority for both hosts, whatever their ports.
-    let mut builder = client.request(method, url).header("host", "fidelity.test");
     for pair in request["headers"].as_array().into_iter().flatten() {
-        builder = builder.header(pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
+        head += &format!(
+            "{}: {}\r\n",
+            pair[0].as_str().unwrap(),
+            pair[1].as_str().unwrap()
+        );
     }
-    let chunks: Vec<String> = request["body"]
+    let chunks: Vec<&str> = request["body"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(|c| c.as_str().unwrap().to_owned())
+        .map(|c| c.as_str().unwrap())
         .collect();
-    builder = match chunks.len() {
-        0 => builder,
-        1 => builder.body(chunks[0].clone()),
-        _ => {
-            let stream = futures::stream::unfold(chunks.into_iter(), |mut chunks| async move {
-                let chunk = chunks.next()?;
+    match chunks.as_slice() {
+        [] if method == "GET" || method == "HEAD" => {}
+        [] => head += "content-length: 0\r\n",
+        [one] => head += &format!("content-length: {}\r\n", one.len()),
+        _ => head += "transfer-encoding: chunked\r\n",
+    }
+    head += "\r\n";
+    let conn = TcpStream::connect(("127.0.0.1", port)).await?;
+    let (read, mut write) = conn.into_split();
+    write.write_all(head.as_bytes()).await?;
+    match chunks.as_slice() {
+        [] => {}
+        [one] => write.write_all(one.as_bytes()).await?,
+        many => {
+            for chunk in many {
                 tokio::time::sleep(Duration::from_millis(30)).await;
-                Some((Ok::<_, Infallible>(chunk), chunks))
-            });
-            builder.body(reqwest::Body::wrap_stream(stream))
+                let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+                write.write_all(framed.as_bytes()).await?;
+            }
+            write.write_all(b"0\r\n\r\n").await?;
         }
-    };
-    let response = builder.send().await.expect("a response");
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
-            (k.as_str().to_owned(), mask_header(k.as_str(), &value))
-        })
-        .collect();
-    let body = mask(&response.text().await.expect("a body"));
-    Exchange {
+    }
+    let mut read = BufReader::new(read);
+    let mut status_line = String::new();
+    read.read_line(&mut status_line).await?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {status_line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        read.read_line(&mut line).await?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap_or((line, ""));
+        let name = k.to_ascii_lowercase();
+        let value = mask_header(&name, v.trim());
+        headers.push((name, value));
+    }
+    let body = read_body(&mut read, method, status, &headers).await?;
+    Ok(Exchange {
         status,
         headers,
-        body,
+        body: mask(&String::from_utf8_lossy(&body)),
+    })
+}
+
+/// A response body as its head frames it: none (HEAD, 204, 304), chunked,
+/// by `content-length`, or up to the close.
+async fn read_body(
+    read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    method: &str,
+    status: u16,
+    headers: &[(String, String)],
+) -> std::io::Result<Vec<u8>> {
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let mut body = Vec::new();
+    if method == "HEAD" || status == 204 || status == 304 {
+        return Ok(body);
     }
+    if header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            read.read_line(&mut size).await?;
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            let mut chunk = vec![0; size + 2];
+            read.read_exact(&mut chunk).await?;
+            if size == 0 {
+                return Ok(body);
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    match header("content-length").and_then(|l| l.parse().ok()) {
+        Some(len) => {
+            body.resize(len, 0);
+            read.read_exact(&mut body).await?;
+        }
+        None => {
+            read.read_to_end(&mut body).await?;
+        }
+    }
+    Ok(body)
 }
 
 // ------------------------------------------------------------------ masks
@@ -210,9 +285,11 @@ fn mask_uuids(text: &str) -> String {
     out
 }
 
-/// The guest's lines of an Envoy-format log: `<level> wasm log ...`, a
-/// message of several lines kept whole.
-fn guest_lines(log: &str) -> Vec<String> {
+/// The `wasm` component's lines of an Envoy-format log, as `<level>
+/// <message>` (Envoy's `[source file:line]` left out): the guest's `wasm
+/// log ...` lines and the host's about the guest; a message of several
+/// lines (a panic's, a backtrace) kept whole.
+fn wasm_lines(log: &str) -> Vec<String> {
     let mut records: Vec<String> = Vec::new();
     for line in log.lines() {
         if line.starts_with('[') {
@@ -225,9 +302,14 @@ fn guest_lines(log: &str) -> Vec<String> {
     records
         .into_iter()
         .filter_map(|r| {
-            let level = r.split("][").nth(2)?.to_owned();
-            let at = r.find("wasm log ")?;
-            Some(format!("{level} {}", mask(&r[at..])))
+            let mut fields = r.splitn(4, "][");
+            let level = fields.nth(2)?.to_owned();
+            let message = fields.next()?.strip_prefix("wasm] ")?;
+            let message = match message.strip_prefix("[source/") {
+                Some(rest) => rest.split_once("] ")?.1,
+                None => message,
+            };
+            Some(format!("{level} {}", mask(message)))
         })
         .collect()
 }
@@ -249,11 +331,26 @@ async fn settled_log(read: impl Fn() -> String) -> String {
 
 // ------------------------------------------------------------------ hosts
 
+/// The scenario's worker count (Envoy's `--concurrency`, the shim's
+/// `--workers`): 1 unless it says.
+fn workers(scenario: &Value) -> u32 {
+    scenario["workers"].as_u64().map_or(1, |n| n as u32)
+}
+
+/// The fidelity filters' module: stripped, or with `names` its `name`
+/// section kept.
+fn filter_path(scenario: &Value) -> std::path::PathBuf {
+    match scenario["names"] == true {
+        true => support::fidelity_filter_named_path(),
+        false => support::fidelity_filter_path(),
+    }
+}
+
 async fn run_envoy(scenario: &Value, upstreams: &Upstreams) -> Run {
     let ports = Ports::fresh(upstreams.http.port);
-    let config = envoy_config(scenario, ports, upstreams, &support::fidelity_filter_path());
+    let config = envoy_config(scenario, ports, upstreams, &filter_path(scenario));
     let mut options = EnvoyOptions {
-        concurrency: 1,
+        concurrency: workers(scenario),
         ..EnvoyOptions::default()
     };
     if let Some(level) = scenario["log_level"].as_str() {
@@ -264,7 +361,7 @@ async fn run_envoy(scenario: &Value, upstreams: &Upstreams) -> Run {
     let log = settled_log(|| envoy.log()).await;
     Run {
         exchanges,
-        logs: guest_lines(&log),
+        logs: wasm_lines(&log),
     }
 }
 
@@ -432,13 +529,17 @@ async fn start_shim(scenario: &Value, upstreams: &Upstreams, traffic: u16) -> Sh
     command
         .arg("serve")
         .arg("--wasm")
-        .arg(support::fidelity_filter_path())
+        .arg(filter_path(scenario))
         .arg("--config")
         .arg(&config)
-        .args(["--name", PLUGIN, "--vm-id", VM_ID, "--workers", "1"])
+        .args(["--name", PLUGIN, "--vm-id", VM_ID])
+        .args(["--workers", &workers(scenario).to_string()])
         .args(["--listen", &format!("127.0.0.1:{traffic}")])
         .args(["--admin", &format!("127.0.0.1:{}", free_port())])
-        .args(["--upstream", &format!("http://127.0.0.1:{upstream}")]);
+        .args(["--upstream", &format!("http://127.0.0.1:{upstream}")])
+        // A cache of the tests' own, not the user's.
+        .arg("--compile-cache")
+        .arg(target_dir().join("tmp/fidelity-compile-cache"));
     if let Some(level) = scenario["log_level"].as_str() {
         command.args(["--log-level", level]);
     }
@@ -490,7 +591,7 @@ async fn run_shim(scenario: &Value, upstreams: &Upstreams) -> Run {
     let log = settled_log(|| shim.log()).await;
     Run {
         exchanges,
-        logs: guest_lines(&log),
+        logs: wasm_lines(&log),
     }
 }
 
@@ -519,7 +620,8 @@ impl Upstream {
     /// A gRPC server (HTTP/2 without TLS) for `fidelity.Check/Check`: the
     /// message `deny` gets PERMISSION_DENIED, `slow` an answer after 2 s;
     /// any other is answered `allowed <message>` with the request's path and
-    /// headers.
+    /// headers. Other paths are answered as the plain upstream answers them
+    /// ([`h2_plain`]).
     async fn start_grpc() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -527,6 +629,7 @@ impl Upstream {
             while let Ok((conn, _)) = listener.accept().await {
                 tokio::spawn(async move {
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .auto_date_header(false)
                         .serve_connection(TokioIo::new(conn), service_fn(grpc_check))
                         .await;
                 });
@@ -630,9 +733,45 @@ async fn serve_connection(conn: TcpStream) -> std::io::Result<()> {
 
 type GrpcBody = UnsyncBoxBody<Bytes, Infallible>;
 
+/// A plain request over HTTP/2: `/deny` gets 403, any other path 200,
+/// with `x-up-a: 1`, `x-up-b: 2`, the request's method and URI, its
+/// headers in order, a blank line and its body.
+async fn h2_plain(request: Request<Incoming>) -> Response<GrpcBody> {
+    let status = match request.uri().path() {
+        "/deny" => 403,
+        _ => 200,
+    };
+    let mut text = format!("{} {}\n", request.method(), request.uri());
+    text += &request
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+        .collect::<String>();
+    text.push('\n');
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    text.push_str(&String::from_utf8_lossy(&body));
+    let body = http_body_util::Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Response::builder()
+        .status(status)
+        .header("x-up-a", "1")
+        .header("x-up-b", "2")
+        .body(body)
+        .unwrap()
+}
+
 async fn grpc_check(request: Request<Incoming>) -> Result<Response<GrpcBody>, Infallible> {
     if request.uri().path().starts_with("/fidelity.Echo/") {
         return Ok(grpc_echo(request));
+    }
+    if !request.uri().path().starts_with("/fidelity.Check/") {
+        return Ok(h2_plain(request).await);
     }
     let path = request.uri().path().to_owned();
     let authority = request.uri().authority().map(|a| a.to_string());
@@ -789,6 +928,11 @@ async fn guest_log_lines_panics_and_the_failed_vm_are_as_in_envoy() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_traps_backtrace_names_the_same_frames_as_in_envoy() {
+    side_by_side("trap-backtrace").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_http_call_to_a_declared_cluster_allows_and_denies_as_in_envoy() {
     side_by_side("http-call").await;
 }
@@ -801,6 +945,11 @@ async fn a_unary_grpc_call_is_answered_refused_and_timed_out_as_in_envoy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tick_counter_has_as_many_root_contexts_as_in_envoy() {
     side_by_side("tick-counter").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_two_workers_as_many_root_contexts_tick_as_in_envoy() {
+    side_by_side("tick-counter-two-workers").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

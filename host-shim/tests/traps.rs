@@ -29,7 +29,9 @@ fn trap_fails_the_stream_closed_with_503_and_logs_the_panic_message() {
     let trap = out.trap.as_deref().expect("the trap is reported");
     assert!(trap.contains("test filter panicked on purpose"), "{trap}");
     assert!(
-        host.log().contains("wasm trap in proxy_on_request_headers"),
+        host.log().contains(
+            "Function: proxy_on_request_headers failed: Uncaught RuntimeError: unreachable"
+        ),
         "{}",
         host.log().dump()
     );

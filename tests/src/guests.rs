@@ -75,6 +75,14 @@ pub const FIDELITY_FILTER: Guest = Guest {
     env: &[],
 };
 
+/// The fidelity filters built with their `name` section kept (Envoy then
+/// logs a trap's in-VM backtrace with function names).
+pub const FIDELITY_FILTER_NAMED: Guest = Guest {
+    target: "guests/fidelity-filter-named",
+    env: &[("CARGO_PROFILE_RELEASE_STRIP", "false")],
+    ..FIDELITY_FILTER
+};
+
 /// A filter that traps on request (`tests/trap-filter`).
 pub const TRAP_FILTER: Guest = Guest {
     dir: "tests/trap-filter",

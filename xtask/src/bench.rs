@@ -3,7 +3,8 @@
 //! benchmark (`cargo xtask bench --help` lists them); the report is printed
 //! and written to `target/bench/report.md`. With `--instructions` (Envoy
 //! under callgrind) the shim is neither built nor run, and the report goes
-//! to `target/bench/instructions.md`.
+//! to `target/bench/instructions.md`; with `--startup RUNS` (start-up times
+//! of the shim and Envoy) to `target/bench/startup.md`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -74,10 +75,11 @@ pub fn bench(args: &[&str]) -> anyhow::Result<()> {
         if !instructions {
             cmd.arg("--shim").arg(bin_dir.join("drainpipe-shim"));
         }
-        let report = if instructions {
-            "instructions.md"
-        } else {
-            "report.md"
+        let startup = args.iter().any(|a| a.starts_with("--startup"));
+        let report = match (instructions, startup) {
+            (true, _) => "instructions.md",
+            (false, true) => "startup.md",
+            (false, false) => "report.md",
         };
         cmd.arg("--out").arg(out.join(report));
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use drainpipe_shim::{Clock, Host, PluginConfig, Wasm};
-use drainpipe_tests::guests::{plugin_wasm, FIDELITY_FILTER, TEST_FILTER};
+use drainpipe_tests::guests::{plugin_wasm, FIDELITY_FILTER, FIDELITY_FILTER_NAMED, TEST_FILTER};
 
 /// A fixed start time for manual clocks: 2023-11-14T22:13:20Z.
 pub const T0_MS: u64 = 1_700_000_000_000;
@@ -30,6 +30,14 @@ pub fn test_filter_path() -> PathBuf {
 /// on first use; its plugin configuration picks the filter.
 pub fn fidelity_filter_path() -> PathBuf {
     FIDELITY_FILTER.build().unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The same module with its `name` section kept (function names in a
+/// trap's backtrace).
+pub fn fidelity_filter_named_path() -> PathBuf {
+    FIDELITY_FILTER_NAMED
+        .build()
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The drainpipe plugin: `DRAINPIPE_WASM`, or the release build (`cargo

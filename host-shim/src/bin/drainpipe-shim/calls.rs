@@ -72,7 +72,6 @@ pub(crate) fn parse_cluster(text: &str) -> Result<Cluster, String> {
 pub(crate) struct Calls {
     clusters: BTreeMap<String, Cluster>,
     http1: Client<HttpConnector, Full<Bytes>>,
-    h2: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Calls {
@@ -85,10 +84,6 @@ impl Calls {
                 .map(|c| (c.name.clone(), c.clone()))
                 .collect(),
             http1: Client::builder(TokioExecutor::new())
-                .set_host(false)
-                .build(connector.clone()),
-            h2: Client::builder(TokioExecutor::new())
-                .http2_only(true)
                 .set_host(false)
                 .build(connector),
         }
@@ -134,9 +129,15 @@ impl Calls {
             return unreachable_cluster();
         };
         let path = call.headers.get(":path").unwrap_or("/");
+        // Over HTTP/2 the call's `:authority` goes as it is (the connection
+        // goes to the cluster); over HTTP/1.1 as `host`.
+        let uri = match (cluster.h2, call.headers.get(":authority")) {
+            (true, Some(authority)) => format!("http://{authority}{path}"),
+            _ => format!("{}{path}", cluster.base),
+        };
         let mut builder = Request::builder()
             .method(call.headers.get(":method").unwrap_or("GET"))
-            .uri(format!("{}{path}", cluster.base));
+            .uri(uri);
         if !cluster.h2 {
             if let Some(authority) = call.headers.get_bytes(":authority") {
                 builder = builder.header(hyper::header::HOST, authority);
@@ -151,13 +152,12 @@ impl Calls {
         let Ok(request) = builder.body(Full::new(Bytes::from(call.body))) else {
             return unreachable_cluster();
         };
-        let client = match cluster.h2 {
-            true => &self.h2,
-            false => &self.http1,
-        };
         let started = std::time::Instant::now();
         let sent = tokio::time::timeout(call.timeout, async {
-            let response = client.request(request).await.ok()?;
+            let response = match cluster.h2 {
+                true => h2_request(cluster, request).await.ok()?,
+                false => self.http1.request(request).await.ok()?,
+            };
             let (parts, body) = response.into_parts();
             let collected = body.collect().await.ok()?;
             Some((parts, collected))
@@ -235,6 +235,21 @@ fn envoy_added(
         request = request.header("x-envoy-expected-rq-timeout-ms", timeout_ms);
     }
     request
+}
+
+/// An http call's request over HTTP/2 (h2c), on a connection of its own
+/// to the cluster, whatever the request's authority.
+async fn h2_request(
+    cluster: &Cluster,
+    request: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, BoxError> {
+    let address = cluster.base.trim_start_matches("http://");
+    let tcp = tokio::net::TcpStream::connect(address).await?;
+    tcp.set_nodelay(true)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    tokio::spawn(connection);
+    Ok(sender.send_request(request).await?)
 }
 
 /// One unary gRPC exchange over a connection of its own.

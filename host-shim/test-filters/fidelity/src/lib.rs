@@ -9,9 +9,13 @@
 //! - `logs`: logs one line at each level from each stream callback; on
 //!   `/trap` it panics (the VM traps).
 //! - `headers`: replaces and adds request and response headers, and logs
-//!   every header it sees in order.
-//! - `call`: asks cluster `auth` (`GET <x-auth-path>`) and lets the request
-//!   on with `x-auth-status` if it answers 200, else answers 403.
+//!   every header it sees in order; when the request has `x-repeat`, it
+//!   adds `set-cookie: a=1`, `set-cookie: b=2`, `x-mid: 1` to the response
+//!   (a repeated name; the shim sends a name's values together, so the
+//!   values are not interleaved with other names here).
+//! - `call`: asks cluster `auth` (or `x-auth-cluster`) `GET <x-auth-path>`
+//!   and lets the request on with `x-auth-status` if it answers 200, else
+//!   answers 403.
 //! - `grpc`: a unary gRPC call to cluster `grpc` (or `x-grpc-cluster`),
 //!   method `fidelity.Check/Check`, the message `x-grpc-message` (default
 //!   `allow`), timeout `x-grpc-timeout-ms` (default 5000); lets the request
@@ -106,6 +110,7 @@ impl RootContext for Root {
         Some(Box::new(Stream {
             mode: self.mode,
             chat: Chat::default(),
+            repeat: false,
         }))
     }
 
@@ -117,6 +122,8 @@ impl RootContext for Root {
 struct Stream {
     mode: Mode,
     chat: Chat,
+    /// `headers`: the request asked for repeated response headers.
+    repeat: bool,
 }
 
 /// Every header pair as `name=value`, in the map's order.
@@ -348,6 +355,7 @@ impl HttpContext for Stream {
                     "headers: request {}",
                     listing(&self.get_http_request_headers())
                 );
+                self.repeat = self.get_http_request_header("x-repeat").is_some();
                 self.set_http_request_header("x-b", Some("replaced"));
                 self.add_http_request_header("x-added", "added");
                 log::info!(
@@ -360,8 +368,11 @@ impl HttpContext for Stream {
                 let path = self
                     .get_http_request_header("x-auth-path")
                     .unwrap_or_else(|| "/allow".into());
+                let cluster = self
+                    .get_http_request_header("x-auth-cluster")
+                    .unwrap_or_else(|| "auth".into());
                 let dispatched = self.dispatch_http_call(
-                    "auth",
+                    &cluster,
                     vec![(":method", "GET"), (":path", &path), (":authority", "auth")],
                     None,
                     vec![],
@@ -419,6 +430,11 @@ impl HttpContext for Stream {
                 );
                 self.set_http_response_header("x-up-b", Some("replaced"));
                 self.add_http_response_header("x-added", "added");
+                if self.repeat {
+                    self.add_http_response_header("set-cookie", "a=1");
+                    self.add_http_response_header("set-cookie", "b=2");
+                    self.add_http_response_header("x-mid", "1");
+                }
                 log::info!(
                     "headers: response after {}",
                     listing(&self.get_http_response_headers())
