@@ -425,6 +425,9 @@ async fn stream_body(
     let mut pending = Some(first);
     let mut paused = false;
     loop {
+        if ended && !paused {
+            return complete(stream, pending, trailers, &tx).await;
+        }
         if let Some(data) = pending.take().filter(|d| !d.is_empty()) {
             if tx.send(Ok(Frame::data(Bytes::from(data)))).await.is_err() {
                 stream.abort();
@@ -469,16 +472,28 @@ async fn stream_body(
                 return;
             }
         }
-        let rest = stream.take_response_body().unwrap_or_default();
-        if !rest.is_empty() && tx.send(Ok(Frame::data(Bytes::from(rest)))).await.is_err() {
-            stream.abort();
-            return;
-        }
+        let rest = stream.take_response_body();
+        complete(stream, rest, trailers, &tx).await;
+    }
+}
+
+/// Ends a response whose last chunk the filter has let go: the stream's end
+/// callbacks (`proxy_on_log` ...) run before its last bytes go to the
+/// client, as Envoy completes a stream when it encodes its end, so a client
+/// that sends its next request at once never finds them still to come.
+async fn complete(
+    mut stream: HttpStream,
+    last: Option<Vec<u8>>,
+    trailers: Option<hyper::HeaderMap>,
+    tx: &Chunks,
+) {
+    stream.finish();
+    if let Some(data) = last.filter(|d| !d.is_empty()) {
+        let _ = tx.send(Ok(Frame::data(Bytes::from(data)))).await;
     }
     if let Some(t) = trailers {
         let _ = tx.send(Ok(Frame::trailers(t))).await;
     }
-    stream.finish();
 }
 
 fn answered(out: &Outcome) -> Option<LocalResponse> {
