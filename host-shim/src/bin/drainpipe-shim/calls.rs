@@ -252,6 +252,50 @@ async fn h2_request(
     Ok(sender.send_request(request).await?)
 }
 
+/// Sends a gRPC request on `tcp` over the cluster's protocol, as Envoy's
+/// gRPC client uses it (gRPC wants HTTP/2; over HTTP/1.1 the request gets
+/// `host: <the cluster's name>`, and the answer is seldom a gRPC one); the
+/// connection is driven in the background.
+pub(crate) async fn send_on<B>(
+    cluster: &Cluster,
+    name: &str,
+    tcp: tokio::net::TcpStream,
+    request: Request<B>,
+) -> Result<hyper::Response<hyper::body::Incoming>, BoxError>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    if cluster.h2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        Ok(sender.send_request(request).await?)
+    } else {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        let (mut parts, body) = request.into_parts();
+        parts.headers.insert(
+            hyper::header::HOST,
+            hyper::header::HeaderValue::from_str(name)?,
+        );
+        Ok(sender
+            .send_request(Request::from_parts(parts, body))
+            .await?)
+    }
+}
+
+/// A message in gRPC's length-prefixed framing (not compressed).
+pub(crate) fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut frame = Vec::with_capacity(message.len() + 5);
+    frame.push(0);
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    Bytes::from(frame)
+}
+
 /// One unary gRPC exchange over a connection of its own.
 async fn grpc_exchange(
     cluster: &Cluster,
@@ -260,10 +304,6 @@ async fn grpc_exchange(
     let address = cluster.base.trim_start_matches("http://");
     let tcp = tokio::net::TcpStream::connect(address).await?;
     tcp.set_nodelay(true)?;
-    let mut frame = Vec::with_capacity(call.message.len() + 5);
-    frame.push(0);
-    frame.extend_from_slice(&(call.message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&call.message);
     // Envoy's gRPC client's headers, in its order.
     let timeout_ms = call.timeout.as_millis().to_string();
     let mut request = Request::builder()
@@ -283,29 +323,10 @@ async fn grpc_exchange(
     request = envoy_added(request, true, call.timeout);
     // Streamed as Envoy sends it: no content-length.
     let frames = futures::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
-        Bytes::from(frame),
+        grpc_frame(&call.message),
     ))]);
     let request = request.body(StreamBody::new(frames))?;
-    // The cluster's protocol, as Envoy's gRPC client uses it (gRPC wants
-    // HTTP/2; over HTTP/1.1 the answer is seldom a gRPC one).
-    let response = if cluster.h2 {
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
-        tokio::spawn(connection);
-        sender.send_request(request).await?
-    } else {
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(connection);
-        let (mut parts, body) = request.into_parts();
-        parts.headers.insert(
-            hyper::header::HOST,
-            hyper::header::HeaderValue::from_str(&call.cluster)?,
-        );
-        sender
-            .send_request(Request::from_parts(parts, body))
-            .await?
-    };
+    let response = send_on(cluster, &call.cluster, tcp, request).await?;
     let (parts, body) = response.into_parts();
     if parts.status != StatusCode::OK {
         return Ok(GrpcCallResponse::Closed {

@@ -17,10 +17,9 @@ use drainpipe_shim::{
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::{HeaderMap, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::mpsc;
 
-use crate::calls::{with_details, Cluster};
+use crate::calls::{grpc_frame, send_on, with_details, Cluster};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -162,25 +161,7 @@ async fn open(
             .map(|frame| frame.map(Ok::<_, std::convert::Infallible>))
     }));
     let request = request.body(body)?;
-    let response = if cluster.h2 {
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
-        tokio::spawn(connection);
-        sender.send_request(request).await?
-    } else {
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(connection);
-        let (mut parts, body) = request.into_parts();
-        parts.headers.insert(
-            hyper::header::HOST,
-            hyper::header::HeaderValue::from_str(&stream.cluster)?,
-        );
-        sender
-            .send_request(Request::from_parts(parts, body))
-            .await?
-    };
-    Ok(response)
+    send_on(cluster, &stream.cluster, tcp, request).await
 }
 
 /// Delivers each message of the answer's body, then its end.
@@ -237,14 +218,6 @@ fn next_message(pending: &mut Vec<u8>) -> Result<Option<Vec<u8>>, ()> {
     let message = pending[5..5 + length].to_vec();
     pending.drain(..5 + length);
     Ok(Some(message))
-}
-
-fn grpc_frame(message: &[u8]) -> Bytes {
-    let mut frame = Vec::with_capacity(message.len() + 5);
-    frame.push(0);
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(message);
-    Bytes::from(frame)
 }
 
 fn add_all(headers: &mut Headers, map: &HeaderMap) {
