@@ -14,13 +14,30 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
 use crate::contract::assert_drain_rejection;
+use crate::envoy::{plugin_wasm, EnvoyConfig};
 use crate::fake_llm::{chat_body, sse_events};
-use crate::Envoy;
+use crate::ops::Supervised;
+use crate::{Envoy, FakeLlm, Ports};
 
 /// Short windows so a drain test runs in seconds: admit 1 s, grace 10 s,
 /// minimum budget 1 s (a patch of the traffic plugin's configuration).
 pub fn fast_drain() -> Value {
     json!({"admit_window_ms": 1000, "grace_ms": 10000, "deadline": {"min_budget_ms": 1000}})
+}
+
+/// A fake LLM upstream, and the shipped Envoy configuration with
+/// [`fast_drain`] under `drainpipe run ARGS --` (the `drainpipe` binary at
+/// `bin`).
+pub async fn supervised(bin: &std::path::Path, args: &[&str]) -> (FakeLlm, Supervised) {
+    let upstream = FakeLlm::start().await.expect("fake upstream");
+    let ports = Ports::fresh(upstream.port());
+    let cfg = EnvoyConfig::repo()
+        .expect("the shipped Envoy configuration")
+        .localize(ports, &plugin_wasm().expect("the plugin's release wasm"))
+        .patch_plugin("drainpipe", fast_drain());
+    let sup =
+        Supervised::start_with(bin, &cfg, ports, args).expect("Envoy starts under drainpipe run");
+    (upstream, sup)
 }
 
 /// Calls the drain API (`GET`, `POST` or `DELETE /drain`): the status code

@@ -7,10 +7,10 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use drainpipe_tests::envoy::{plugin_wasm, upstream_and_envoy, EnvoyConfig};
-use drainpipe_tests::load::{assert_whole_stream, fast_drain, open_stream, read_to_end};
-use drainpipe_tests::ops::{drainpipe_bin, static_drainpipe_bin, Supervised};
-use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm, Ports};
+use drainpipe_tests::envoy::upstream_and_envoy;
+use drainpipe_tests::load::{assert_whole_stream, open_stream, read_to_end, supervised};
+use drainpipe_tests::ops::{drainpipe_bin, static_drainpipe_bin};
+use drainpipe_tests::{Envoy, EnvoyOptions, FakeLlm};
 use serde_json::json;
 
 fn drainpipe(args: &[&str]) -> Output {
@@ -333,14 +333,7 @@ async fn the_static_binary_is_static_and_drains_a_real_envoy_under_run() {
     assert!(help.status.success(), "{help:?}");
     assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: drainpipe"));
 
-    let upstream = FakeLlm::start().await.expect("fake upstream");
-    let ports = Ports::fresh(upstream.port());
-    let cfg = EnvoyConfig::repo()
-        .unwrap()
-        .localize(ports, &plugin_wasm().unwrap())
-        .patch_plugin("drainpipe", fast_drain());
-    let mut sup = Supervised::start_with(&bin, &cfg, ports, &["--timeout", "20s"])
-        .expect("Envoy starts under the static drainpipe run");
+    let (_upstream, mut sup) = supervised(&bin, &["--timeout", "20s"]).await;
     let resp = open_stream(&sup.envoy, 20).await;
     let t0 = Instant::now();
     sup.signal(libc::SIGTERM);

@@ -5,24 +5,16 @@
 
 use std::time::{Duration, Instant};
 
-use drainpipe_tests::envoy::{plugin_wasm, EnvoyConfig};
 use drainpipe_tests::load::{
-    assert_whole_stream, check_across_drain, fast_drain, open_stream, read_to_end, DrainWindows,
+    self, assert_whole_stream, check_across_drain, open_stream, read_to_end, DrainWindows,
     ShortRequests,
 };
 use drainpipe_tests::ops::{drainpipe_bin, Supervised};
 use drainpipe_tests::process::ChildGuard;
-use drainpipe_tests::{procfs, FakeLlm, Ports};
+use drainpipe_tests::{procfs, FakeLlm};
 
 async fn supervised(args: &[&str]) -> (FakeLlm, Supervised) {
-    let upstream = FakeLlm::start().await.expect("fake upstream");
-    let ports = Ports::fresh(upstream.port());
-    let cfg = EnvoyConfig::repo()
-        .unwrap()
-        .localize(ports, &plugin_wasm().unwrap())
-        .patch_plugin("drainpipe", fast_drain());
-    let sup = Supervised::start(&cfg, ports, args).expect("Envoy starts under drainpipe run");
-    (upstream, sup)
+    load::supervised(&drainpipe_bin().unwrap(), args).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
