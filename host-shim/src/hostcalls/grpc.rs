@@ -21,6 +21,7 @@
 use wasmtime::{Caller, Linker};
 
 use crate::abi::Status;
+use crate::headers::Headers;
 use crate::memory::{self, status, HostResult};
 use crate::state::{GrpcStream, HostState, PendingGrpcCall};
 use crate::worker::GrpcStreamSend;
@@ -107,22 +108,48 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// What a gRPC call or stream names: its cluster, service, method and
+/// initial metadata.
+struct Target {
+    cluster: String,
+    service: String,
+    method: String,
+    metadata: Headers,
+}
+
+/// Reads a call's or a stream's [`Target`] (all of it, as Envoy reads its
+/// arguments first); an unknown cluster is then a parse failure, as Envoy
+/// cannot build a gRPC client for a cluster it lacks.
+fn target(
+    c: &mut Caller<'_, HostState>,
+    [cluster, service, method, metadata]: [(i32, i32); 4],
+) -> HostResult<Target> {
+    let target = Target {
+        cluster: memory::read_str(c, cluster.0, cluster.1)?,
+        service: memory::read_str(c, service.0, service.1)?,
+        method: memory::read_str(c, method.0, method.1)?,
+        metadata: memory::read_header_map(c, metadata.0, metadata.1)?,
+    };
+    if !c.data().vm.clusters.contains_key(&target.cluster) {
+        return Err(Status::ParseFailure.into());
+    }
+    Ok(target)
+}
+
 fn grpc_call(
     c: &mut Caller<'_, HostState>,
     [cluster, service, method, metadata, message]: [(i32, i32); 5],
     timeout_ms: u32,
     ret: i32,
 ) -> HostResult {
-    let cluster = memory::read_str(c, cluster.0, cluster.1)?;
-    let service = memory::read_str(c, service.0, service.1)?;
-    let method = memory::read_str(c, method.0, method.1)?;
-    let metadata = memory::read_header_map(c, metadata.0, metadata.1)?;
+    let Target {
+        cluster,
+        service,
+        method,
+        metadata,
+    } = target(c, [cluster, service, method, metadata])?;
     let message = memory::read(c, message.0, message.1)?;
     let state = c.data_mut();
-    if !state.vm.clusters.contains_key(&cluster) {
-        // Envoy cannot build a gRPC client for a cluster it does not have.
-        return Err(Status::ParseFailure.into());
-    }
     let token = state.next_grpc_call;
     state.next_grpc_call = state.next_grpc_call.wrapping_add(4);
     let deadline = state.shared.clock.monotonic_nanos() + u64::from(timeout_ms) * 1_000_000;
@@ -149,15 +176,13 @@ fn grpc_stream(
     [cluster, service, method, metadata]: [(i32, i32); 4],
     ret: i32,
 ) -> HostResult {
-    let cluster = memory::read_str(c, cluster.0, cluster.1)?;
-    let service = memory::read_str(c, service.0, service.1)?;
-    let method = memory::read_str(c, method.0, method.1)?;
-    let metadata = memory::read_header_map(c, metadata.0, metadata.1)?;
+    let Target {
+        cluster,
+        service,
+        method,
+        metadata,
+    } = target(c, [cluster, service, method, metadata])?;
     let state = c.data_mut();
-    if !state.vm.clusters.contains_key(&cluster) {
-        // As for a unary call: no gRPC client for a cluster Envoy lacks.
-        return Err(Status::ParseFailure.into());
-    }
     let root = state.current_root().ok_or(Status::BadArgument)?;
     let token = state.next_grpc_stream;
     state.next_grpc_stream = state.next_grpc_stream.wrapping_add(4);
