@@ -124,12 +124,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(rest) => (format!("http://{rest}"), true),
         None => (args.upstream.clone(), false),
     };
-    let upstream: hyper::Uri = upstream
-        .parse()
-        .with_context(|| format!("--upstream {:?} is not a URL", args.upstream))?;
-    if upstream.authority().is_none() {
-        bail!("--upstream {:?}: expected a host and port", args.upstream);
-    }
+    let upstream = upstream
+        .parse::<hyper::Uri>()
+        .ok()
+        .filter(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+    let Some(upstream) = upstream else {
+        bail!(
+            "--upstream {:?}: expected http://HOST:PORT (HTTP/1.1) or h2c://HOST:PORT (HTTP/2)",
+            args.upstream
+        );
+    };
     // Compiled once: every worker instantiates the same module.
     let wasm = match compile_cache(&args) {
         Some(dir) => Wasm::from_file_cached(&args.wasm, &dir),
