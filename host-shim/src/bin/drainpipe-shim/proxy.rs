@@ -452,9 +452,11 @@ enum Next {
 }
 
 /// The next chunk of a body; the end of a body without data is an empty
-/// last chunk, as Envoy delivers it. Trailers come as they are over HTTP/2
-/// (`h2`); over HTTP/1.1 they are dropped and end the body like its last
-/// empty chunk, as in Envoy without `enable_trailers`.
+/// last chunk, as Envoy delivers it. Over HTTP/2 (`h2`) data ends the body
+/// when its frame ends the stream, and trailers come as they are. Over
+/// HTTP/1.1, as Envoy's codec delivers a message, the end is always an
+/// empty last chunk (after a body framed by `content-length` too), and
+/// trailers are dropped (Envoy without `enable_trailers`).
 async fn next_frame(body: &mut Incoming, h2: bool) -> Result<Next, hyper::Error> {
     loop {
         match body.frame().await {
@@ -462,7 +464,7 @@ async fn next_frame(body: &mut Incoming, h2: bool) -> Result<Next, hyper::Error>
             Some(Err(e)) => return Err(e),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
-                    let end = hyper::body::Body::is_end_stream(&*body);
+                    let end = h2 && hyper::body::Body::is_end_stream(&*body);
                     return Ok(Next::Data(data, end));
                 }
                 Err(frame) => {
