@@ -39,7 +39,9 @@
 //!   callback (size and `end_of_stream`) and the trailers it sees; in the
 //!   request trailers it replaces `x-client-trailer` and adds
 //!   `x-filter-request-trailer: added`, in the response trailers it sets
-//!   `grpc-message: seen by the filter` and adds `x-filter-trailer: added`.
+//!   `grpc-message: seen by the filter` and adds `x-filter-trailer: added`;
+//!   when the request has `x-trailers-reply`, it answers 403 from the
+//!   request trailers' callback instead.
 
 use std::time::Duration;
 
@@ -129,7 +131,8 @@ impl RootContext for Root {
 struct Stream {
     mode: Mode,
     chat: Chat,
-    /// `headers`: the request asked for repeated response headers.
+    /// `headers`: the request asked for repeated response headers;
+    /// `trailers`: for a reply from the request trailers' callback.
     repeat: bool,
 }
 
@@ -402,6 +405,7 @@ impl HttpContext for Stream {
                     "trailers: request headers {}",
                     listing(&self.get_http_request_headers())
                 );
+                self.repeat = self.get_http_request_header("x-trailers-reply").is_some();
                 Action::Continue
             }
             Mode::Tick => Action::Continue,
@@ -420,6 +424,11 @@ impl HttpContext for Stream {
                 "trailers: request trailers after {}",
                 listing(&self.get_http_request_trailers())
             );
+            if self.repeat {
+                let headers = vec![("x-by", "trailers")];
+                self.send_http_response(403, headers, Some(b"refused in the trailers\n"));
+                return Action::Pause;
+            }
         }
         Action::Continue
     }
