@@ -9,7 +9,8 @@
 //! left it once a callback lets iteration continue (or the filter resumes
 //! the stream). Headers a callback pauses wait likewise, with the body
 //! behind them. The headers the filter sees are Envoy's: `:authority`,
-//! `:path`, `:method`, `:scheme`, the client's headers in their order, then
+//! `:path`, `:method`, `:scheme` (over HTTP/2 `:method`, `:scheme`,
+//! `:authority`, `:path`), the client's headers in their order, then
 //! `x-forwarded-proto` and `x-request-id` (request) and
 //! `x-envoy-upstream-service-time` (response); the client gets `date` and
 //! `server: envoy` after the filter's headers.
