@@ -1105,6 +1105,11 @@ async fn a_unary_grpc_call_to_a_cluster_refusing_the_connection_fails_as_in_envo
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_body_rewriter_whose_body_ends_with_trailers_passes_it_on_with_them_as_in_envoy() {
+    side_by_side("body-before-trailers").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn over_http1_the_body_callbacks_end_as_in_envoy() {
     side_by_side("body-end-of-stream").await;
 }
