@@ -40,6 +40,8 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 type Chunks = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
 type UpstreamResponse = Result<Response<Incoming>, BoxError>;
+pub(crate) type H2Connection =
+    Arc<tokio::sync::Mutex<Option<hyper::client::conn::http2::SendRequest<Body>>>>;
 
 /// How often a stream the filter paused at its end looks for the resume.
 const RESUME_POLL: Duration = Duration::from_millis(5);
@@ -52,6 +54,10 @@ pub(crate) struct Proxy {
     pub(crate) upstream: hyper::Uri,
     /// The upstream speaks HTTP/2 (h2c), else HTTP/1.1.
     pub(crate) upstream_h2: bool,
+    /// The HTTP/2 connection to the upstream, shared by the requests (as
+    /// Envoy's connection pool multiplexes them); opened on first use and
+    /// again once closed.
+    pub(crate) h2: H2Connection,
     pub(crate) client: Client<HttpConnector, Body>,
 }
 
@@ -241,7 +247,7 @@ impl Proxy {
                     .upstream
                     .authority()
                     .map_or_else(String::new, |a| a.to_string());
-                tokio::spawn(h2_send(address, request))
+                tokio::spawn(h2_send(address, self.h2.clone(), request))
             }
             false => {
                 let client = self.client.clone();
@@ -522,14 +528,29 @@ async fn filter_trailers(
     Ok(map)
 }
 
-/// A request over HTTP/2 (h2c) to the upstream at `address`, on a
-/// connection of its own.
-async fn h2_send(address: String, request: Request<Body>) -> UpstreamResponse {
-    let tcp = tokio::net::TcpStream::connect(&address).await?;
-    tcp.set_nodelay(true)?;
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
-    tokio::spawn(connection);
+/// A request over HTTP/2 (h2c) to the upstream at `address`, on the
+/// shared connection (opened first if there is none open).
+async fn h2_send(
+    address: String,
+    connection: H2Connection,
+    request: Request<Body>,
+) -> UpstreamResponse {
+    let mut sender = {
+        let mut open = connection.lock().await;
+        match open.as_ref().filter(|s| !s.is_closed()) {
+            Some(sender) => sender.clone(),
+            None => {
+                let tcp = tokio::net::TcpStream::connect(&address).await?;
+                tcp.set_nodelay(true)?;
+                let (sender, driver) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                        .await?;
+                tokio::spawn(driver);
+                open.insert(sender).clone()
+            }
+        }
+    };
+    sender.ready().await?;
     Ok(sender.send_request(request).await?)
 }
 

@@ -217,6 +217,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         plugin: args.name.clone(),
         upstream,
         upstream_h2,
+        h2: Default::default(),
         client: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .set_host(false)
             .build(connector),
