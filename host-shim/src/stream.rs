@@ -366,6 +366,16 @@ impl HttpStream {
         self.with_context(|h| h.response_headers.clone()).flatten()
     }
 
+    /// The request trailers as the filter left them.
+    pub fn request_trailers_sent(&self) -> Option<Headers> {
+        self.with_context(|h| h.request_trailers.clone()).flatten()
+    }
+
+    /// The response trailers as the filter left them.
+    pub fn response_trailers_sent(&self) -> Option<Headers> {
+        self.with_context(|h| h.response_trailers.clone()).flatten()
+    }
+
     /// Takes the request body the filter buffered (paused) so far, as the
     /// filter left it: what goes on when the filter resumes the request.
     pub fn take_request_body(&mut self) -> Option<Vec<u8>> {

@@ -48,6 +48,26 @@ fn serve_with_invalid_wasm_fails_with_a_load_error() {
 }
 
 #[test]
+fn serve_with_an_upstream_not_http_or_h2c_fails_with_one_line_naming_it() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    for upstream in ["h2c://", "ftp://127.0.0.1:9", "127.0.0.1:9"] {
+        let (ok, stderr) = shim(&[
+            "serve",
+            "--wasm",
+            "no-such-filter.wasm",
+            "--config",
+            config,
+            "--upstream",
+            upstream,
+        ]);
+        assert!(!ok, "{upstream}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(&format!("{upstream:?}")), "{stderr}");
+        assert!(stderr.contains("h2c://HOST:PORT"), "{stderr}");
+    }
+}
+
+#[test]
 fn drain_rejects_a_bad_timeout() {
     let (ok, stderr) = shim(&[
         "drain",

@@ -25,17 +25,20 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The vm_id and plugin name both hosts run the filter under.
 const VM_ID: &str = "fidelity_vm";
 const PLUGIN: &str = "fidelity";
 
 /// What the client saw for one request: the status, the header lines in
-/// the order they came (as on the wire), the body.
+/// the order they came (as on the wire), the body, the trailers (HTTP/2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Exchange {
     status: u16,
     headers: Vec<(String, String)>,
     body: String,
+    trailers: Vec<(String, String)>,
 }
 
 /// What one host gave for a whole scenario.
@@ -120,10 +123,92 @@ async fn send_all(scenario: &Value, port: u16) -> Vec<Exchange> {
 /// included, where it was), its body without the chunk framing.
 async fn send(port: u16, request: &Value) -> Exchange {
     let what = format!("{} {}", request["method"], request["path"]);
-    tokio::time::timeout(Duration::from_secs(30), exchange(port, request))
+    let exchange = async {
+        match request["h2"] == true {
+            true => exchange_h2(port, request).await,
+            false => exchange(port, request).await.map_err(Into::into),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
         .await
         .unwrap_or_else(|_| panic!("{what}: no whole response within 30 s"))
         .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// One request over HTTP/2 with prior knowledge (h2c), on a connection of
+/// its own: its body chunks (or, with `grpc`, that one gRPC message) and
+/// its `trailers`, then the response as hyper's client gives it (a
+/// header's values together), its body and trailers.
+async fn exchange_h2(port: u16, request: &Value) -> Result<Exchange, BoxError> {
+    let conn = TcpStream::connect(("127.0.0.1", port)).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(conn)).await?;
+    tokio::spawn(connection);
+    let mut builder = Request::builder()
+        .method(request["method"].as_str().unwrap())
+        .uri(format!(
+            "http://fidelity.test{}",
+            request["path"].as_str().unwrap()
+        ));
+    for pair in request["headers"].as_array().into_iter().flatten() {
+        builder = builder.header(pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
+    }
+    let mut frames: Vec<Frame<Bytes>> = request["body"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| Frame::data(Bytes::from(c.as_str().unwrap().to_owned())))
+        .collect();
+    if let Some(message) = request["grpc"].as_str() {
+        let mut framed = vec![0];
+        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(message.as_bytes());
+        frames.push(Frame::data(Bytes::from(framed)));
+    }
+    let mut trailers = hyper::HeaderMap::new();
+    for pair in request["trailers"].as_array().into_iter().flatten() {
+        trailers.append(
+            hyper::header::HeaderName::from_bytes(pair[0].as_str().unwrap().as_bytes())?,
+            pair[1].as_str().unwrap().parse()?,
+        );
+    }
+    if !trailers.is_empty() {
+        frames.push(Frame::trailers(trailers));
+    }
+    // Without trailers the last data frame ends the stream (a body of known
+    // length), so that no empty end frame follows it.
+    let body = match (frames.len(), request["trailers"].is_array()) {
+        (0, _) => http_body_util::Empty::new().boxed_unsync(),
+        (1, false) => {
+            let data = frames.pop().unwrap().into_data().unwrap_or_default();
+            http_body_util::Full::new(data).boxed_unsync()
+        }
+        _ => {
+            let frames = frames.into_iter().map(Ok::<_, Infallible>);
+            StreamBody::new(futures::stream::iter(frames)).boxed_unsync()
+        }
+    };
+    let response = sender.send_request(builder.body(body)?).await?;
+    let status = response.status().as_u16();
+    let headers = pairs(response.headers());
+    let collected = response.into_body().collect().await?;
+    let trailers = collected.trailers().map(pairs).unwrap_or_default();
+    Ok(Exchange {
+        status,
+        headers,
+        body: mask(&String::from_utf8_lossy(&collected.to_bytes())),
+        trailers,
+    })
+}
+
+/// Header (or trailer) pairs in the map's order, values masked.
+fn pairs(map: &hyper::HeaderMap) -> Vec<(String, String)> {
+    map.iter()
+        .map(|(k, v)| {
+            let value = String::from_utf8_lossy(v.as_bytes());
+            (k.as_str().to_owned(), mask_header(k.as_str(), &value))
+        })
+        .collect()
 }
 
 async fn exchange(port: u16, request: &Value) -> std::io::Result<Exchange> {
@@ -153,6 +238,18 @@ async fn exchange(port: u16, request: &Value) -> std::io::Result<Exchange> {
         _ => head += "transfer-encoding: chunked\r\n",
     }
     head += "\r\n";
+    let trailers: String = request["trailers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|pair| {
+            format!(
+                "{}: {}\r\n",
+                pair[0].as_str().unwrap(),
+                pair[1].as_str().unwrap()
+            )
+        })
+        .collect();
     let conn = TcpStream::connect(("127.0.0.1", port)).await?;
     let (read, mut write) = conn.into_split();
     write.write_all(head.as_bytes()).await?;
@@ -165,7 +262,9 @@ async fn exchange(port: u16, request: &Value) -> std::io::Result<Exchange> {
                 let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
                 write.write_all(framed.as_bytes()).await?;
             }
-            write.write_all(b"0\r\n\r\n").await?;
+            write
+                .write_all(format!("0\r\n{trailers}\r\n").as_bytes())
+                .await?;
         }
     }
     let mut read = BufReader::new(read);
@@ -194,6 +293,7 @@ async fn exchange(port: u16, request: &Value) -> std::io::Result<Exchange> {
         status,
         headers,
         body: mask(&String::from_utf8_lossy(&body)),
+        trailers: Vec::new(),
     })
 }
 
@@ -346,8 +446,17 @@ fn filter_path(scenario: &Value) -> std::path::PathBuf {
     }
 }
 
+/// Whether the scenario's route goes to the gRPC upstream (`"upstream":
+/// "grpc"`, over HTTP/2) rather than the plain one (HTTP/1.1).
+fn grpc_upstream(scenario: &Value) -> bool {
+    scenario["upstream"] == "grpc"
+}
+
 async fn run_envoy(scenario: &Value, upstreams: &Upstreams) -> Run {
-    let ports = Ports::fresh(upstreams.http.port);
+    let ports = Ports::fresh(match grpc_upstream(scenario) {
+        true => upstreams.grpc.port,
+        false => upstreams.http.port,
+    });
     let config = envoy_config(scenario, ports, upstreams, &filter_path(scenario));
     let mut options = EnvoyOptions {
         concurrency: workers(scenario),
@@ -414,16 +523,21 @@ fn envoy_config(scenario: &Value, ports: Ports, upstreams: &Upstreams, wasm: &Pa
             ]}]}
         })
     };
-    let mut clusters = vec![cluster("upstream", ports.upstream)];
+    let h2 = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}
+        }
+    });
+    let mut upstream = cluster("upstream", ports.upstream);
+    if grpc_upstream(scenario) {
+        upstream["typed_extension_protocol_options"] = h2.clone();
+    }
+    let mut clusters = vec![upstream];
     for declared in declared_clusters(scenario, upstreams) {
         let mut c = cluster(&declared.name, declared.port);
         if declared.h2 {
-            c["typed_extension_protocol_options"] = json!({
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}}
-                }
-            });
+            c["typed_extension_protocol_options"] = h2.clone();
         }
         clusters.push(c);
     }
@@ -519,7 +633,10 @@ impl Shim {
 }
 
 async fn start_shim(scenario: &Value, upstreams: &Upstreams, traffic: u16) -> Shim {
-    let upstream = upstreams.http.port;
+    let upstream = match grpc_upstream(scenario) {
+        true => format!("h2c://127.0.0.1:{}", upstreams.grpc.port),
+        false => format!("http://127.0.0.1:{}", upstreams.http.port),
+    };
     let dir = Scratch::new("shim-fidelity").unwrap();
     let config = dir.path().join("filter.txt");
     std::fs::write(&config, scenario["filter"].as_str().unwrap()).unwrap();
@@ -536,7 +653,7 @@ async fn start_shim(scenario: &Value, upstreams: &Upstreams, traffic: u16) -> Sh
         .args(["--workers", &workers(scenario).to_string()])
         .args(["--listen", &format!("127.0.0.1:{traffic}")])
         .args(["--admin", &format!("127.0.0.1:{}", free_port())])
-        .args(["--upstream", &format!("http://127.0.0.1:{upstream}")])
+        .args(["--upstream", &upstream])
         // A cache of the tests' own, not the user's.
         .arg("--compile-cache")
         .arg(target_dir().join("tmp/fidelity-compile-cache"));
@@ -735,7 +852,8 @@ type GrpcBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// A plain request over HTTP/2: `/deny` gets 403, any other path 200,
 /// with `x-up-a: 1`, `x-up-b: 2`, the request's method and URI, its
-/// headers in order, a blank line and its body.
+/// headers in order, a blank line and its body, then its trailers (if
+/// any) after `trailers:`.
 async fn h2_plain(request: Request<Incoming>) -> Response<GrpcBody> {
     let status = match request.uri().path() {
         "/deny" => 403,
@@ -748,13 +866,17 @@ async fn h2_plain(request: Request<Incoming>) -> Response<GrpcBody> {
         .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
         .collect::<String>();
     text.push('\n');
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let collected = request.into_body().collect().await.ok();
+    let trailers = collected.as_ref().and_then(|c| c.trailers()).cloned();
+    let body = collected.map(|b| b.to_bytes()).unwrap_or_default();
     text.push_str(&String::from_utf8_lossy(&body));
+    if let Some(trailers) = trailers {
+        text += "\ntrailers:\n";
+        text += &trailers
+            .iter()
+            .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+            .collect::<String>();
+    }
     let body = http_body_util::Full::new(Bytes::from(text))
         .map_err(|never| match never {})
         .boxed_unsync();
@@ -980,4 +1102,19 @@ async fn a_grpc_stream_gets_metadata_messages_and_status_as_in_envoy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_unary_grpc_call_to_a_cluster_refusing_the_connection_fails_as_in_envoy() {
     side_by_side("grpc-call-refused").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_rewriter_whose_body_ends_with_trailers_passes_it_on_with_them_as_in_envoy() {
+    side_by_side("body-before-trailers").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_http1_the_body_callbacks_end_as_in_envoy() {
+    side_by_side("body-end-of-stream").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_h2c_requests_and_grpc_trailers_pass_through_the_filter_as_in_envoy() {
+    side_by_side("h2c-trailers").await;
 }

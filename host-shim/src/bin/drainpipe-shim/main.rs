@@ -1,7 +1,7 @@
 //! `drainpipe-shim`: run a proxy-wasm filter without Envoy.
 //!
-//! - `serve`: an HTTP/1.1 reverse proxy whose requests pass through the
-//!   filter, with an admin endpoint serving the drain API through the
+//! - `serve`: a reverse proxy (HTTP/1.1 and h2c) whose requests pass
+//!   through the filter, with an admin endpoint serving the drain API through the
 //!   plugin's admin role;
 //! - `drain`: the preStop client that starts a drain and waits for it.
 //!

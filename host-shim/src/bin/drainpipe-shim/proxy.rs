@@ -9,12 +9,18 @@
 //! left it once a callback lets iteration continue (or the filter resumes
 //! the stream). Headers a callback pauses wait likewise, with the body
 //! behind them. The headers the filter sees are Envoy's: `:authority`,
-//! `:path`, `:method`, `:scheme`, the client's headers in their order, then
+//! `:path`, `:method`, `:scheme` (over HTTP/2 `:method`, `:scheme`,
+//! `:authority`, `:path`), the client's headers in their order, then
 //! `x-forwarded-proto` and `x-request-id` (request) and
 //! `x-envoy-upstream-service-time` (response); the client gets `date` and
 //! `server: envoy` after the filter's headers.
-//! Trailers pass on after the body without the filter (its trailer
-//! callbacks are not called; they end the body it sees).
+//!
+//! Clients speak HTTP/1.1 or HTTP/2 (h2c); the upstream is HTTP/1.1, or
+//! HTTP/2 with `--upstream h2c://...`. Trailers received over HTTP/2 go
+//! through the filter's trailer callbacks (the body callback before them
+//! has `end_of_stream` false), and what the filter leaves goes on; over
+//! HTTP/1.1 they are dropped on receipt and none are sent, as Envoy's
+//! HTTP/1.1 codec does without `enable_trailers`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,12 +33,15 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBod
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::task::JoinHandle;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 type Chunks = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
-type UpstreamResponse = Result<Response<Incoming>, hyper_util::client::legacy::Error>;
+type UpstreamResponse = Result<Response<Incoming>, BoxError>;
+pub(crate) type H2Connection =
+    Arc<tokio::sync::Mutex<Option<hyper::client::conn::http2::SendRequest<Body>>>>;
 
 /// How often a stream the filter paused at its end looks for the resume.
 const RESUME_POLL: Duration = Duration::from_millis(5);
@@ -43,6 +52,12 @@ pub(crate) struct Proxy {
     pub(crate) next: AtomicUsize,
     pub(crate) plugin: String,
     pub(crate) upstream: hyper::Uri,
+    /// The upstream speaks HTTP/2 (h2c), else HTTP/1.1.
+    pub(crate) upstream_h2: bool,
+    /// The HTTP/2 connection to the upstream, shared by the requests (as
+    /// Envoy's connection pool multiplexes them); opened on first use and
+    /// again once closed.
+    pub(crate) h2: H2Connection,
     pub(crate) client: Client<HttpConnector, Body>,
 }
 
@@ -52,6 +67,8 @@ struct Upstream {
     chunks: Option<Chunks>,
     response: JoinHandle<UpstreamResponse>,
     started: Instant,
+    /// Trailers can go (HTTP/2); over HTTP/1.1 they are dropped.
+    trailers: bool,
 }
 
 impl Drop for Upstream {
@@ -73,7 +90,7 @@ impl Upstream {
             if !data.is_empty() {
                 let _ = chunks.send(Ok(Frame::data(Bytes::from(data)))).await;
             }
-            if let Some(t) = trailers.take().filter(|_| end) {
+            if let Some(t) = trailers.take().filter(|_| end && self.trailers) {
                 let _ = chunks.send(Ok(Frame::trailers(t))).await;
             }
         }
@@ -111,6 +128,7 @@ impl Proxy {
         let worker = self.worker();
         let mut stream = worker.http_stream(&self.plugin)?;
         let (parts, mut body) = req.into_parts();
+        let h2 = parts.version == hyper::Version::HTTP_2;
         let mut ended = hyper::body::Body::is_end_stream(&body);
         let out = stream.request_headers(request_headers(&parts), ended);
         if let Some(r) = answered(&out) {
@@ -123,7 +141,28 @@ impl Proxy {
         };
         let mut trailers = None;
         while !ended {
-            let (data, end) = next_data(&mut body, &mut trailers).await?;
+            let (data, end) = match next_frame(&mut body, h2).await? {
+                Next::Data(data, end) => (data, end),
+                Next::Trailers(t) => {
+                    // The trailers end the request; with them goes what
+                    // the filter buffered.
+                    match filter_trailers(&mut stream, t, Direction::Request).await {
+                        Ok(t) => trailers = Some(t),
+                        Err(r) => return Ok(local(r)),
+                    }
+                    paused = false;
+                    let buffered = stream.take_request_body().unwrap_or_default();
+                    let up = match &mut upstream {
+                        Some(up) => up,
+                        None => {
+                            let headers = stream.request_headers_sent().unwrap_or_default();
+                            upstream.insert(self.send_upstream(&headers, false)?)
+                        }
+                    };
+                    up.send(buffered, true, &mut trailers).await;
+                    break;
+                }
+            };
             ended = end;
             let out = stream.request_body(data.to_vec(), end);
             if let Some(r) = answered(&out) {
@@ -162,22 +201,30 @@ impl Proxy {
         let Some(upstream) = upstream else {
             anyhow::bail!("the request never went upstream");
         };
-        self.respond(stream, upstream).await
+        self.respond(stream, upstream, h2).await
     }
 
     /// Starts the request upstream with the filter's headers (`host` from
-    /// `:authority` first, as Envoy's codec writes it); its body follows
-    /// through [`Upstream::send`] unless `end`.
+    /// `:authority` first, as Envoy's HTTP/1.1 codec writes it; over HTTP/2
+    /// `:authority` as it is); its body follows through [`Upstream::send`]
+    /// unless `end`.
     fn send_upstream(&self, sent: &Headers, end: bool) -> anyhow::Result<Upstream> {
         let path = sent.get(":path").unwrap_or("/");
-        let uri = format!("{}{path}", self.upstream.to_string().trim_end_matches('/'));
-        let mut builder = Request::builder()
-            .method(sent.get(":method").unwrap_or("GET"))
-            .uri(uri);
+        let base = self.upstream.to_string();
+        let base = base.trim_end_matches('/');
         let authority = sent
             .get_bytes(":authority")
             .or_else(|| self.upstream.authority().map(|a| a.as_str().as_bytes()));
-        if let Some(authority) = authority {
+        let uri = match (self.upstream_h2, authority) {
+            (true, Some(authority)) => {
+                format!("http://{}{path}", String::from_utf8_lossy(authority))
+            }
+            _ => format!("{base}{path}"),
+        };
+        let mut builder = Request::builder()
+            .method(sent.get(":method").unwrap_or("GET"))
+            .uri(uri);
+        if let (false, Some(authority)) = (self.upstream_h2, authority) {
             builder = builder.header(hyper::header::HOST, authority);
         }
         for (k, v) in sent.iter().filter(|(k, _)| !hop_by_hop(k)) {
@@ -194,11 +241,24 @@ impl Proxy {
             }
         };
         let request = builder.body(body)?;
-        let client = self.client.clone();
+        let response = match self.upstream_h2 {
+            true => {
+                let address = self
+                    .upstream
+                    .authority()
+                    .map_or_else(String::new, |a| a.to_string());
+                tokio::spawn(h2_send(address, self.h2.clone(), request))
+            }
+            false => {
+                let client = self.client.clone();
+                tokio::spawn(async move { Ok(client.request(request).await?) })
+            }
+        };
         Ok(Upstream {
             chunks,
-            response: tokio::spawn(async move { client.request(request).await }),
+            response,
             started: Instant::now(),
+            trailers: self.upstream_h2,
         })
     }
 
@@ -208,8 +268,12 @@ impl Proxy {
         &self,
         mut stream: HttpStream,
         mut upstream: Upstream,
+        downstream_h2: bool,
     ) -> anyhow::Result<Response<Body>> {
-        let response = (&mut upstream.response).await??;
+        let response = (&mut upstream.response)
+            .await?
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let upstream_h2 = response.version() == hyper::Version::HTTP_2;
         let service_time = upstream.started.elapsed().as_millis().to_string();
         let (parts, mut body) = response.into_parts();
         let mut headers = vec![(
@@ -232,7 +296,18 @@ impl Proxy {
         let mut first = Vec::new();
         let mut trailers = None;
         while paused && !ended {
-            let (data, end) = next_data(&mut body, &mut trailers).await?;
+            let (data, end) = match next_frame(&mut body, upstream_h2).await? {
+                Next::Data(data, end) => (data, end),
+                Next::Trailers(t) => {
+                    match filter_trailers(&mut stream, t, Direction::Response).await {
+                        Ok(t) => trailers = Some(t),
+                        Err(r) => return Ok(local(r)),
+                    }
+                    (ended, paused) = (true, false);
+                    first = stream.take_response_body().unwrap_or_default();
+                    break;
+                }
+            };
             ended = end;
             let out = stream.response_body(data.to_vec(), end);
             if let Some(r) = answered(&out) {
@@ -260,7 +335,11 @@ impl Proxy {
         }
         let response = envoy_response_headers(response, &edited);
         let (tx, client_body) = channel_body();
-        tokio::spawn(stream_body(stream, body, ended, first, trailers, tx));
+        let ends = BodyEnds {
+            upstream_h2,
+            downstream_h2,
+        };
+        tokio::spawn(stream_body(stream, body, ended, first, trailers, ends, tx));
         Ok(response.body(client_body)?)
     }
 }
@@ -281,7 +360,11 @@ fn hop_by_hop(name: &str) -> bool {
     name.starts_with(':') || name == "host" || name == "transfer-encoding"
 }
 
-/// The request headers as Envoy's filter chain sees them.
+/// The request headers as Envoy's filter chain sees them: the
+/// pseudo-headers in its HTTP/1.1 codec's order, or over HTTP/2 in the
+/// order most clients send them (hyper, tonic; Envoy keeps the client's
+/// order, which hyper does not report), and without `transfer-encoding:
+/// chunked`, which Envoy's HTTP/1.1 codec consumes.
 fn request_headers(parts: &hyper::http::request::Parts) -> Vec<(String, Vec<u8>)> {
     let authority = parts
         .headers
@@ -295,17 +378,21 @@ fn request_headers(parts: &hyper::http::request::Parts) -> Vec<(String, Vec<u8>)
         })
         .unwrap_or_default();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut headers = vec![
-        (":authority".to_owned(), authority),
-        (":path".to_owned(), path.as_bytes().to_vec()),
-        (
-            ":method".to_owned(),
-            parts.method.as_str().as_bytes().to_vec(),
-        ),
-        (":scheme".to_owned(), b"http".to_vec()),
-    ];
+    let authority = (":authority".to_owned(), authority);
+    let path = (":path".to_owned(), path.as_bytes().to_vec());
+    let method = (
+        ":method".to_owned(),
+        parts.method.as_str().as_bytes().to_vec(),
+    );
+    let scheme = (":scheme".to_owned(), b"http".to_vec());
+    let mut headers = match parts.version {
+        hyper::Version::HTTP_2 => vec![method, scheme, authority, path],
+        _ => vec![authority, path, method, scheme],
+    };
     for (k, v) in &parts.headers {
-        if k != hyper::header::HOST {
+        let chunked =
+            k == hyper::header::TRANSFER_ENCODING && v.as_bytes().eq_ignore_ascii_case(b"chunked");
+        if k != hyper::header::HOST && !chunked {
             headers.push((k.as_str().to_owned(), v.as_bytes().to_vec()));
         }
     }
@@ -363,29 +450,108 @@ fn envoy_response_headers(
     response
 }
 
-/// The next chunk of a body and whether it is the last; the end of a body
-/// without data is an empty last chunk, as Envoy delivers it. Trailers end
-/// the body for the filter (its trailer callbacks are not called) and are
-/// kept in `trailers`, to be passed on after the body.
-async fn next_data(
-    body: &mut Incoming,
-    trailers: &mut Option<hyper::HeaderMap>,
-) -> Result<(Bytes, bool), hyper::Error> {
+/// What comes next in a body.
+enum Next {
+    /// A chunk of data, and whether it is the last.
+    Data(Bytes, bool),
+    /// The trailers, which end the body.
+    Trailers(hyper::HeaderMap),
+}
+
+/// The next chunk of a body; the end of a body without data is an empty
+/// last chunk, as Envoy delivers it. Over HTTP/2 (`h2`) data ends the body
+/// when its frame ends the stream, and trailers come as they are. Over
+/// HTTP/1.1, as Envoy's codec delivers a message, the end is always an
+/// empty last chunk (after a body framed by `content-length` too), and
+/// trailers are dropped (Envoy without `enable_trailers`).
+async fn next_frame(body: &mut Incoming, h2: bool) -> Result<Next, hyper::Error> {
     loop {
         match body.frame().await {
-            None => return Ok((Bytes::new(), true)),
+            None => return Ok(Next::Data(Bytes::new(), true)),
             Some(Err(e)) => return Err(e),
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => return Ok((data, hyper::body::Body::is_end_stream(&*body))),
+                Ok(data) => {
+                    let end = h2 && hyper::body::Body::is_end_stream(&*body);
+                    return Ok(Next::Data(data, end));
+                }
                 Err(frame) => {
                     if let Ok(t) = frame.into_trailers() {
-                        *trailers = Some(t);
-                        return Ok((Bytes::new(), true));
+                        return Ok(match h2 {
+                            true => Next::Trailers(t),
+                            false => Next::Data(Bytes::new(), true),
+                        });
                     }
                 }
             },
         }
     }
+}
+
+/// Passes trailers through the filter's trailer callback (and, if it
+/// pauses, waits for the resume): what the filter left goes on; a local
+/// response (or a reset) ends the stream instead.
+async fn filter_trailers(
+    stream: &mut HttpStream,
+    trailers: hyper::HeaderMap,
+    direction: Direction,
+) -> Result<hyper::HeaderMap, LocalResponse> {
+    let pairs = trailers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()));
+    let out = match direction {
+        Direction::Request => stream.request_trailers(pairs),
+        Direction::Response => stream.response_trailers(pairs),
+    };
+    if let Some(r) = answered(&out) {
+        return Err(r);
+    }
+    let mut left = out.headers.clone().unwrap_or_default();
+    if !out.is_continue() {
+        if let Some(r) = resumed(stream, direction).await {
+            return Err(r);
+        }
+        left = match direction {
+            Direction::Request => stream.request_trailers_sent(),
+            Direction::Response => stream.response_trailers_sent(),
+        }
+        .unwrap_or_default();
+    }
+    let mut map = hyper::HeaderMap::new();
+    for (k, v) in left.iter() {
+        if let (Ok(k), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(k.as_bytes()),
+            hyper::header::HeaderValue::from_bytes(v),
+        ) {
+            map.append(k, v);
+        }
+    }
+    Ok(map)
+}
+
+/// A request over HTTP/2 (h2c) to the upstream at `address`, on the
+/// shared connection (opened first if there is none open).
+async fn h2_send(
+    address: String,
+    connection: H2Connection,
+    request: Request<Body>,
+) -> UpstreamResponse {
+    let mut sender = {
+        let mut open = connection.lock().await;
+        match open.as_ref().filter(|s| !s.is_closed()) {
+            Some(sender) => sender.clone(),
+            None => {
+                let tcp = tokio::net::TcpStream::connect(&address).await?;
+                tcp.set_nodelay(true)?;
+                let (sender, driver) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                        .await?;
+                tokio::spawn(driver);
+                open.insert(sender).clone()
+            }
+        }
+    };
+    sender.ready().await?;
+    Ok(sender.send_request(request).await?)
 }
 
 /// Waits until the filter resumes a stream it paused at its end, or ends it
@@ -410,22 +576,34 @@ async fn resumed(stream: &mut HttpStream, direction: Direction) -> Option<LocalR
     }
 }
 
+/// Which protocol each end of a response body speaks: trailers come
+/// (through the filter) only from an HTTP/2 upstream and go only to an
+/// HTTP/2 client.
+#[derive(Clone, Copy)]
+struct BodyEnds {
+    upstream_h2: bool,
+    downstream_h2: bool,
+}
+
 /// Passes the upstream's body through `proxy_on_response_body` chunk by
-/// chunk: what the filter lets go on is sent, what it pauses on stays in
-/// the stream's buffer. The stream ends (lifecycle callbacks) with the last
-/// chunk or when the client goes away.
+/// chunk (and its trailers through `proxy_on_response_trailers`): what the
+/// filter lets go on is sent, what it pauses on stays in the stream's
+/// buffer. The stream ends (lifecycle callbacks) with the last chunk or
+/// when the client goes away.
 async fn stream_body(
     mut stream: HttpStream,
     mut body: Incoming,
     mut ended: bool,
     first: Vec<u8>,
     mut trailers: Option<hyper::HeaderMap>,
+    ends: BodyEnds,
     tx: Chunks,
 ) {
     let mut pending = Some(first);
     let mut paused = false;
     loop {
         if ended && !paused {
+            let trailers = trailers.filter(|_| ends.downstream_h2);
             return complete(stream, pending, trailers, &tx).await;
         }
         if let Some(data) = pending.take().filter(|d| !d.is_empty()) {
@@ -437,8 +615,23 @@ async fn stream_body(
         if ended {
             break;
         }
-        let (data, end) = match next_data(&mut body, &mut trailers).await {
-            Ok(next) => next,
+        let (data, end) = match next_frame(&mut body, ends.upstream_h2).await {
+            Ok(Next::Data(data, end)) => (data, end),
+            Ok(Next::Trailers(t)) => {
+                match filter_trailers(&mut stream, t, Direction::Response).await {
+                    Ok(t) => trailers = Some(t),
+                    Err(_) => {
+                        // Too late for a reply: the client sees the stream reset.
+                        stream.abort();
+                        let _ = tx.send(Err("stream reset by the filter".into())).await;
+                        return;
+                    }
+                }
+                // With the trailers goes what the filter buffered.
+                (ended, paused) = (true, false);
+                pending = stream.take_response_body();
+                continue;
+            }
             Err(e) => {
                 stream.abort();
                 let _ = tx.send(Err(e.into())).await;
@@ -473,6 +666,7 @@ async fn stream_body(
             }
         }
         let rest = stream.take_response_body();
+        let trailers = trailers.filter(|_| ends.downstream_h2);
         complete(stream, rest, trailers, &tx).await;
     }
 }

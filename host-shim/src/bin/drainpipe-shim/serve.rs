@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use drainpipe_shim::{Host, PluginConfig, Wasm};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -54,7 +54,9 @@ pub(crate) struct Args {
     /// Traffic listener address.
     #[arg(long, default_value = "127.0.0.1:10000")]
     listen: SocketAddr,
-    /// Upstream base URL, e.g. http://127.0.0.1:8000
+    /// Upstream base URL: http://HOST:PORT (HTTP/1.1, e.g.
+    /// http://127.0.0.1:8000) or h2c://HOST:PORT (HTTP/2, as a cluster with
+    /// `http2_protocol_options`, for a gRPC upstream).
     #[arg(long)]
     upstream: String,
     /// Admin listener address.
@@ -118,10 +120,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.name
         );
     }
-    let upstream: hyper::Uri = args
-        .upstream
-        .parse()
-        .with_context(|| format!("--upstream {:?} is not a URL", args.upstream))?;
+    let (upstream, upstream_h2) = match args.upstream.strip_prefix("h2c://") {
+        Some(rest) => (format!("http://{rest}"), true),
+        None => (args.upstream.clone(), false),
+    };
+    let upstream = upstream
+        .parse::<hyper::Uri>()
+        .ok()
+        .filter(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+    let Some(upstream) = upstream else {
+        bail!(
+            "--upstream {:?}: expected http://HOST:PORT (HTTP/1.1) or h2c://HOST:PORT (HTTP/2)",
+            args.upstream
+        );
+    };
     // Compiled once: every worker instantiates the same module.
     let wasm = match compile_cache(&args) {
         Some(dir) => Wasm::from_file_cached(&args.wasm, &dir),
@@ -204,6 +216,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         next: AtomicUsize::new(0),
         plugin: args.name.clone(),
         upstream,
+        upstream_h2,
+        h2: Default::default(),
         client: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .set_host(false)
             .build(connector),
@@ -233,7 +247,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let proxy = proxy.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| proxy.clone().handle(req));
-                let _ = http1::Builder::new()
+                // HTTP/1.1, or HTTP/2 with prior knowledge (h2c), on the
+                // same port: Envoy's `codec_type: AUTO`.
+                let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), service)
                     .await;
             });

@@ -35,6 +35,13 @@
 //!   with no gRPC status, plus `grpc-status: <x-reply-own-grpc-status>`
 //!   when given; or, with `x-reply-grpc-status: 4`, a gRPC
 //!   `DEADLINE_EXCEEDED` (`send_grpc_response`).
+//! - `trailers`: logs the request and response headers, every body
+//!   callback (size and `end_of_stream`) and the trailers it sees; in the
+//!   request trailers it replaces `x-client-trailer` and adds
+//!   `x-filter-request-trailer: added`, in the response trailers it sets
+//!   `grpc-message: seen by the filter` and adds `x-filter-trailer: added`;
+//!   when the request has `x-trailers-reply`, it answers 403 from the
+//!   request trailers' callback instead.
 
 use std::time::Duration;
 
@@ -63,6 +70,7 @@ enum Mode {
     Tick,
     Reply,
     Stream,
+    Trailers,
 }
 
 #[derive(Default)]
@@ -88,6 +96,7 @@ impl RootContext for Root {
             "tick" => Mode::Tick,
             "reply" => Mode::Reply,
             "stream" => Mode::Stream,
+            "trailers" => Mode::Trailers,
             other => {
                 log::error!("fidelity filter: unknown mode {other:?}");
                 return false;
@@ -122,7 +131,8 @@ impl RootContext for Root {
 struct Stream {
     mode: Mode,
     chat: Chat,
-    /// `headers`: the request asked for repeated response headers.
+    /// `headers`: the request asked for repeated response headers;
+    /// `trailers`: for a reply from the request trailers' callback.
     repeat: bool,
 }
 
@@ -390,8 +400,53 @@ impl HttpContext for Stream {
             Mode::Grpc => self.grpc_call(),
             Mode::Reply => self.reply(),
             Mode::Stream => self.open_stream(),
+            Mode::Trailers => {
+                log::info!(
+                    "trailers: request headers {}",
+                    listing(&self.get_http_request_headers())
+                );
+                self.repeat = self.get_http_request_header("x-trailers-reply").is_some();
+                Action::Continue
+            }
             Mode::Tick => Action::Continue,
         }
+    }
+
+    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        if self.mode == Mode::Trailers {
+            log::info!(
+                "trailers: request trailers {}",
+                listing(&self.get_http_request_trailers())
+            );
+            self.set_http_request_trailer("x-client-trailer", Some("replaced"));
+            self.add_http_request_trailer("x-filter-request-trailer", "added");
+            log::info!(
+                "trailers: request trailers after {}",
+                listing(&self.get_http_request_trailers())
+            );
+            if self.repeat {
+                let headers = vec![("x-by", "trailers")];
+                self.send_http_response(403, headers, Some(b"refused in the trailers\n"));
+                return Action::Pause;
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+        if self.mode == Mode::Trailers {
+            log::info!(
+                "trailers: response trailers {}",
+                listing(&self.get_http_response_trailers())
+            );
+            self.set_http_response_trailer("grpc-message", Some("seen by the filter"));
+            self.add_http_response_trailer("x-filter-trailer", "added");
+            log::info!(
+                "trailers: response trailers after {}",
+                listing(&self.get_http_response_trailers())
+            );
+        }
+        Action::Continue
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -411,6 +466,12 @@ impl HttpContext for Stream {
                 if end_of_stream {
                     log_every_level("request body");
                 }
+                Action::Continue
+            }
+            Mode::Trailers => {
+                log::info!(
+                    "trailers: request body {body_size} bytes, end_of_stream {end_of_stream}"
+                );
                 Action::Continue
             }
             _ => Action::Continue,
@@ -440,12 +501,19 @@ impl HttpContext for Stream {
                     listing(&self.get_http_response_headers())
                 );
             }
+            Mode::Trailers => log::info!(
+                "trailers: response headers {}",
+                listing(&self.get_http_response_headers())
+            ),
             Mode::Call | Mode::Grpc | Mode::Tick | Mode::Reply | Mode::Stream => {}
         }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.mode == Mode::Trailers {
+            log::info!("trailers: response body {body_size} bytes, end_of_stream {end_of_stream}");
+        }
         if self.mode != Mode::Body {
             return Action::Continue;
         }
