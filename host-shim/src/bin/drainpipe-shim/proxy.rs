@@ -601,13 +601,20 @@ async fn stream_body(
 ) {
     let mut pending = Some(first);
     let mut paused = false;
+    // What the filter let go when the body was known to end with its next
+    // frame (all of its content-length had come): as in Envoy, where the
+    // end's callback runs before those bytes leave, they wait for it.
+    let mut held = Vec::new();
     loop {
         if ended && !paused {
+            held.extend(pending.unwrap_or_default());
             let trailers = trailers.filter(|_| ends.downstream_h2);
-            return complete(stream, pending, trailers, &tx).await;
+            return complete(stream, Some(held), trailers, &tx).await;
         }
         if let Some(data) = pending.take().filter(|d| !d.is_empty()) {
-            if tx.send(Ok(Frame::data(Bytes::from(data)))).await.is_err() {
+            if !ended && hyper::body::Body::is_end_stream(&body) {
+                held.extend(data);
+            } else if tx.send(Ok(Frame::data(Bytes::from(data)))).await.is_err() {
                 stream.abort();
                 return;
             }
@@ -665,9 +672,9 @@ async fn stream_body(
                 return;
             }
         }
-        let rest = stream.take_response_body();
+        held.extend(stream.take_response_body().unwrap_or_default());
         let trailers = trailers.filter(|_| ends.downstream_h2);
-        complete(stream, rest, trailers, &tx).await;
+        complete(stream, Some(held), trailers, &tx).await;
     }
 }
 
