@@ -192,6 +192,11 @@ mod tests {
         }
     }
 
+    /// What the default configuration forwards, serving, `headers`.
+    fn serving(headers: &dyn Headers) -> Forward {
+        forward(decide(&cfg(), Drain::SERVING, NOW, headers, || 0))
+    }
+
     fn set<'a>(f: &'a Forward, name: &str) -> Option<&'a str> {
         f.set_headers
             .iter()
@@ -226,13 +231,7 @@ mod tests {
     #[test]
     fn by_default_only_the_router_header_and_the_requests_own_deadline_headers_are_set() {
         // Nothing asked: only what Envoy's router enforces.
-        let f = forward(decide(
-            &cfg(),
-            Drain::SERVING,
-            NOW,
-            &req("POST", "/", &[]),
-            || 0,
-        ));
+        let f = serving(&req("POST", "/", &[]));
         assert_eq!(
             f.set_headers,
             [("x-envoy-upstream-rq-timeout-ms", "60000".to_string())]
@@ -240,7 +239,7 @@ mod tests {
         // A deadline header the request carries is rewritten to the
         // deadline given (capped here), the other is not added.
         let h = req("POST", "/", &[("x-request-timeout-ms", "99999999")]);
-        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        let f = serving(&h);
         assert_eq!(
             f.set_headers,
             [
@@ -249,7 +248,7 @@ mod tests {
             ]
         );
         let h = req("POST", "/", &[("x-request-deadline-ms", "1764000020000")]);
-        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        let f = serving(&h);
         assert_eq!(
             f.set_headers,
             [
@@ -259,22 +258,16 @@ mod tests {
         );
         // A malformed one is replaced too.
         let h = req("POST", "/", &[("x-request-timeout-ms", "soon")]);
-        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        let f = serving(&h);
         assert_eq!(set(&f, "x-request-timeout-ms"), Some("60000"));
     }
 
     #[test]
     fn budget_is_default_without_header_and_capped_at_max() {
-        let f = forward(decide(
-            &cfg(),
-            Drain::SERVING,
-            NOW,
-            &req("GET", "/", &[]),
-            || 0,
-        ));
+        let f = serving(&req("GET", "/", &[]));
         assert_eq!(f.budget_ms, 60_000);
         let h = req("GET", "/", &[("x-request-timeout-ms", "99999999")]);
-        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        let f = serving(&h);
         assert_eq!(f.budget_ms, 600_000);
         // A client cannot raise the router timeout by sending it itself.
         let h = req(
@@ -282,7 +275,7 @@ mod tests {
             "/",
             &[("x-envoy-upstream-rq-timeout-ms", "99999999")],
         );
-        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        let f = serving(&h);
         assert_eq!(set(&f, "x-envoy-upstream-rq-timeout-ms"), Some("60000"));
     }
 
@@ -296,7 +289,7 @@ mod tests {
                 ("grpc-timeout", "20S"),
             ],
         );
-        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        let f = serving(&h);
         assert_eq!(f.budget_ms, 20_000);
         assert_eq!(set(&f, "grpc-timeout"), Some("20000m"));
     }
@@ -448,23 +441,17 @@ mod tests {
             h
         };
         // No deadline, no deadline header: the session lives until it ends.
-        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &upgrade(&[]), || 0));
+        let f = serving(&upgrade(&[]));
         assert_eq!(f.budget_ms, NO_DEADLINE);
         assert_eq!(f.deadline_unix_ms, NO_DEADLINE);
         assert_eq!(f.set_headers, []);
         // Ordinary requests keep the default.
-        let f = forward(decide(
-            &cfg(),
-            Drain::SERVING,
-            NOW,
-            &req("GET", "/", &[]),
-            || 0,
-        ));
+        let f = serving(&req("GET", "/", &[]));
         assert_eq!(f.budget_ms, 60_000);
         // A deadline the client sends applies, capped, and is refused below
         // the minimum budget.
         let h = upgrade(&[("x-request-timeout-ms", "900000")]);
-        let f = forward(decide(&cfg(), Drain::SERVING, NOW, &h, || 0));
+        let f = serving(&h);
         assert_eq!(f.budget_ms, 600_000);
         assert_eq!(set(&f, "x-envoy-upstream-rq-timeout-ms"), Some("600000"));
         let h = upgrade(&[("x-request-timeout-ms", "100")]);
