@@ -275,19 +275,14 @@ async fn exchange(port: u16, request: &Value) -> std::io::Result<Exchange> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {status_line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        read.read_line(&mut line).await?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (k, v) = line.split_once(':').unwrap_or((line, ""));
-        let name = k.to_ascii_lowercase();
-        let value = mask_header(&name, v.trim());
-        headers.push((name, value));
-    }
+    let headers: Vec<(String, String)> = header_block(&mut read)
+        .await?
+        .into_iter()
+        .map(|(name, value)| {
+            let value = mask_header(&name, &value);
+            (name, value)
+        })
+        .collect();
     let body = read_body(&mut read, method, status, &headers).await?;
     Ok(Exchange {
         status,
@@ -769,6 +764,24 @@ impl Upstream {
     }
 }
 
+/// An HTTP/1.1 header block up to its blank line: names lowercased, values
+/// trimmed, in the order sent.
+async fn header_block(
+    read: &mut (impl tokio::io::AsyncBufRead + Unpin),
+) -> std::io::Result<Vec<(String, String)>> {
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        read.read_line(&mut line).await?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            return Ok(headers);
+        }
+        let (k, v) = line.split_once(':').unwrap_or((line, ""));
+        headers.push((k.to_ascii_lowercase(), v.trim().to_owned()));
+    }
+}
+
 async fn serve_connection(conn: TcpStream) -> std::io::Result<()> {
     let (read, mut write) = conn.into_split();
     let mut read = BufReader::new(read);
@@ -778,17 +791,7 @@ async fn serve_connection(conn: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-        let mut headers = Vec::new();
-        loop {
-            let mut line = String::new();
-            read.read_line(&mut line).await?;
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            let (k, v) = line.split_once(':').unwrap_or((line, ""));
-            headers.push((k.to_ascii_lowercase(), v.trim().to_owned()));
-        }
+        let headers = header_block(&mut read).await?;
         let header = |name: &str| {
             headers
                 .iter()
