@@ -14,18 +14,26 @@ fn shim(args: &[&str]) -> (bool, String) {
     )
 }
 
-#[test]
-fn serve_with_a_missing_wasm_file_fails_with_one_line_naming_it() {
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-    let (ok, stderr) = shim(&[
+/// `serve` with `wasm`, the plugin configuration file `config` and
+/// `upstream`, and `extra` arguments.
+fn serve(wasm: &str, config: &str, upstream: &str, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
         "serve",
         "--wasm",
-        "no-such-filter.wasm",
+        wasm,
         "--config",
         config,
         "--upstream",
-        "http://127.0.0.1:9",
-    ]);
+        upstream,
+    ];
+    args.extend_from_slice(extra);
+    shim(&args)
+}
+
+#[test]
+fn serve_with_a_missing_wasm_file_fails_with_one_line_naming_it() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let (ok, stderr) = serve("no-such-filter.wasm", config, "http://127.0.0.1:9", &[]);
     assert!(!ok);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("no-such-filter.wasm"), "{stderr}");
@@ -34,15 +42,7 @@ fn serve_with_a_missing_wasm_file_fails_with_one_line_naming_it() {
 #[test]
 fn serve_with_invalid_wasm_fails_with_a_load_error() {
     let not_wasm = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-    let (ok, stderr) = shim(&[
-        "serve",
-        "--wasm",
-        not_wasm,
-        "--config",
-        not_wasm,
-        "--upstream",
-        "http://127.0.0.1:9",
-    ]);
+    let (ok, stderr) = serve(not_wasm, not_wasm, "http://127.0.0.1:9", &[]);
     assert!(!ok);
     assert!(stderr.contains("not a valid wasm module"), "{stderr}");
 }
@@ -51,15 +51,7 @@ fn serve_with_invalid_wasm_fails_with_a_load_error() {
 fn serve_with_an_upstream_not_http_or_h2c_fails_with_one_line_naming_it() {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
     for upstream in ["h2c://", "ftp://127.0.0.1:9", "127.0.0.1:9"] {
-        let (ok, stderr) = shim(&[
-            "serve",
-            "--wasm",
-            "no-such-filter.wasm",
-            "--config",
-            config,
-            "--upstream",
-            upstream,
-        ]);
+        let (ok, stderr) = serve("no-such-filter.wasm", config, upstream, &[]);
         assert!(!ok, "{upstream}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains(&format!("{upstream:?}")), "{stderr}");
@@ -95,18 +87,12 @@ fn serve_with(config: &str, extra: &[&str]) -> (bool, String) {
     let dir = drainpipe_tests::envoy::Scratch::new("cli").unwrap();
     let path = dir.path().join("traffic.json");
     std::fs::write(&path, config).unwrap();
-    let wasm = plugin_wasm();
-    let mut args = vec![
-        "serve",
-        "--wasm",
-        &wasm,
-        "--config",
+    serve(
+        &plugin_wasm(),
         path.to_str().unwrap(),
-        "--upstream",
         "http://127.0.0.1:9",
-    ];
-    args.extend_from_slice(extra);
-    shim(&args)
+        extra,
+    )
 }
 
 #[test]
