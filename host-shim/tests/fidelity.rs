@@ -306,17 +306,7 @@ async fn read_body(
         return Ok(body);
     }
     if header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
-        loop {
-            let mut size = String::new();
-            read.read_line(&mut size).await?;
-            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            let mut chunk = vec![0; size + 2];
-            read.read_exact(&mut chunk).await?;
-            if size == 0 {
-                return Ok(body);
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
+        return chunked_body(read).await;
     }
     match header("content-length").and_then(|l| l.parse().ok()) {
         Some(len) => {
@@ -328,6 +318,24 @@ async fn read_body(
         }
     }
     Ok(body)
+}
+
+/// A chunked body, up to its last (empty) chunk.
+async fn chunked_body(
+    read: &mut (impl tokio::io::AsyncBufRead + Unpin),
+) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        read.read_line(&mut size).await?;
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        let mut chunk = vec![0; size + 2];
+        read.read_exact(&mut chunk).await?;
+        if size == 0 {
+            return Ok(body);
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
 }
 
 // ------------------------------------------------------------------ masks
@@ -800,17 +808,7 @@ async fn serve_connection(conn: TcpStream) -> std::io::Result<()> {
         };
         let mut body = Vec::new();
         if header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
-            loop {
-                let mut size = String::new();
-                read.read_line(&mut size).await?;
-                let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-                let mut chunk = vec![0; size + 2];
-                read.read_exact(&mut chunk).await?;
-                if size == 0 {
-                    break;
-                }
-                body.extend_from_slice(&chunk[..size]);
-            }
+            body = chunked_body(&mut read).await?;
         } else if let Some(len) = header("content-length").and_then(|l| l.parse().ok()) {
             body.resize(len, 0);
             read.read_exact(&mut body).await?;
