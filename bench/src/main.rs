@@ -155,9 +155,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     let stream_requests = args.stream_requests.unwrap_or(args.requests * 3 / 10);
     // Before the runtime's threads exist, so they inherit it.
     let cpus = procfs::allowed_cpus()?;
-    // Counted instructions do not depend on scheduling: no pinning then
-    // (the Envoys would inherit the load generator's CPU).
-    let pin = !args.no_pin && args.instructions.is_none();
+    // Counted instructions do not depend on scheduling, and start-up is
+    // measured with every worker's CPU: no pinning then (the Envoys would
+    // inherit the load generator's CPU).
+    let pin = !args.no_pin && args.instructions.is_none() && args.startup.is_none();
     let pinning = match (pin, cpus.split_first()) {
         (true, Some((&first, rest))) if !rest.is_empty() => {
             procfs::pin(0, &[first])?;
@@ -173,6 +174,29 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => drainpipe_tests::envoy::plugin_wasm()?,
     };
+    if let Some(runs) = args.startup {
+        let Some(shim) = &args.shim else {
+            bail!("--startup needs --shim");
+        };
+        let drainpipe_config =
+            drainpipe_tests::EnvoyConfig::repo()?.plugin_configuration("drainpipe")?;
+        let fidelity_wasm = FIDELITY_FILTER.build()?;
+        let modules = [
+            startup::Module {
+                label: "drainpipe",
+                wasm: &drainpipe_wasm,
+                config: drainpipe_config,
+            },
+            startup::Module {
+                label: "fidelity filter (body)",
+                wasm: &fidelity_wasm,
+                config: "body".into(),
+            },
+        ];
+        let upstream = rt.block_on(Upstream::start())?;
+        let md = startup::measure(shim, &modules, runs, args.concurrency, upstream.port())?;
+        return publish(&md, args.out.as_deref());
+    }
     let minimal_wasm = match &args.minimal_wasm {
         Some(p) => p.clone(),
         None => MINIMAL_FILTER.build()?,
@@ -193,31 +217,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         cpus: pinning.as_ref().map(|(_, proxies)| proxies.clone()),
         shim_started: false,
     };
-    if let Some(runs) = args.startup {
-        let Some(shim) = &args.shim else {
-            bail!("--startup needs --shim");
-        };
-        let drainpipe_config = drainpipe_tests::EnvoyConfig::repo()?
-            .plugin_configurations()
-            .into_iter()
-            .find_map(|(name, text)| (name == "drainpipe").then_some(text))
-            .context("envoy/envoy.yaml has no wasm filter named drainpipe")?;
-        let fidelity_wasm = FIDELITY_FILTER.build()?;
-        let modules = [
-            startup::Module {
-                label: "drainpipe",
-                wasm: &drainpipe_wasm,
-                config: drainpipe_config,
-            },
-            startup::Module {
-                label: "fidelity filter (body)",
-                wasm: &fidelity_wasm,
-                config: "body".into(),
-            },
-        ];
-        let md = startup::measure(shim, &modules, runs, args.concurrency, upstream.port())?;
-        return publish(&md, args.out.as_deref());
-    }
     if let Some(requests) = args.instructions {
         let md = count_instructions(&args, requests, &rt, &proxies)?;
         return publish(&md, args.out.as_deref());

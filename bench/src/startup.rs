@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _};
 use drainpipe_tests::envoy::{envoy_bin, free_port, repo_root, Scratch};
 use drainpipe_tests::http1::get_status;
 use drainpipe_tests::process::{tail, ChildGuard};
-use drainpipe_tests::{EnvoyConfig, Ports};
+use drainpipe_tests::Ports;
 use serde_json::{json, Value};
 
 use crate::report::median;
@@ -180,10 +180,9 @@ fn start_envoy(module: &Module, workers: u32, upstream_port: u16) -> anyhow::Res
     let config = if module.label == "drainpipe" {
         envoy_config(Variant::Drainpipe, ports, module.wasm, module.wasm)?
     } else {
-        let cfg = envoy_config(Variant::Minimal, ports, module.wasm, module.wasm)?;
-        let mut doc = cfg.doc().clone();
-        configure(&mut doc, &module.config);
-        EnvoyConfig::from_yaml(&serde_json::to_string(&doc)?)?
+        let mut cfg = envoy_config(Variant::Minimal, ports, module.wasm, module.wasm)?;
+        configure(cfg.doc_mut(), &module.config);
+        cfg
     };
     let scratch = Scratch::new("startup-envoy")?;
     let path = config.write(scratch.path())?;

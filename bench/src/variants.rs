@@ -238,11 +238,7 @@ impl Target {
         workers: u32,
         drainpipe_wasm: &Path,
     ) -> anyhow::Result<Target> {
-        let config = EnvoyConfig::repo()?
-            .plugin_configurations()
-            .into_iter()
-            .find_map(|(name, text)| (name == "drainpipe").then_some(text))
-            .context("envoy/envoy.yaml has no wasm filter named drainpipe")?;
+        let config = EnvoyConfig::repo()?.plugin_configuration("drainpipe")?;
         let scratch = Scratch::new("bench-shim")?;
         let config_path = scratch.path().join("traffic.json");
         std::fs::write(&config_path, config)?;

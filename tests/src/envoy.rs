@@ -176,6 +176,16 @@ impl EnvoyConfig {
             .collect()
     }
 
+    /// The plugin configuration text of the wasm filter `name`.
+    pub fn plugin_configuration(&self, name: &str) -> anyhow::Result<String> {
+        self.plugin_configurations()
+            .into_iter()
+            .find_map(|(n, text)| (n == name).then_some(text))
+            .ok_or_else(|| {
+                anyhow::anyhow!("the Envoy configuration has no wasm filter named {name}")
+            })
+    }
+
     /// Every wasm filter's name and plugin configuration text, in a stable
     /// order.
     pub fn plugin_configurations(&self) -> Vec<(String, String)> {

@@ -169,11 +169,7 @@ fn configmap_volume(container: &Value, key: &str) -> String {
 /// The plugin configuration of the wasm filter named `name`, parsed by the
 /// plugin itself.
 fn plugin_config(envoy: &EnvoyConfig, name: &str) -> Config {
-    let (_, text) = envoy
-        .plugin_configurations()
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no wasm filter {name}"));
+    let text = envoy.plugin_configuration(name).unwrap();
     Config::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 

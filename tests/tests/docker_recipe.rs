@@ -35,11 +35,7 @@ fn exec_form(instructions: &[(String, String)], keyword: &str) -> Vec<String> {
 }
 
 fn traffic_grace_ms(cfg: &EnvoyConfig) -> u64 {
-    let (_, text) = cfg
-        .plugin_configurations()
-        .into_iter()
-        .find(|(name, _)| name == "drainpipe")
-        .unwrap();
+    let text = cfg.plugin_configuration("drainpipe").unwrap();
     Config::parse(text.as_bytes()).unwrap().grace_ms
 }
 

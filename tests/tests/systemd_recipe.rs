@@ -56,11 +56,9 @@ fn seconds(text: &str) -> u64 {
 }
 
 fn shipped_grace_ms() -> u64 {
-    let (_, text) = EnvoyConfig::repo()
+    let text = EnvoyConfig::repo()
         .unwrap()
-        .plugin_configurations()
-        .into_iter()
-        .find(|(name, _)| name == "drainpipe")
+        .plugin_configuration("drainpipe")
         .unwrap();
     Config::parse(text.as_bytes()).unwrap().grace_ms
 }
