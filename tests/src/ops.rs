@@ -92,12 +92,8 @@ pub struct Supervised {
 }
 
 impl Supervised {
-    /// Starts `cfg` (localized to `ports`) under `drainpipe run ARGS --`.
-    pub fn start(cfg: &EnvoyConfig, ports: Ports, args: &[&str]) -> anyhow::Result<Supervised> {
-        Supervised::start_with(&drainpipe_bin()?, cfg, ports, args)
-    }
-
-    /// [`Supervised::start`] with the `drainpipe` binary at `bin`.
+    /// Starts `cfg` (localized to `ports`) under `drainpipe run ARGS --`,
+    /// the `drainpipe` binary at `bin`.
     pub fn start_with(
         bin: &Path,
         cfg: &EnvoyConfig,

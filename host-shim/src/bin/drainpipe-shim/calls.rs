@@ -24,7 +24,7 @@ use hyper::{HeaderMap, Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::grpc_streams::{unreachable_message, Streams};
+use crate::grpc_streams::{unreachable_message, Streams, UNREACHABLE};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -258,7 +258,6 @@ async fn h2_request(
 /// connection is driven in the background.
 pub(crate) async fn send_on<B>(
     cluster: &Cluster,
-    name: &str,
     tcp: tokio::net::TcpStream,
     request: Request<B>,
 ) -> Result<hyper::Response<hyper::body::Incoming>, BoxError>
@@ -279,7 +278,7 @@ where
         let (mut parts, body) = request.into_parts();
         parts.headers.insert(
             hyper::header::HOST,
-            hyper::header::HeaderValue::from_str(name)?,
+            hyper::header::HeaderValue::from_str(&cluster.name)?,
         );
         Ok(sender
             .send_request(Request::from_parts(parts, body))
@@ -326,7 +325,7 @@ async fn grpc_exchange(
         grpc_frame(&call.message),
     ))]);
     let request = request.body(StreamBody::new(frames))?;
-    let response = send_on(cluster, &call.cluster, tcp, request).await?;
+    let response = send_on(cluster, tcp, request).await?;
     let (parts, body) = response.into_parts();
     if parts.status != StatusCode::OK {
         return Ok(GrpcCallResponse::Closed {
@@ -385,8 +384,7 @@ fn http_to_grpc(status: StatusCode) -> u32 {
 
 /// What Envoy answers a call whose cluster it cannot reach.
 fn unreachable_cluster() -> HttpCallResponse {
-    const BODY: &str = "upstream connect error or disconnect/reset before headers. \
-                        reset reason: remote connection failure";
+    const BODY: &str = UNREACHABLE;
     HttpCallResponse {
         headers: Headers::from_pairs([
             (":status", "503".to_owned()),

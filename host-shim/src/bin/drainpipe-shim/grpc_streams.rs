@@ -161,7 +161,7 @@ async fn open(
             .map(|frame| frame.map(Ok::<_, std::convert::Infallible>))
     }));
     let request = request.body(body)?;
-    send_on(cluster, &stream.cluster, tcp, request).await
+    send_on(cluster, tcp, request).await
 }
 
 /// Delivers each message of the answer's body, then its end.
@@ -283,7 +283,7 @@ fn unreachable_cluster(deliver: &impl Fn(GrpcStreamEvent) -> bool, error: Option
 }
 
 /// The router's answer to a request whose cluster cannot be reached.
-const UNREACHABLE: &str = "upstream connect error or disconnect/reset before headers. \
+pub(crate) const UNREACHABLE: &str = "upstream connect error or disconnect/reset before headers. \
                            reset reason: remote connection failure";
 
 /// The message Envoy's gRPC client reports for a cluster that cannot be

@@ -609,7 +609,7 @@ async fn stream_body(
         if ended && !paused {
             held.extend(pending.unwrap_or_default());
             let trailers = trailers.filter(|_| ends.downstream_h2);
-            return complete(stream, Some(held), trailers, &tx).await;
+            return complete(stream, held, trailers, &tx).await;
         }
         if let Some(data) = pending.take().filter(|d| !d.is_empty()) {
             if !ended && hyper::body::Body::is_end_stream(&body) {
@@ -620,7 +620,22 @@ async fn stream_body(
             }
         }
         if ended {
-            break;
+            // Paused on the last chunk: what goes on waits for the resume.
+            tokio::select! {
+                ended = resumed(&mut stream, Direction::Response) => {
+                    if ended.is_some() {
+                        stream.abort();
+                        let _ = tx.send(Err("stream reset by the filter".into())).await;
+                        return;
+                    }
+                }
+                _ = tx.closed() => {
+                    stream.abort();
+                    return;
+                }
+            }
+            (pending, paused) = (stream.take_response_body(), false);
+            continue;
         }
         let (data, end) = match next_frame(&mut body, ends.upstream_h2).await {
             Ok(Next::Data(data, end)) => (data, end),
@@ -658,24 +673,6 @@ async fn stream_body(
             }
         }
     }
-    if paused {
-        tokio::select! {
-            ended = resumed(&mut stream, Direction::Response) => {
-                if ended.is_some() {
-                    stream.abort();
-                    let _ = tx.send(Err("stream reset by the filter".into())).await;
-                    return;
-                }
-            }
-            _ = tx.closed() => {
-                stream.abort();
-                return;
-            }
-        }
-        held.extend(stream.take_response_body().unwrap_or_default());
-        let trailers = trailers.filter(|_| ends.downstream_h2);
-        complete(stream, Some(held), trailers, &tx).await;
-    }
 }
 
 /// Ends a response whose last chunk the filter has let go: the stream's end
@@ -684,13 +681,13 @@ async fn stream_body(
 /// that sends its next request at once never finds them still to come.
 async fn complete(
     mut stream: HttpStream,
-    last: Option<Vec<u8>>,
+    last: Vec<u8>,
     trailers: Option<hyper::HeaderMap>,
     tx: &Chunks,
 ) {
     stream.finish();
-    if let Some(data) = last.filter(|d| !d.is_empty()) {
-        let _ = tx.send(Ok(Frame::data(Bytes::from(data)))).await;
+    if !last.is_empty() {
+        let _ = tx.send(Ok(Frame::data(Bytes::from(last)))).await;
     }
     if let Some(t) = trailers {
         let _ = tx.send(Ok(Frame::trailers(t))).await;
